@@ -1,0 +1,26 @@
+"""Parameter and multiply-accumulate counts.
+
+MACs come from torch's own FlopCounterMode (convolutions, matmuls and their
+batched forms; FLOPs = 2 x MACs), run once on a batch-1 input. Element-wise
+work (activations, BN, pooling) is not counted, matching how papers quote
+"FLOPs".
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+    """MACs for one image of ``input_size`` (C, H, W)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.zeros(1, *input_size))
+    return counter.get_total_flops() // 2

@@ -1,0 +1,178 @@
+"""One export, start to finish: build -> weights -> ONNX -> check -> parity -> repository.
+
+Every stage reports through a ``progress`` callback (stage lines on the CLI),
+and nothing reaches the repository unless every stage passed.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from exporter import onnx as onnx_export
+from exporter import repository as repo
+from exporter.config import ModelCfg
+from exporter.labels import labels_for
+from exporter.macs import count_macs, count_params
+from exporter.registry import get_cfg
+from exporter.weights import Provenance, file_sha256, load_with_weights
+
+Progress = Callable[[str], None]
+
+_LIBRARIES = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxscript", "onnxslim")
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    model: str
+    weights: str | None = None  # None: the model's default
+    repository: Path = Path("model_repository")
+    version: int | None = None  # None: next free version
+    input_size: int | None = None  # H=W to export at; None: the model's own
+    onnx: onnx_export.OnnxOptions = field(default_factory=onnx_export.OnnxOptions)
+    serving: repo.ServingCfg = field(default_factory=repo.ServingCfg)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    name: str
+    version: int
+    path: Path
+    report: dict[str, Any]
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for lib in _LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = "not installed"
+    return versions
+
+
+def _export_size(cfg: ModelCfg, requested: int | None) -> tuple[int, int, int]:
+    if requested is None:
+        return cfg.input_size
+    if requested < cfg.min_input_size:
+        raise ValueError(
+            f"input size {requested} is below {cfg.name}'s minimum of {cfg.min_input_size}"
+        )
+    return (cfg.channels, requested, requested)
+
+
+def _config_parameters(cfg: ModelCfg, prov: Provenance) -> dict[str, str]:
+    """Preprocessing and provenance, as config.pbtxt string parameters."""
+    return {
+        "preprocess.color_mode": "L" if cfg.channels == 1 else "RGB",
+        "preprocess.resize_size": str(cfg.resize_size),
+        "preprocess.crop_size": str(cfg.crop_size),
+        "preprocess.interpolation": cfg.interpolation,
+        "preprocess.mean": ",".join(f"{m:.6g}" for m in cfg.mean),
+        "preprocess.std": ",".join(f"{s:.6g}" for s in cfg.std),
+        "model.family": cfg.family,
+        "model.source": cfg.source,
+        "weights.kind": prov.kind,
+        "weights.trained": "true" if prov.trained else "false",
+        "weights.description": prov.description,
+    }
+
+
+def export_model(request: ExportRequest, progress: Progress = print) -> ExportResult:
+    """Export ``request.model`` into the repository; raises before writing on any failure."""
+    started = time.perf_counter()
+    cfg = get_cfg(request.model)
+    export_size = _export_size(cfg, request.input_size)
+    repository = repo.check_writable(request.repository)
+    model_dir = repository / cfg.name
+    version = repo.choose_version(model_dir, request.version)
+    dynamic_hw = not cfg.fixed_input_size
+
+    def stage(msg: str) -> None:
+        progress(f"[{cfg.name}] {msg} ({time.perf_counter() - started:.1f}s)")
+
+    model, prov = load_with_weights(cfg.name, request.weights, seed=request.onnx.seed)
+    stage(f"built, weights: {prov.description}")
+    params = count_params(model)
+    macs = count_macs(model, cfg.input_size)
+    stage(f"{params / 1e6:.2f}M params, {macs / 1e9:.3f} GMACs at {cfg.input_size}")
+
+    with repo.staging(repository) as scratch:
+        version_dir = scratch / str(version)
+        version_dir.mkdir()
+        onnx_path = version_dir / "model.onnx"
+        onnx_export.export(
+            model, onnx_path, export_size, dynamic_hw=dynamic_hw, options=request.onnx,
+            min_hw=cfg.min_input_size,
+        )
+        stage(f"exported ONNX opset {request.onnx.opset} ({request.onnx.exporter})")
+        onnx_export.check(onnx_path)
+        if request.onnx.simplify:
+            onnx_export.simplify(onnx_path)
+            onnx_export.check(onnx_path)
+        stage("onnx.checker full check passed" + (", simplified" if request.onnx.simplify else ""))
+        checks = [(request.onnx.parity_batch, *export_size)]
+        if dynamic_hw:  # prove the dynamic H/W axes on another size too
+            checks.append((2, cfg.channels, export_size[1] + 32, export_size[2] + 32))
+        reports = [onnx_export.parity(model, onnx_path, shape, request.onnx) for shape in checks]
+        for rep in reports:
+            if not rep.passed:
+                raise onnx_export.ParityError(
+                    f"{cfg.name}: parity check failed on input {rep.input_shape}: {rep.reason} "
+                    f"(max rel err {rep.max_rel_err:.2e}, max abs err {rep.max_abs_err:.2e}, "
+                    f"top-1 agreement {rep.top1_agreement:.0%}); nothing was written"
+                )
+        stage(
+            f"parity vs PyTorch: max rel err {max(r.max_rel_err for r in reports):.2e}, "
+            f"top-1 agreement {min(r.top1_agreement for r in reports):.0%}"
+        )
+        report = {
+            "model": cfg.name,
+            "version": version,
+            "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "export_seconds": round(time.perf_counter() - started, 2),
+            "config": cfg.to_dict(),
+            "input": {
+                "name": onnx_export.INPUT_NAME,
+                "shape": [-1, cfg.channels, *((-1, -1) if dynamic_hw else export_size[1:])],
+                "exported_at_size": list(export_size),
+            },
+            "output": {"name": onnx_export.OUTPUT_NAME, "shape": [-1, cfg.num_classes]},
+            "params": params,
+            "reference_params": cfg.reference_params,
+            "macs": macs,
+            "gmacs": round(macs / 1e9, 4),
+            "macs_input_size": list(cfg.input_size),
+            "onnx": {
+                "file": onnx_path.name,
+                "opset": request.onnx.opset,
+                "exporter": request.onnx.exporter,
+                "simplified": request.onnx.simplify,
+                "bytes": onnx_path.stat().st_size,
+                "sha256": file_sha256(onnx_path),
+            },
+            "parity": [r.to_dict() for r in reports],
+            "weights": prov.to_dict(),
+            "accuracy": prov.metrics,
+            "libraries": _library_versions(),
+        }
+        (version_dir / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+        config = repo.model_config(
+            cfg,
+            request.serving,
+            input_hw=(export_size[1], export_size[2]),
+            dynamic_hw=dynamic_hw,
+            parameters=_config_parameters(cfg, prov),
+        )
+        target = repo.commit(
+            repository, cfg.name, version, version_dir, config, labels_for(cfg.labels, cfg.num_classes)
+        )
+    stage(f"written to {target}")
+    return ExportResult(name=cfg.name, version=version, path=target, report=report)
