@@ -19,8 +19,13 @@ def count_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
-    """MACs for one image of ``input_size`` (C, H, W)."""
+    """MACs for one image of ``input_size`` (C, H, W).
+
+    Works on a model built on the meta device too (shapes only, no compute),
+    which is how ``exporter list`` sizes the whole zoo in seconds.
+    """
+    device = next(model.parameters()).device
     counter = FlopCounterMode(display=False)
     with counter:
-        model(torch.zeros(1, *input_size))
+        model(torch.zeros(1, *input_size, device=device))
     return counter.get_total_flops() // 2

@@ -67,29 +67,48 @@ def export(
     dynamic_hw: bool,
     options: OnnxOptions,
     min_hw: int = 32,
-) -> None:
-    """Write ``model`` as ONNX to ``path`` with a dynamic batch axis."""
+) -> str:
+    """Write ``model`` as ONNX to ``path`` with a dynamic batch axis.
+
+    With ``dynamic_hw`` H and W are dynamic too, unless torch.export cannot
+    prove the graph shape-generic (GoogLeNet's ceil-mode pooling, say): then
+    the export is retried at the fixed size. Returns "" when the requested
+    axes were exported, else the reason H/W were fixed.
+    """
     sample = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(options.seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if options.exporter == "dynamo":
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            dims: dict[int, object] = {0: batch}
-            if dynamic_hw:
-                dims[2] = torch.export.Dim("height", min=min_hw, max=4096)
-                dims[3] = torch.export.Dim("width", min=min_hw, max=4096)
-            torch.onnx.export(
-                model, (sample,), str(path), input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], opset_version=options.opset, dynamo=True,
-                dynamic_shapes=(dims,), external_data=False, verbose=False,
-            )
-        else:
+        if options.exporter == "torchscript":
             axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
             torch.onnx.export(
                 model, (sample,), str(path), input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME], opset_version=options.opset, dynamo=False,
                 dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: {0: "batch"}},
             )
+            return ""
+        try:
+            _export_dynamo(model, sample, path, options.opset, dynamic_hw, min_hw)
+            return ""
+        except Exception as exc:  # torch.export's constraint solver failing
+            if not dynamic_hw:
+                raise
+            reason = f"torch.export could not make H/W dynamic ({type(exc).__name__})"
+        _export_dynamo(model, sample, path, options.opset, False, min_hw)
+        return reason
+
+
+def _export_dynamo(
+    model: nn.Module, sample: torch.Tensor, path: Path, opset: int, dynamic_hw: bool, min_hw: int
+) -> None:
+    dims: dict[int, object] = {0: torch.export.Dim("batch", min=1, max=4096)}
+    if dynamic_hw:
+        dims[2] = torch.export.Dim("height", min=min_hw, max=4096)
+        dims[3] = torch.export.Dim("width", min=min_hw, max=4096)
+    torch.onnx.export(
+        model, (sample,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        opset_version=opset, dynamo=True, dynamic_shapes=(dims,), external_data=False,
+        verbose=False,
+    )
 
 
 def check(path: Path) -> None:

@@ -108,10 +108,13 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
         version_dir = scratch / str(version)
         version_dir.mkdir()
         onnx_path = version_dir / "model.onnx"
-        onnx_export.export(
+        fixed_reason = onnx_export.export(
             model, onnx_path, export_size, dynamic_hw=dynamic_hw, options=request.onnx,
             min_hw=cfg.min_input_size,
         )
+        if fixed_reason:
+            dynamic_hw = False
+            stage(f"H/W fixed at {export_size[1]}x{export_size[2]}: {fixed_reason}")
         stage(f"exported ONNX opset {request.onnx.opset} ({request.onnx.exporter})")
         onnx_export.check(onnx_path)
         if request.onnx.simplify:
@@ -155,6 +158,8 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
                 "opset": request.onnx.opset,
                 "exporter": request.onnx.exporter,
                 "simplified": request.onnx.simplify,
+                "dynamic_hw": dynamic_hw,
+                "fixed_hw_reason": fixed_reason or None,
                 "bytes": onnx_path.stat().st_size,
                 "sha256": file_sha256(onnx_path),
             },

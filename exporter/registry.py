@@ -100,9 +100,10 @@ def build_model(name: str, *, imagenet: bool = False) -> nn.Module:
 
 
 def list_models() -> list[str]:
-    """Registered names, in the zoo's historical order (year, then name)."""
+    """Registered names, in the zoo's historical order (year, then registration)."""
     _load_families()
-    return sorted(_MODELS, key=lambda n: (_MODELS[n].cfg.year, _MODELS[n].cfg.family, n))
+    order = {name: i for i, name in enumerate(_MODELS)}
+    return sorted(_MODELS, key=lambda n: (_MODELS[n].cfg.year, order[n]))
 
 
 def aliases() -> dict[str, str]:

@@ -63,11 +63,38 @@ def _reinit_zero_layers(model: nn.Module) -> int:
     return touched
 
 
+@torch.no_grad()
+def _calibrate_batchnorm(model: nn.Module, cfg: ModelCfg, seed: int) -> bool:
+    """Set BatchNorm running statistics from a few random batches.
+
+    Fresh BN layers hold mean 0 / var 1, so in eval mode a network whose init
+    shrinks activations (GoogLeNet's std-0.01 convolutions) returns the same
+    logits for every image. Statistics measured on inputs make the random
+    network behave like a trained one numerically: outputs differ per image.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return False
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration batches
+    size = cfg.input_size if cfg.fixed_input_size else (cfg.channels, 96, 96)
+    size = (size[0], max(size[1], cfg.min_input_size), max(size[2], cfg.min_input_size))
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(3):
+        model(torch.randn(8, *size, generator=gen))
+    model.eval()
+    return True
+
+
 def _random(name: str, seed: int) -> tuple[nn.Module, Provenance]:
     torch.manual_seed(seed)
     model = build_model(name)
     touched = _reinit_zero_layers(model)
+    calibrated = _calibrate_batchnorm(model, get_entry(name).cfg, seed)
     note = f"; {touched} zero-initialised layer(s) re-drawn" if touched else ""
+    note += "; BatchNorm statistics set from random inputs" if calibrated else ""
     return model, Provenance(
         kind="random",
         trained=False,

@@ -1,0 +1,194 @@
+"""``python -m exporter``: list the zoo, export models, classify with an export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from exporter.onnx import OnnxOptions, ParityError
+from exporter.registry import UnknownModelError, aliases, get_cfg, list_models, resolve_name
+from exporter.repository import RepositoryError, ServingCfg
+from exporter.weights import WeightsError
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def zoo_rows() -> list[dict]:
+    """One row per model: built on the meta device, so sizing the zoo costs seconds."""
+    import torch
+
+    from exporter.macs import count_macs, count_params
+    from exporter.registry import build_model
+
+    rows = []
+    for name in list_models():
+        cfg = get_cfg(name)
+        with torch.device("meta"):
+            model = build_model(name)
+        rows.append(
+            {
+                "name": name,
+                "family": cfg.family,
+                "year": cfg.year,
+                "source": cfg.source,
+                "params": count_params(model),
+                "gmacs": round(count_macs(model, cfg.input_size) / 1e9, 4),
+                "input_size": list(cfg.input_size),
+                "dynamic_hw": not cfg.fixed_input_size,
+                "published_top1": cfg.published_top1,
+                "default_weights": cfg.default_weights,
+            }
+        )
+    return rows
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = zoo_rows()
+    if args.format == "json":
+        print(json.dumps({"models": rows, "aliases": aliases()}, indent=2))
+        return 0
+    table = Table(title="Model zoo (params and GMACs measured; top-1 as published)")
+    for col in ("name", "family", "year", "params", "GMACs", "input", "top-1 %", "weights"):
+        table.add_column(col, justify="right" if col in ("params", "GMACs", "top-1 %") else "left")
+    for r in rows:
+        c, h, w = r["input_size"]
+        table.add_row(
+            r["name"], r["family"], str(r["year"]), f"{r['params'] / 1e6:.2f}M",
+            f"{r['gmacs']:.3g}", f"{c}x{h}x{w}" + ("" if r["dynamic_hw"] else " fixed"),
+            "-" if r["published_top1"] is None else f"{r['published_top1']:.1f}",
+            r["default_weights"],
+        )
+    Console(width=140).print(table)
+    alias_text = ", ".join(f"{a}->{t}" for a, t in sorted(aliases().items()))
+    print(f"aliases: {alias_text}")
+    return 0
+
+
+def _request(args: argparse.Namespace, model: str):
+    from exporter.pipeline import ExportRequest
+
+    serving = ServingCfg(
+        max_batch_size=args.max_batch_size,
+        preferred_batch_sizes=tuple(args.preferred_batch_size),
+        max_queue_delay_us=args.max_queue_delay_us,
+        instance_count=args.instances,
+        instance_kind=args.instance_kind,
+    )
+    return ExportRequest(
+        model=model,
+        weights=args.weights,
+        repository=Path(args.repository),
+        version=args.version,
+        input_size=args.input_size,
+        onnx=OnnxOptions(
+            opset=args.opset, exporter=args.exporter, simplify=not args.no_simplify, seed=args.seed
+        ),
+        serving=serving,
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from exporter.pipeline import export_model
+
+    names = list_models() if args.model == "all" else [resolve_name(args.model)]
+    if args.model == "all" and args.version is not None:
+        raise ValueError("--version cannot be combined with 'all'")
+    requests = [_request(args, name) for name in names]  # validate every argument first
+    failed: list[str] = []
+    started = time.perf_counter()
+    for i, request in enumerate(requests, 1):
+        console.print(f"[bold]({i}/{len(requests)}) exporting {request.model}[/bold]")
+        try:
+            result = export_model(request, progress=lambda m: console.print(f"  {m}"))
+        except (ParityError, WeightsError) as exc:
+            if len(requests) == 1:
+                raise
+            console.print(f"  [red]failed:[/red] {exc}")
+            failed.append(request.model)
+            continue
+        parity = result.report["parity"][0]
+        console.print(
+            f"  [green]ok[/green] {result.path} in {result.report['export_seconds']:.1f}s, "
+            f"max rel err {parity['max_rel_err']:.1e}"
+        )
+    if len(requests) > 1:
+        console.print(
+            f"exported {len(requests) - len(failed)}/{len(requests)} in "
+            f"{time.perf_counter() - started:.0f}s" + (f"; failed: {failed}" if failed else "")
+        )
+    return 1 if failed else 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from exporter.predict import predict
+
+    spec, predictions = predict(
+        Path(args.repository), args.model, [Path(p) for p in args.images], args.top_k, args.version
+    )
+    trained = spec.config.parameters["weights.trained"].string_value if (
+        "weights.trained" in spec.config.parameters) else "unknown"
+    if trained == "false":
+        print(f"NOTE: {spec.name} has random weights: these predictions are meaningless")
+    for pred in predictions:
+        print(f"{spec.name} {pred.image}:")
+        for prob, index, label in pred.top:
+            print(f"  {prob:6.1%}  {index:4d}  {label}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m exporter", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="the zoo, a row per model")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("export", help="export a model (or 'all') into a model repository")
+    p.add_argument("model", help="a model name, a family alias, or 'all'")
+    p.add_argument("--weights", default=None,
+                   help="random | imagenet (download) | pretrained (offline, where shipped) | "
+                        "PATH to a state_dict; default: pretrained where offline weights exist, "
+                        "else random")
+    p.add_argument("--repository", default="model_repository")
+    p.add_argument("--version", type=int, default=None, help="overwrite this version")
+    p.add_argument("--input-size", type=int, default=None, help="export at HxW=N")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--preferred-batch-size", type=int, nargs="+", default=[4, 8])
+    p.add_argument("--max-queue-delay-us", type=int, default=1000)
+    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--instance-kind", choices=("auto", "cpu", "gpu"), default="auto")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="classify image files with an exported model (ONNX Runtime)")
+    p.add_argument("model")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--repository", default="model_repository")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--version", type=int, default=None)
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UnknownModelError, WeightsError, ParityError, RepositoryError, ValueError,
+            FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Reading a Triton-layout model repository into ``ModelSpec`` objects.
+
+config.pbtxt is parsed with protobuf's text format into our ModelConfig
+(field-compatible with Triton's), so a malformed file fails with protobuf's
+own line/column message, prefixed with the file it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from protos import model_config_pb2 as mc
+
+CONFIG_FILE = "config.pbtxt"
+_MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
+
+
+class ModelConfigError(ValueError):
+    """A model directory whose config or files cannot be served."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an encoded image becomes the model's input (from config parameters)."""
+
+    color_mode: str = "RGB"  # RGB or L
+    resize_size: int = 256
+    crop_size: int = 224
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: Path
+    config: mc.ModelConfig
+    versions: tuple[int, ...]
+    labels: tuple[str, ...]
+    preprocess: Preprocess
+
+    @property
+    def platform(self) -> str:
+        return self.config.platform
+
+    @property
+    def input_dims(self) -> tuple[int, ...]:
+        return tuple(self.config.input[0].dims)
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.config.max_batch_size
+
+    def version_dir(self, version: int | None = None) -> Path:
+        """The folder of ``version`` (latest when None)."""
+        if not self.versions:
+            raise ModelConfigError(f"model '{self.name}' has no version folders in {self.path}")
+        chosen = self.versions[-1] if version is None else version
+        if chosen not in self.versions:
+            raise ModelConfigError(
+                f"model '{self.name}' has no version {chosen}; available: {list(self.versions)}"
+            )
+        return self.path / str(chosen)
+
+    def model_file(self, version: int | None = None) -> Path:
+        filename = self.config.default_model_filename or _MODEL_FILES.get(self.platform, "")
+        return self.version_dir(version) / filename
+
+
+def parse_config(path: Path) -> mc.ModelConfig:
+    try:
+        return text_format.Parse(path.read_text(), mc.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ModelConfigError(f"{path}: {exc}") from exc
+    except OSError as exc:
+        raise ModelConfigError(f"{path}: cannot read: {exc}") from exc
+
+
+def _param(config: mc.ModelConfig, key: str, default: str) -> str:
+    return config.parameters[key].string_value if key in config.parameters else default
+
+
+def _floats(text: str, key: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise ModelConfigError(f"parameter {key}='{text}' is not a comma-separated list") from exc
+
+
+def preprocess_from(config: mc.ModelConfig) -> Preprocess:
+    base = Preprocess()
+    try:
+        pre = Preprocess(
+            color_mode=_param(config, "preprocess.color_mode", base.color_mode),
+            resize_size=int(_param(config, "preprocess.resize_size", str(base.resize_size))),
+            crop_size=int(_param(config, "preprocess.crop_size", str(base.crop_size))),
+            interpolation=_param(config, "preprocess.interpolation", base.interpolation),
+            mean=_floats(_param(config, "preprocess.mean", "0.485,0.456,0.406"), "mean"),
+            std=_floats(_param(config, "preprocess.std", "0.229,0.224,0.225"), "std"),
+        )
+    except ValueError as exc:
+        raise ModelConfigError(f"model '{config.name}': bad preprocess parameter: {exc}") from exc
+    channels = 1 if pre.color_mode == "L" else 3
+    if pre.color_mode not in ("RGB", "L") or len(pre.mean) != channels or len(pre.std) != channels:
+        raise ModelConfigError(
+            f"model '{config.name}': preprocess color_mode '{pre.color_mode}' (RGB or L) needs "
+            f"{channels} mean/std values, got {len(pre.mean)}/{len(pre.std)}"
+        )
+    return pre
+
+
+def load_spec(model_dir: Path) -> ModelSpec:
+    """Read one model directory; raises ModelConfigError naming what is wrong."""
+    model_dir = Path(model_dir)
+    config = parse_config(model_dir / CONFIG_FILE)
+    if config.name and config.name != model_dir.name:
+        raise ModelConfigError(
+            f"{model_dir / CONFIG_FILE}: name '{config.name}' differs from its folder "
+            f"'{model_dir.name}'"
+        )
+    config.name = model_dir.name
+    if len(config.input) != 1 or len(config.output) < 1:
+        raise ModelConfigError(f"model '{config.name}': expected one input and an output")
+    labels: tuple[str, ...] = ()
+    label_file = config.output[0].label_filename
+    if label_file:
+        labels = tuple((model_dir / label_file).read_text().splitlines())
+    versions = tuple(
+        sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    )
+    return ModelSpec(
+        name=config.name,
+        path=model_dir,
+        config=config,
+        versions=versions,
+        labels=labels,
+        preprocess=preprocess_from(config),
+    )
+
+
+def model_names(repository: Path) -> list[str]:
+    """Model folders in ``repository`` (hidden staging folders excluded)."""
+    return sorted(
+        p.name for p in Path(repository).iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_FILE).is_file()
+    )
