@@ -98,7 +98,9 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
     def stage(msg: str) -> None:
         progress(f"[{cfg.name}] {msg} ({time.perf_counter() - started:.1f}s)")
 
-    model, prov = load_with_weights(cfg.name, request.weights, seed=request.onnx.seed)
+    model, prov = load_with_weights(
+        cfg.name, request.weights, seed=request.onnx.seed, input_size=export_size
+    )
     stage(f"built, weights: {prov.description}")
     params = count_params(model)
     macs = count_macs(model, cfg.input_size)

@@ -64,13 +64,16 @@ def _reinit_zero_layers(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def _calibrate_batchnorm(model: nn.Module, cfg: ModelCfg, seed: int) -> bool:
+def _calibrate_batchnorm(model: nn.Module, size: tuple[int, int, int], seed: int) -> bool:
     """Set BatchNorm running statistics from a few random batches.
 
     Fresh BN layers hold mean 0 / var 1, so in eval mode a network whose init
     shrinks activations (GoogLeNet's std-0.01 convolutions) returns the same
     logits for every image. Statistics measured on inputs make the random
     network behave like a trained one numerically: outputs differ per image.
+    They are measured at the size the model will run at: statistics from
+    small inputs blow up at large ones (EfficientNet-B7 at 600x600 then
+    disagrees with itself between float32 and float64).
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -78,21 +81,21 @@ def _calibrate_batchnorm(model: nn.Module, cfg: ModelCfg, seed: int) -> bool:
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the calibration batches
-    size = cfg.input_size if cfg.fixed_input_size else (cfg.channels, 96, 96)
-    size = (size[0], max(size[1], cfg.min_input_size), max(size[2], cfg.min_input_size))
     gen = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(3):
-        model(torch.randn(8, *size, generator=gen))
+    for _ in range(2):
+        model(torch.randn(4, *size, generator=gen))
     model.eval()
     return True
 
 
-def _random(name: str, seed: int) -> tuple[nn.Module, Provenance]:
+def _random(
+    name: str, seed: int, input_size: tuple[int, int, int]
+) -> tuple[nn.Module, Provenance]:
     torch.manual_seed(seed)
     model = build_model(name)
     touched = _reinit_zero_layers(model)
-    calibrated = _calibrate_batchnorm(model, get_entry(name).cfg, seed)
+    calibrated = _calibrate_batchnorm(model, input_size, seed)
     note = f"; {touched} zero-initialised layer(s) re-drawn" if touched else ""
     note += "; BatchNorm statistics set from random inputs" if calibrated else ""
     return model, Provenance(
@@ -193,17 +196,23 @@ def _from_file(name: str, spec: str, seed: int) -> tuple[nn.Module, Provenance]:
     )
 
 
-def load_with_weights(name: str, weights: str | None, seed: int = 0) -> tuple[nn.Module, Provenance]:
+def load_with_weights(
+    name: str,
+    weights: str | None,
+    seed: int = 0,
+    input_size: tuple[int, int, int] | None = None,
+) -> tuple[nn.Module, Provenance]:
     """Build ``name`` with ``weights``: random | imagenet | pretrained | a file path.
 
     ``None`` picks the model's default (offline pretrained weights where they
-    exist, random otherwise).
+    exist, random otherwise). ``input_size`` (C, H, W) is the size the model
+    will run at, used to calibrate a random network's BatchNorm statistics.
     """
     entry = get_entry(name)
     name = entry.cfg.name
     spec = weights or entry.cfg.default_weights
     if spec == "random":
-        model, prov = _random(name, seed)
+        model, prov = _random(name, seed, input_size or entry.cfg.input_size)
     elif spec == "imagenet":
         model, prov = _imagenet(name, entry.cfg)
     elif spec == "pretrained":
