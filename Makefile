@@ -48,6 +48,7 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean:
 	rm -rf $(REPO) results .pytest_cache

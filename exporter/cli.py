@@ -59,8 +59,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     for r in rows:
         c, h, w = r["input_size"]
         table.add_row(
-            r["name"], r["family"], str(r["year"]), f"{r['params'] / 1e6:.2f}M",
-            f"{r['gmacs']:.3g}", f"{c}x{h}x{w}" + ("" if r["dynamic_hw"] else " fixed"),
+            r["name"],
+            r["family"],
+            str(r["year"]),
+            f"{r['params'] / 1e6:.2f}M",
+            f"{r['gmacs']:.3g}",
+            f"{c}x{h}x{w}" + ("" if r["dynamic_hw"] else " fixed"),
             "-" if r["published_top1"] is None else f"{r['published_top1']:.1f}",
             r["default_weights"],
         )
@@ -131,8 +135,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     spec, predictions = predict(
         Path(args.repository), args.model, [Path(p) for p in args.images], args.top_k, args.version
     )
-    trained = spec.config.parameters["weights.trained"].string_value if (
-        "weights.trained" in spec.config.parameters) else "unknown"
+    trained = (
+        spec.config.parameters["weights.trained"].string_value
+        if ("weights.trained" in spec.config.parameters)
+        else "unknown"
+    )
     if trained == "false":
         print(f"NOTE: {spec.name} has random weights: these predictions are meaningless")
     for pred in predictions:
@@ -152,10 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a model (or 'all') into a model repository")
     p.add_argument("model", help="a model name, a family alias, or 'all'")
-    p.add_argument("--weights", default=None,
-                   help="random | imagenet (download) | pretrained (offline, where shipped) | "
-                        "PATH to a state_dict; default: pretrained where offline weights exist, "
-                        "else random")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="random | imagenet (download) | pretrained (offline, where shipped) | "
+        "PATH to a state_dict; default: pretrained where offline weights exist, "
+        "else random",
+    )
     p.add_argument("--repository", default="model_repository")
     p.add_argument("--version", type=int, default=None, help="overwrite this version")
     p.add_argument("--input-size", type=int, default=None, help="export at HxW=N")
@@ -184,8 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UnknownModelError, WeightsError, ParityError, RepositoryError, ValueError,
-            FileNotFoundError) as exc:
+    except (
+        UnknownModelError,
+        WeightsError,
+        ParityError,
+        RepositoryError,
+        ValueError,
+        FileNotFoundError,
+    ) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2
 

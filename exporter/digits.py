@@ -82,9 +82,7 @@ def _shifted(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Ten
     n, _, h, w = x.shape
     padded = nn.functional.pad(x, [max_shift] * 4, value=float(x.min()))
     dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=gen)
-    return torch.stack(
-        [padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)]
-    )
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
 def train(model: nn.Module, recipe: Recipe) -> dict:

@@ -81,8 +81,13 @@ def export(
         if options.exporter == "torchscript":
             axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
             torch.onnx.export(
-                model, (sample,), str(path), input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], opset_version=options.opset, dynamo=False,
+                model,
+                (sample,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=options.opset,
+                dynamo=False,
                 dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: {0: "batch"}},
             )
             return ""
@@ -105,8 +110,15 @@ def _export_dynamo(
         dims[2] = torch.export.Dim("height", min=min_hw, max=4096)
         dims[3] = torch.export.Dim("width", min=min_hw, max=4096)
     torch.onnx.export(
-        model, (sample,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        opset_version=opset, dynamo=True, dynamic_shapes=(dims,), external_data=False,
+        model,
+        (sample,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamo=True,
+        dynamic_shapes=(dims,),
+        external_data=False,
         verbose=False,
     )
 

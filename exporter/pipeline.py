@@ -111,7 +111,11 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
         version_dir.mkdir()
         onnx_path = version_dir / "model.onnx"
         fixed_reason = onnx_export.export(
-            model, onnx_path, export_size, dynamic_hw=dynamic_hw, options=request.onnx,
+            model,
+            onnx_path,
+            export_size,
+            dynamic_hw=dynamic_hw,
+            options=request.onnx,
             min_hw=cfg.min_input_size,
         )
         if fixed_reason:
@@ -179,7 +183,12 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
             parameters=_config_parameters(cfg, prov),
         )
         target = repo.commit(
-            repository, cfg.name, version, version_dir, config, labels_for(cfg.labels, cfg.num_classes)
+            repository,
+            cfg.name,
+            version,
+            version_dir,
+            config,
+            labels_for(cfg.labels, cfg.num_classes),
         )
     stage(f"written to {target}")
     return ExportResult(name=cfg.name, version=version, path=target, report=report)

@@ -47,7 +47,9 @@ def predict(
         except OSError as exc:
             raise FileNotFoundError(f"cannot read image {path}: {exc}") from exc
     batch = preprocess_batch(blobs, spec.preprocess)
-    session = ort.InferenceSession(str(spec.model_file(version)), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(spec.model_file(version)), providers=["CPUExecutionProvider"]
+    )
     logits = session.run(None, {spec.config.input[0].name: batch})[0]
     probs = softmax(logits)
     results = []

@@ -110,9 +110,7 @@ def model_config(
             default_queue_policy=mc.ModelQueuePolicy(max_queue_size=serving.max_queue_size),
         ),
         instance_group=[
-            mc.ModelInstanceGroup(
-                count=serving.instance_count, kind=_KINDS[serving.instance_kind]
-            )
+            mc.ModelInstanceGroup(count=serving.instance_count, kind=_KINDS[serving.instance_kind])
         ],
     )
     for key, value in {**parameters, **serving.extra_parameters}.items():

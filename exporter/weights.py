@@ -89,9 +89,7 @@ def _calibrate_batchnorm(model: nn.Module, size: tuple[int, int, int], seed: int
     return True
 
 
-def _random(
-    name: str, seed: int, input_size: tuple[int, int, int]
-) -> tuple[nn.Module, Provenance]:
+def _random(name: str, seed: int, input_size: tuple[int, int, int]) -> tuple[nn.Module, Provenance]:
     torch.manual_seed(seed)
     model = build_model(name)
     touched = _reinit_zero_layers(model)

@@ -55,7 +55,10 @@ def transform(image: Image.Image, pre: Preprocess) -> np.ndarray:
     resample = _RESAMPLE.get(pre.interpolation, Image.Resampling.BILINEAR)
     width, height = image.size
     scale = pre.resize_size / min(width, height)
-    new_w, new_h = max(pre.crop_size, round(width * scale)), max(pre.crop_size, round(height * scale))
+    new_w, new_h = (
+        max(pre.crop_size, round(width * scale)),
+        max(pre.crop_size, round(height * scale)),
+    )
     if (new_w, new_h) != (width, height):
         image = image.resize((new_w, new_h), resample)
     left = int(round((new_w - pre.crop_size) / 2.0))

@@ -145,6 +145,7 @@ def load_spec(model_dir: Path) -> ModelSpec:
 def model_names(repository: Path) -> list[str]:
     """Model folders in ``repository`` (hidden staging folders excluded)."""
     return sorted(
-        p.name for p in Path(repository).iterdir()
+        p.name
+        for p in Path(repository).iterdir()
         if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_FILE).is_file()
     )

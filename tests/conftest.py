@@ -32,6 +32,8 @@ def lite0_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from exporter.pipeline import ExportRequest, export_model
 
     repo = tmp_path_factory.mktemp("repo-lite0")
-    export_model(ExportRequest(model="efficientnet_lite0", weights="pretrained", repository=repo),
-                 progress=lambda _: None)
+    export_model(
+        ExportRequest(model="efficientnet_lite0", weights="pretrained", repository=repo),
+        progress=lambda _: None,
+    )
     return repo

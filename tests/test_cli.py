@@ -17,7 +17,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +94,9 @@ def test_unwritable_repository(tmp_path: Path, kind: str) -> None:
 
 
 def test_predict_prints_top_k(repo: Path, photos: dict[str, Path]) -> None:
-    proc = run("predict", "lenet5", str(photos["coffee.png"]), "--top-k", "3",
-               "--repository", str(repo))
+    proc = run(
+        "predict", "lenet5", str(photos["coffee.png"]), "--top-k", "3", "--repository", str(repo)
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("  ")]
     assert len(lines) == 3

@@ -17,10 +17,22 @@ from server.repository import load_spec
 # One member per family, at a reduced resolution where the architecture allows
 # (None: the model's own size). The largest at full size are `heavy`.
 FAMILIES = [
-    ("lenet5", None), ("alexnet", 64), ("zfnet", 64), ("vgg16", 32), ("googlenet", 64),
-    ("inception_v3", 80), ("resnet50", 64), ("densenet121", 64), ("seresnet50", 64),
-    ("mobilenet_v1", 64), ("mobilenet_v2", 64), ("mobilenet_v3_small", 64), ("xception", 96),
-    ("efficientnet_b0", 64), ("convnext_tiny", 64), ("vit_b_16", None),
+    ("lenet5", None),
+    ("alexnet", 64),
+    ("zfnet", 64),
+    ("vgg16", 32),
+    ("googlenet", 64),
+    ("inception_v3", 80),
+    ("resnet50", 64),
+    ("densenet121", 64),
+    ("seresnet50", 64),
+    ("mobilenet_v1", 64),
+    ("mobilenet_v2", 64),
+    ("mobilenet_v3_small", 64),
+    ("xception", 96),
+    ("efficientnet_b0", 64),
+    ("convnext_tiny", 64),
+    ("vit_b_16", None),
 ]
 HEAVY = [("vgg16", None), ("vgg19", None), ("efficientnet_b7", None), ("resnet152", None)]
 
@@ -33,15 +45,21 @@ def check_entry(repo: Path, name: str, version: int = 1) -> dict:
     """Assert a complete, consistent repository entry and return its report."""
     model_dir = repo / name
     version_dir = model_dir / str(version)
-    for path in (model_dir / "config.pbtxt", model_dir / "labels.txt",
-                 version_dir / "model.onnx", version_dir / "export.json"):
+    for path in (
+        model_dir / "config.pbtxt",
+        model_dir / "labels.txt",
+        version_dir / "model.onnx",
+        version_dir / "export.json",
+    ):
         assert path.is_file(), path
     report = json.loads((version_dir / "export.json").read_text())
     onnx_bytes = (version_dir / "model.onnx").read_bytes()
     assert report["onnx"]["sha256"] == hashlib.sha256(onnx_bytes).hexdigest()
     assert report["onnx"]["opset"] >= 17
-    assert all(p["passed"] and p["top1_agreement"] == 1.0 and p["max_rel_err"] <= 1e-4
-               for p in report["parity"])
+    assert all(
+        p["passed"] and p["top1_agreement"] == 1.0 and p["max_rel_err"] <= 1e-4
+        for p in report["parity"]
+    )
     assert all(p["output_spread"] > 1e-6 and p["batch"] >= 2 for p in report["parity"])
     assert report["parity"][0]["batch"] >= 4
     assert report["weights"]["kind"] and report["weights"]["description"]
@@ -73,8 +91,9 @@ def test_family_exports_with_parity(name: str, size: int | None, tmp_path: Path)
 
     # The exported file serves other batch sizes than it was traced with.
     c, h, w = report["input"]["exported_at_size"]
-    session = ort.InferenceSession(str(result.path / "model.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(result.path / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     x = np.random.default_rng(0).standard_normal((3, c, h, w)).astype(np.float32)
     assert session.run(None, {"input": x})[0].shape == (3, report["output"]["shape"][1])
 
@@ -82,13 +101,17 @@ def test_family_exports_with_parity(name: str, size: int | None, tmp_path: Path)
 @pytest.mark.heavy
 @pytest.mark.parametrize(("name", "size"), HEAVY, ids=[f[0] for f in HEAVY])
 def test_largest_models_export_at_full_size(name: str, size: int | None, tmp_path: Path) -> None:
-    export_model(ExportRequest(model=name, weights="random", repository=tmp_path, input_size=size),
-                 progress=_quiet)
+    export_model(
+        ExportRequest(model=name, weights="random", repository=tmp_path, input_size=size),
+        progress=_quiet,
+    )
     check_entry(tmp_path, name)
 
 
 def test_dynamic_hw_is_exported_where_allowed(tmp_path: Path) -> None:
-    export_model(ExportRequest(model="resnet18", repository=tmp_path, input_size=64), progress=_quiet)
+    export_model(
+        ExportRequest(model="resnet18", repository=tmp_path, input_size=64), progress=_quiet
+    )
     report = check_entry(tmp_path, "resnet18")
     assert report["input"]["shape"] == [-1, 3, -1, -1]
     assert [p["input_shape"][2] for p in report["parity"]] == [64, 96]  # two sizes checked
@@ -99,8 +122,14 @@ def test_dynamic_hw_is_exported_where_allowed(tmp_path: Path) -> None:
 def test_torchscript_exporter_also_passes(tmp_path: Path) -> None:
     from exporter.onnx import OnnxOptions
 
-    export_model(ExportRequest(model="mobilenet_v3_small", repository=tmp_path, input_size=64,
-                               onnx=OnnxOptions(exporter="torchscript", simplify=False)),
-                 progress=_quiet)
+    export_model(
+        ExportRequest(
+            model="mobilenet_v3_small",
+            repository=tmp_path,
+            input_size=64,
+            onnx=OnnxOptions(exporter="torchscript", simplify=False),
+        ),
+        progress=_quiet,
+    )
     report = check_entry(tmp_path, "mobilenet_v3_small")
     assert report["onnx"]["exporter"] == "torchscript" and not report["onnx"]["simplified"]

@@ -21,10 +21,28 @@ from exporter.registry import (
 )
 
 REQUIRED = {
-    "lenet5", "alexnet", "zfnet", "vgg16", "vgg19", "googlenet", "inception_v3", "resnet18",
-    "resnet50", "resnet101", "resnet152", "densenet121", "seresnet50", "mobilenet_v1",
-    "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "xception", "convnext_tiny",
-    "vit_b_16", "efficientnet_lite0", *(f"efficientnet_b{i}" for i in range(8)),
+    "lenet5",
+    "alexnet",
+    "zfnet",
+    "vgg16",
+    "vgg19",
+    "googlenet",
+    "inception_v3",
+    "resnet18",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "densenet121",
+    "seresnet50",
+    "mobilenet_v1",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+    "xception",
+    "convnext_tiny",
+    "vit_b_16",
+    "efficientnet_lite0",
+    *(f"efficientnet_b{i}" for i in range(8)),
 }
 
 
@@ -62,11 +80,24 @@ def test_macs_match_published(name: str, published_gmacs: float) -> None:
 
 @pytest.mark.parametrize(
     ("alias", "target"),
-    [("mobilenet", "mobilenet_v2"), ("efficientnet", "efficientnet_b0"), ("resnet", "resnet50"),
-     ("vgg", "vgg16"), ("senet", "seresnet50"), ("inception", "inception_v3"),
-     ("googlenet", "googlenet"), ("densenet", "densenet121"), ("convnext", "convnext_tiny"),
-     ("vit", "vit_b_16"), ("lenet", "lenet5"), ("alexnet", "alexnet"), ("zfnet", "zfnet"),
-     ("xception", "xception"), ("MobileNet", "mobilenet_v2"), ("efficientnet-b3", "efficientnet_b3")],
+    [
+        ("mobilenet", "mobilenet_v2"),
+        ("efficientnet", "efficientnet_b0"),
+        ("resnet", "resnet50"),
+        ("vgg", "vgg16"),
+        ("senet", "seresnet50"),
+        ("inception", "inception_v3"),
+        ("googlenet", "googlenet"),
+        ("densenet", "densenet121"),
+        ("convnext", "convnext_tiny"),
+        ("vit", "vit_b_16"),
+        ("lenet", "lenet5"),
+        ("alexnet", "alexnet"),
+        ("zfnet", "zfnet"),
+        ("xception", "xception"),
+        ("MobileNet", "mobilenet_v2"),
+        ("efficientnet-b3", "efficientnet_b3"),
+    ],
 )
 def test_aliases_resolve(alias: str, target: str) -> None:
     assert resolve_name(alias) == target
@@ -89,7 +120,9 @@ def test_duplicate_registration_raises() -> None:
 def test_list_cli_json_matches_registry() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "exporter", "list", "--format", "json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rows = {r["name"]: r for r in json.loads(out)["models"]}
     assert set(rows) == set(list_models())

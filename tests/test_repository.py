@@ -20,21 +20,38 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _config(**serving: object) -> mc.ModelConfig:
     cfg = ModelCfg(name="toy", family="Toy", year=2024, source="ours")
-    return model_config(cfg, ServingCfg(**serving), input_hw=(224, 224), dynamic_hw=False,
-                        parameters={"preprocess.crop_size": "224"})
+    return model_config(
+        cfg,
+        ServingCfg(**serving),
+        input_hw=(224, 224),
+        dynamic_hw=False,
+        parameters={"preprocess.crop_size": "224"},
+    )
 
 
 def test_pbtxt_round_trips_with_triton_field_names() -> None:
-    text = to_pbtxt(_config(max_batch_size=8, preferred_batch_sizes=(2, 4), instance_kind="cpu",
-                            instance_count=2))
-    for expected in ('platform: "onnxruntime_onnx"', "max_batch_size: 8", "dims: 224",
-                     "preferred_batch_size: 2", "max_queue_delay_microseconds: 1000",
-                     "kind: KIND_CPU", "count: 2", 'label_filename: "labels.txt"',
-                     "format: FORMAT_NCHW", "data_type: TYPE_FP32"):
+    text = to_pbtxt(
+        _config(
+            max_batch_size=8, preferred_batch_sizes=(2, 4), instance_kind="cpu", instance_count=2
+        )
+    )
+    for expected in (
+        'platform: "onnxruntime_onnx"',
+        "max_batch_size: 8",
+        "dims: 224",
+        "preferred_batch_size: 2",
+        "max_queue_delay_microseconds: 1000",
+        "kind: KIND_CPU",
+        "count: 2",
+        'label_filename: "labels.txt"',
+        "format: FORMAT_NCHW",
+        "data_type: TYPE_FP32",
+    ):
         assert expected in text
     parsed = text_format.Parse(text, mc.ModelConfig())
-    assert parsed == _config(max_batch_size=8, preferred_batch_sizes=(2, 4), instance_kind="cpu",
-                             instance_count=2)
+    assert parsed == _config(
+        max_batch_size=8, preferred_batch_sizes=(2, 4), instance_kind="cpu", instance_count=2
+    )
 
 
 def test_hand_written_triton_config_parses() -> None:
@@ -51,15 +68,19 @@ optimization { execution_accelerators { gpu_execution_accelerator : [ { name : "
 """
     config = text_format.Parse(text, mc.ModelConfig())
     assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
-    assert config.optimization.execution_accelerators.gpu_execution_accelerator[0].name == "tensorrt"
+    assert (
+        config.optimization.execution_accelerators.gpu_execution_accelerator[0].name == "tensorrt"
+    )
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"max_batch_size": 0}, "max_batch_size 0"),
-     ({"preferred_batch_sizes": (32,)}, "preferred batch sizes [32]"),
-     ({"instance_count": 0}, "instance_count 0"),
-     ({"instance_kind": "tpu"}, "instance kind 'tpu'")],
+    [
+        ({"max_batch_size": 0}, "max_batch_size 0"),
+        ({"preferred_batch_sizes": (32,)}, "preferred batch sizes [32]"),
+        ({"instance_count": 0}, "instance_count 0"),
+        ({"instance_kind": "tpu"}, "instance kind 'tpu'"),
+    ],
 )
 def test_serving_cfg_validation(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError) as err:
@@ -94,16 +115,27 @@ def test_hidden_staging_folders_are_not_models(tmp_path: Path) -> None:
 def test_generated_protobuf_code_is_up_to_date(tmp_path: Path) -> None:
     (tmp_path / "protos").mkdir()
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT}", f"--python_out={tmp_path}",
-         str(ROOT / "protos" / "model_config.proto")],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{ROOT}",
+            f"--python_out={tmp_path}",
+            str(ROOT / "protos" / "model_config.proto"),
+        ],
         check=True,
     )
-    assert filecmp.cmp(tmp_path / "protos" / "model_config_pb2.py",
-                       ROOT / "protos" / "model_config_pb2.py", shallow=False), "run `make proto`"
+    assert filecmp.cmp(
+        tmp_path / "protos" / "model_config_pb2.py",
+        ROOT / "protos" / "model_config_pb2.py",
+        shallow=False,
+    ), "run `make proto`"
 
 
 def test_server_package_never_imports_torch() -> None:
-    code = ("import sys, server.repository, server.preprocess; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm')]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, server.repository, server.preprocess; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm')]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

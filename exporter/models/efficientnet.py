@@ -25,8 +25,9 @@ _REFERENCE_PARAMS = {
 
 for _name, _params in _REFERENCE_PARAMS.items():
     register_model(
-        torchvision_cfg(_name, family="EfficientNet", year=2019, reference_params=_params,
-                        paper=_PAPER)
+        torchvision_cfg(
+            _name, family="EfficientNet", year=2019, reference_params=_params, paper=_PAPER
+        )
     )(torchvision_builder(_name))
 
 register_alias("efficientnet", "efficientnet_b0")
