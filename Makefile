@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[export,serve,dev]'
 	touch $@
 
-# Regenerate protobuf code from protos/*.proto (the generated files are committed).
+# Regenerate protobuf code from protos/*.proto (the generated files are committed);
+# grpc_service.proto also gets its gRPC stubs (protos/grpc_service_pb2_grpc.py).
 proto: $(STAMP)
-	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. protos/*.proto
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. protos/model_config.proto
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. protos/grpc_service.proto
 
 list: $(STAMP)
 	$(PY) -m exporter list

@@ -112,24 +112,39 @@ def test_hidden_staging_folders_are_not_models(tmp_path: Path) -> None:
     assert model_names(tmp_path) == ["toy"]
 
 
+# The same protoc invocations as `make proto`.
+PROTOC_JOBS = {
+    "model_config.proto": ["--python_out={out}", "--pyi_out={out}"],
+    "grpc_service.proto": ["--python_out={out}", "--pyi_out={out}", "--grpc_python_out={out}"],
+}
+
+
 def test_generated_protobuf_code_is_up_to_date(tmp_path: Path) -> None:
-    (tmp_path / "protos").mkdir()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"-I{ROOT}",
-            f"--python_out={tmp_path}",
-            str(ROOT / "protos" / "model_config.proto"),
-        ],
-        check=True,
-    )
-    assert filecmp.cmp(
-        tmp_path / "protos" / "model_config_pb2.py",
-        ROOT / "protos" / "model_config_pb2.py",
-        shallow=False,
-    ), "run `make proto`"
+    for proto, flags in PROTOC_JOBS.items():
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "grpc_tools.protoc",
+                f"-I{ROOT}",
+                *(flag.format(out=tmp_path) for flag in flags),
+                str(ROOT / "protos" / proto),
+            ],
+            check=True,
+        )
+    generated = sorted(p.name for p in (tmp_path / "protos").glob("*.py"))
+    assert generated == [
+        "grpc_service_pb2.py",
+        "grpc_service_pb2_grpc.py",
+        "model_config_pb2.py",
+    ]
+    stale = [
+        name
+        for name in generated
+        if not (ROOT / "protos" / name).is_file()
+        or not filecmp.cmp(tmp_path / "protos" / name, ROOT / "protos" / name, shallow=False)
+    ]
+    assert not stale, f"{stale} differ from their .proto: run `make proto`"
 
 
 def test_server_package_never_imports_torch() -> None:
