@@ -29,12 +29,24 @@ def test_bad_arguments_are_named() -> None:
 
 
 def test_tiny_run_writes_results(tmp_path: Path) -> None:
-    cfg = BenchCfg(models=("lenet",), backends=("torch", "onnxruntime"), batch_sizes=(1, 4),
-                   threads=1, warmup=1, min_runs=2, seconds=0.0, repository=tmp_path / "repo",
-                   out=tmp_path / "out")
+    cfg = BenchCfg(
+        models=("lenet",),
+        backends=("torch", "onnxruntime"),
+        batch_sizes=(1, 4),
+        threads=1,
+        warmup=1,
+        min_runs=2,
+        seconds=0.0,
+        repository=tmp_path / "repo",
+        out=tmp_path / "out",
+    )
     rows = benchmark(cfg, log=lambda _: None)
     assert [(r["backend"], r["batch"]) for r in rows] == [
-        ("torch", 1), ("onnxruntime", 1), ("torch", 4), ("onnxruntime", 4)]
+        ("torch", 1),
+        ("onnxruntime", 1),
+        ("torch", 4),
+        ("onnxruntime", 4),
+    ]
     assert all(r["top1_matches_first_backend"] and r["runs"] >= 2 for r in rows)
     write(rows, cfg.out, {"cpu": "test"})
     data = json.loads((cfg.out / "latency.json").read_text())

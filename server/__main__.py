@@ -1,0 +1,74 @@
+"""``python -m server --model-repository model_repository``"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from server.app import AppOptions, repository_path, serve
+from server.models import ServerOptions
+
+
+def parse_args(argv: list[str] | None = None) -> AppOptions:
+    p = argparse.ArgumentParser(prog="python -m server", description=__doc__)
+    p.add_argument("--model-repository", required=True, type=repository_path)
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="load only this model (repeatable); default: every model",
+    )
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002, help="-1 disables /metrics")
+    p.add_argument("--metrics-host", default="0.0.0.0", help="127.0.0.1 keeps metrics local")
+    p.add_argument(
+        "--allow-cpu-fallback",
+        action="store_true",
+        help="run KIND_GPU models on the CPU when no GPU is usable",
+    )
+    p.add_argument("--intra-op-threads", type=int, default=0)
+    p.add_argument("--no-batching", action="store_true", help="every request runs alone")
+    p.add_argument("--max-batch-size", type=int, default=None)
+    p.add_argument("--max-queue-delay-us", type=int, default=None)
+    p.add_argument("--preferred-batch-size", type=int, nargs="+", default=None)
+    p.add_argument("--max-queue-size", type=int, default=None, help="queued images per model")
+    p.add_argument("--no-warmup", action="store_true")
+    p.add_argument("--max-message-mb", type=int, default=64)
+    p.add_argument("--grace-seconds", type=float, default=30.0)
+    p.add_argument("--log-level", default="INFO")
+    a = p.parse_args(argv)
+    logging.basicConfig(
+        level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    models = ServerOptions(
+        repository=a.model_repository,
+        models=tuple(a.model),
+        allow_cpu_fallback=a.allow_cpu_fallback,
+        intra_op_threads=a.intra_op_threads,
+        batching=not a.no_batching,
+        max_batch_size=a.max_batch_size,
+        max_queue_delay_us=a.max_queue_delay_us,
+        preferred_batch_sizes=tuple(a.preferred_batch_size) if a.preferred_batch_size else None,
+        max_queue_size=a.max_queue_size,
+        warmup=not a.no_warmup,
+    )
+    return AppOptions(
+        models=models,
+        host=a.host,
+        grpc_port=a.grpc_port,
+        metrics_port=a.metrics_port,
+        metrics_host=a.metrics_host,
+        max_message_bytes=a.max_message_mb << 20,
+        grace_seconds=a.grace_seconds,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return asyncio.run(serve(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The server process: gRPC (KServe v2 + health + reflection) and /metrics.
+
+Shutdown is graceful: on SIGTERM/SIGINT the server reports NOT_SERVING,
+stops accepting RPCs, lets every accepted request finish (up to the grace
+period), drains the batchers and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from server.dataplane import DataPlane
+from server.metrics import Metrics
+from server.models import ModelManager, ServerOptions
+from server.servicer import InferenceServicer
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class AppOptions:
+    models: ServerOptions
+    host: str = "0.0.0.0"
+    grpc_port: int = 8001  # Triton's ports: gRPC 8001, metrics 8002 (HTTP 8000 reserved)
+    metrics_port: int = 8002  # 0 disables the metrics endpoint... -1: pick a free port
+    metrics_host: str = "0.0.0.0"
+    # Largest gRPC message accepted or sent; bigger ones are refused with
+    # RESOURCE_EXHAUSTED by gRPC itself. 64 MiB holds a batch of 64 images at 512x512 FP32.
+    max_message_bytes: int = 64 * MiB
+    grace_seconds: float = 30.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class InferenceServer:
+    def __init__(self, opts: AppOptions) -> None:
+        self.opts = opts
+        self.metrics = Metrics.create()
+        self.manager = ModelManager(opts.models, self.metrics)
+        self.plane = DataPlane(self.manager, self.metrics, max_input_bytes=opts.max_message_bytes)
+        self.servicer = InferenceServicer(self.plane, self.manager)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else None
+        self._grpc: grpc.aio.Server | None = None
+        self._metrics_http = None
+        self.port = 0
+        self.metrics_port = 0
+
+    async def start(self) -> None:
+        self.health = health.aio.HealthServicer()
+        self.manager.listeners.append(self._set_health)
+        await self.manager.load_all()
+        size = self.opts.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", size),
+            ]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        self.port = server.add_insecure_port(f"{self.opts.host}:{self.opts.grpc_port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC to {self.opts.host}:{self.opts.grpc_port}")
+        await server.start()
+        self._grpc = server
+        overall = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.manager.ready()
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        await self.health.set("", overall)
+        if self.opts.metrics_port >= 0:
+            self._metrics_http = self.metrics.serve(self.opts.metrics_port, self.opts.metrics_host)
+            self.metrics_port = self._metrics_http.server_port
+        log.info(
+            "serving gRPC on %s:%d, metrics on %s",
+            self.opts.host,
+            self.port,
+            self.metrics_port or "off",
+        )
+
+    def _set_health(self, name: str, ready: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        asyncio.get_running_loop().create_task(self.health.set(name, status))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, finish what was accepted, release everything."""
+        self.servicer.shutting_down = True
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            await self._grpc.stop(self.opts.grace_seconds if grace is None else grace)
+        await self.manager.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+
+    async def wait(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.wait_for_termination()
+
+
+async def serve(opts: AppOptions) -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully; the exit code."""
+    server = InferenceServer(opts)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"ready: gRPC {opts.host}:{server.port}, metrics port {server.metrics_port}", flush=True)
+    await stop.wait()
+    log.info("signal received: draining (grace %.0fs)", opts.grace_seconds)
+    await server.stop()
+    return 0
+
+
+def repository_path(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise SystemExit(f"model repository '{text}' is not a directory")
+    return path

@@ -1,0 +1,77 @@
+"""The backend lifecycle shared by ONNX Runtime and TensorRT (after MLServer's
+``MLModel`` and Triton's python_backend): ``ready`` is set only after a
+successful ``load()``, and ``infer`` returns exactly one output row per input
+row."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+InstanceKind = Literal["auto", "cpu", "gpu"]
+
+
+class BackendError(RuntimeError):
+    """A model that cannot be loaded or run on this machine."""
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    model_file: Path
+    platform: str = "onnxruntime_onnx"
+    instance_kind: InstanceKind = "auto"
+    # Run a KIND_GPU model on the CPU when no GPU is usable; off by default so
+    # that a GPU deployment never silently becomes a slow CPU one.
+    allow_cpu_fallback: bool = False
+    intra_op_threads: int = 0  # 0: the runtime's default (all cores)
+    use_tensorrt_ep: bool = False  # config asks for the TensorRT execution accelerator
+    device_id: int = 0
+
+
+class Backend(abc.ABC):
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.ready = False
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load the model; set ``ready`` only on success."""
+
+    @abc.abstractmethod
+    def _run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if not self.ready:
+            raise BackendError(f"{self.config.model_file} is not loaded")
+        out = self._run(batch)
+        if out.shape[0] != batch.shape[0]:
+            raise BackendError(
+                f"backend returned {out.shape[0]} rows for a batch of {batch.shape[0]}"
+            )
+        return out
+
+    def unload(self) -> None:
+        self.ready = False
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """What was loaded and where it runs (shown in logs and metadata)."""
+
+
+def create_backend(config: BackendConfig) -> Backend:
+    """The backend for ``config.platform``."""
+    if config.platform == "onnxruntime_onnx":
+        from server.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(config)
+    if config.platform == "tensorrt_plan":
+        from server.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(config)
+    raise BackendError(
+        f"platform '{config.platform}' is not supported; supported: onnxruntime_onnx, tensorrt_plan"
+    )

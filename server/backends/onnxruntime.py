@@ -1,0 +1,92 @@
+"""ONNX Runtime backend: one InferenceSession per model instance.
+
+Execution providers are chosen from what is installed and what the config
+asks for, in the order TensorRT EP -> CUDA EP -> CPU. ONNX Runtime itself
+falls back to the CPU silently when a GPU provider cannot start; we check the
+providers the session actually got and refuse a KIND_GPU model that ended up
+on the CPU unless CPU fallback was explicitly allowed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from server.backends.base import Backend, BackendConfig, BackendError
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+
+
+def choose_providers(config: BackendConfig, available: list[str]) -> list[str]:
+    """The provider chain for ``config`` given the installed providers."""
+    if config.instance_kind == "cpu":
+        return [CPU]
+    chain = []
+    if config.use_tensorrt_ep and TENSORRT in available:
+        chain.append(TENSORRT)
+    if CUDA in available:
+        chain.append(CUDA)
+    if config.instance_kind == "gpu" and not chain and not config.allow_cpu_fallback:
+        raise BackendError(
+            f"{config.model_file.parent.parent.name}: instance_group kind KIND_GPU, but this "
+            f"ONNX Runtime has no GPU provider (available: {available}). Install onnxruntime-gpu "
+            "on a GPU machine, change the kind to KIND_CPU/KIND_AUTO, or start the server with "
+            "--allow-cpu-fallback"
+        )
+    return [*chain, CPU]
+
+
+class OnnxRuntimeBackend(Backend):
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        self._session: Any = None
+        self._input = ""
+        self.providers: list[str] = []
+
+    def load(self) -> None:
+        import onnxruntime as ort
+
+        if not self.config.model_file.is_file():
+            raise BackendError(f"model file {self.config.model_file} does not exist")
+        wanted = choose_providers(self.config, ort.get_available_providers())
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.inter_op_num_threads = 1
+        if self.config.intra_op_threads > 0:
+            opts.intra_op_num_threads = self.config.intra_op_threads
+        try:
+            session = ort.InferenceSession(str(self.config.model_file), opts, providers=wanted)
+        except Exception as exc:  # corrupt file, unsupported opset, provider failure
+            raise BackendError(f"cannot load {self.config.model_file}: {exc}") from exc
+        got = session.get_providers()
+        on_gpu = any(p in got for p in (CUDA, TENSORRT))
+        if self.config.instance_kind == "gpu" and not on_gpu and not self.config.allow_cpu_fallback:
+            raise BackendError(
+                f"{self.config.model_file}: KIND_GPU requested, ONNX Runtime could not start a "
+                f"GPU provider (asked {wanted}, got {got}); use --allow-cpu-fallback to run on CPU"
+            )
+        self._session = session
+        self._input = session.get_inputs()[0].name
+        self.providers = got
+        self.ready = True
+        log.info("loaded %s with providers %s", self.config.model_file, got)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input: batch})[0]
+
+    def unload(self) -> None:
+        self._session = None
+        super().unload()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": "onnxruntime",
+            "providers": self.providers,
+            "intra_op_threads": self.config.intra_op_threads,
+        }

@@ -1,0 +1,293 @@
+"""What each RPC does, independent of gRPC plumbing (MLServer's data plane).
+
+ModelInfer: validate the single input against the model's config (shape with
+the batch dimension spelled out, datatype, byte size), decode encoded images
+server-side when the input is BYTES, queue the rows in the model's dynamic
+batcher, and encode the rows that come back as logits or as Triton's
+classification strings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from protos import grpc_service_pb2 as pb
+from server import batching, tensors
+from server.errors import (
+    DeadlineExceeded,
+    InferenceError,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from server.metrics import Metrics
+from server.models import ModelManager, ServedVersion, check_name
+from server.preprocess import ImageDecodeError, preprocess
+
+SERVER_NAME = "cnn-serving"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ("classification", "model_repository", "statistics", "model_configuration")
+_DATATYPE = {"TYPE_FP32": "FP32", "TYPE_STRING": "BYTES"}
+
+
+def _batch_dims(served: ServedVersion) -> list[int]:
+    return [-1, *served.spec.input_dims]
+
+
+class DataPlane:
+    def __init__(self, manager: ModelManager, metrics: Metrics, max_input_bytes: int) -> None:
+        self.manager = manager
+        self.metrics = metrics
+        self.max_input_bytes = max_input_bytes
+
+    # --- metadata ---------------------------------------------------------
+    def server_metadata(self) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=SERVER_VERSION, extensions=list(EXTENSIONS)
+        )
+
+    def model_metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:
+        served = self.manager.get(check_name(name), version)
+        cfg = served.spec.config
+        entry = self.manager.entries[name]
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=name,
+            versions=[str(v) for v in sorted(entry.versions)],
+            platform=cfg.platform,
+            inputs=[
+                tensor(name=i.name, datatype="FP32", shape=_batch_dims(served)) for i in cfg.input
+            ],
+            outputs=[tensor(name=o.name, datatype="FP32", shape=[-1, *o.dims]) for o in cfg.output],
+        )
+
+    def model_config(self, name: str, version: str) -> pb.ModelConfigResponse:
+        served = self.manager.get(check_name(name), version)
+        config = pb.ModelConfigResponse()
+        config.config.CopyFrom(served.spec.config)
+        backend = served.backends[0].describe() if served.backends else {}
+        for key, value in backend.items():
+            config.config.parameters[f"runtime.{key}"].string_value = str(value)
+        return config
+
+    # --- inference --------------------------------------------------------
+    async def _input_array(
+        self, served: ServedVersion, request: pb.ModelInferRequest
+    ) -> np.ndarray:
+        cfg = served.spec.config
+        expected_name = cfg.input[0].name
+        if len(request.inputs) != 1:
+            raise InvalidArgument(
+                f"model '{cfg.name}' takes exactly one input '{expected_name}', "
+                f"got {len(request.inputs)}"
+            )
+        tensor = request.inputs[0]
+        if tensor.name != expected_name:
+            raise InvalidArgument(
+                f"unknown input '{tensor.name}' for model '{cfg.name}'; expected '{expected_name}'"
+            )
+        raw = None
+        if request.raw_input_contents:
+            if len(request.raw_input_contents) != 1:
+                raise InvalidArgument(
+                    f"raw_input_contents has {len(request.raw_input_contents)} entries for 1 input"
+                )
+            raw = request.raw_input_contents[0]
+        if tensor.datatype == "BYTES":
+            return await self._images(served, tensor, raw)
+        if tensor.datatype != "FP32":
+            raise InvalidArgument(
+                f"input '{tensor.name}': datatype {tensor.datatype or '(empty)'} is not accepted; "
+                "send FP32 NCHW tensors or BYTES (encoded JPEG/PNG images)"
+            )
+        array = tensors.decode_numeric(tensor, raw, self.max_input_bytes)
+        self._check_shape(served, list(array.shape))
+        return array
+
+    def _check_shape(self, served: ServedVersion, shape: list[int]) -> None:
+        dims = served.spec.input_dims
+        expected = _batch_dims(served)
+        ok = len(shape) == len(dims) + 1 and all(
+            d == e or (e < 0 and d > 0) for d, e in zip(shape[1:], dims, strict=True)
+        )
+        if not ok:
+            raise InvalidArgument(
+                f"input shape {shape} does not match [{', '.join(map(str, expected))}] "
+                f"(batch dimension first, up to max_batch_size {served.spec.max_batch_size})"
+            )
+        self._check_batch(served, shape[0])
+
+    @staticmethod
+    def _check_batch(served: ServedVersion, n: int) -> None:
+        limit = served.batcher.config.max_batch_size
+        if n < 1:
+            raise InvalidArgument("batch dimension is 0: send at least one image")
+        if n > limit:
+            raise InvalidArgument(f"batch of {n} exceeds max_batch_size {limit}")
+
+    async def _images(self, served: ServedVersion, tensor, raw: bytes | None) -> np.ndarray:
+        shape = list(tensor.shape)
+        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+            raise InvalidArgument(
+                f"BYTES input '{tensor.name}' must have shape [N] or [N, 1] (one encoded image "
+                f"per element), got {shape}"
+            )
+        self._check_batch(served, shape[0])
+        elements = tensors.decode_bytes(tensor, raw)
+        started = time.perf_counter_ns()
+        pre = served.spec.preprocess
+
+        def decode_all() -> list[np.ndarray]:  # off the event loop: Pillow holds the GIL less
+            rows = []
+            for i, data in enumerate(elements):
+                try:
+                    rows.append(preprocess(data, pre))
+                except ImageDecodeError as exc:
+                    raise InvalidArgument(f"input '{tensor.name}' element {i}: {exc}") from exc
+            return rows
+
+        rows = await asyncio.to_thread(decode_all)
+        elapsed = time.perf_counter_ns() - started
+        served.preprocess_ns[0] += 1
+        served.preprocess_ns[1] += elapsed
+        self.metrics.preprocess_seconds.labels(served.spec.name, str(served.version)).observe(
+            elapsed / 1e9
+        )
+        return np.stack(rows)
+
+    async def _run(self, served: ServedVersion, array: np.ndarray, deadline: float | None):
+        try:
+            return await served.batcher.submit(array, deadline)
+        except batching.QueueFullError as exc:
+            raise ResourceExhausted(str(exc)) from exc
+        except batching.DeadlineExceededError as exc:
+            self.metrics.dropped.labels(served.spec.name, str(served.version), "deadline").inc()
+            raise DeadlineExceeded(str(exc)) from exc
+        except batching.BatcherClosedError as exc:
+            raise Unavailable(str(exc)) from exc
+        except batching.RequestTooLargeError as exc:
+            raise InvalidArgument(str(exc)) from exc
+        except asyncio.CancelledError:
+            self.metrics.dropped.labels(served.spec.name, str(served.version), "cancelled").inc()
+            raise
+        except InferenceError:
+            raise
+        except Exception as exc:  # the backend failed this batch
+            raise InferenceError(f"inference failed: {exc}") from exc
+
+    def _outputs(
+        self,
+        served: ServedVersion,
+        request: pb.ModelInferRequest,
+        logits: np.ndarray,
+        response: pb.ModelInferResponse,
+    ) -> None:
+        available = [o.name for o in served.spec.config.output]
+        requested = list(request.outputs) or [
+            pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in available
+        ]
+        for out in requested:
+            if out.name not in available:
+                raise InvalidArgument(f"unknown output '{out.name}'; available: {available}")
+            k = tensors.classification_k(out)
+            tensor = response.outputs.add(name=out.name)
+            if k:
+                strings = tensors.classify(logits, k, served.spec.labels)
+                tensor.datatype, tensor.shape[:] = "BYTES", [logits.shape[0], k]
+                response.raw_output_contents.append(tensors.serialize_bytes_elements(strings))
+            else:
+                tensor.datatype, tensor.shape[:] = "FP32", list(logits.shape)
+                response.raw_output_contents.append(
+                    np.ascontiguousarray(logits, dtype="<f4").tobytes()
+                )
+
+    async def infer(
+        self, request: pb.ModelInferRequest, deadline: float | None
+    ) -> pb.ModelInferResponse:
+        served = self.manager.get(check_name(request.model_name), request.model_version)
+        labels = (served.spec.name, str(served.version))
+        started = time.perf_counter_ns()
+        self.metrics.in_flight.labels(*labels).inc()
+        try:
+            array = await self._input_array(served, request)
+            for out in request.outputs:  # validate before queueing
+                tensors.classification_k(out)
+            logits = await self._run(served, array, deadline)
+            response = pb.ModelInferResponse(
+                model_name=served.spec.name, model_version=str(served.version), id=request.id
+            )
+            self._outputs(served, request, logits, response)
+        except BaseException as exc:
+            served.failure_ns[0] += 1
+            served.failure_ns[1] += time.perf_counter_ns() - started
+            code = exc.code.name if isinstance(exc, InferenceError) else "CANCELLED"
+            self.metrics.requests.labels(*labels, code).inc()
+            raise
+        finally:
+            self.metrics.in_flight.labels(*labels).dec()
+            self.metrics.queue_depth.labels(*labels).set(served.batcher.stats().queue_rows)
+        elapsed = time.perf_counter_ns() - started
+        served.success_ns[0] += 1
+        served.success_ns[1] += elapsed
+        served.last_inference_ms = int(time.time() * 1000)
+        self.metrics.requests.labels(*labels, "OK").inc()
+        self.metrics.request_seconds.labels(*labels).observe(elapsed / 1e9)
+        return response
+
+    # --- statistics and repository ---------------------------------------
+    def statistics(self, name: str, version: str) -> pb.ModelStatisticsResponse:
+        names = [check_name(name)] if name else sorted(self.manager.entries)
+        response = pb.ModelStatisticsResponse()
+        for model in names:
+            entry = self.manager.entries.get(model)
+            if entry is None or not entry.versions:
+                if name:
+                    self.manager.get(model, version)  # raises NOT_FOUND/UNAVAILABLE
+                continue
+            chosen = [self.manager.get(model, version)] if version else entry.versions.values()
+            for served in chosen:
+                response.model_stats.append(_model_statistics(served))
+        return response
+
+    def repository_index(self, ready_only: bool) -> pb.RepositoryIndexResponse:
+        response = pb.RepositoryIndexResponse()
+        names = set(self.manager.names_in_repository()) | set(self.manager.entries)
+        for name in sorted(names):
+            entry = self.manager.entries.get(name)
+            if entry is not None and entry.versions:
+                for version in sorted(entry.versions):
+                    response.models.add(name=name, version=str(version), state="READY")
+            elif not ready_only:
+                state = entry.state if entry else "UNAVAILABLE"
+                reason = entry.reason if entry else "not loaded"
+                response.models.add(name=name, state=state, reason=reason)
+        return response
+
+
+def _duration(count: int, ns: int) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=count, ns=ns)
+
+
+def _model_statistics(served: ServedVersion) -> pb.ModelStatistics:
+    stats = served.batcher.stats()
+    return pb.ModelStatistics(
+        name=served.spec.name,
+        version=str(served.version),
+        last_inference=served.last_inference_ms,
+        inference_count=stats.inference_count,
+        execution_count=stats.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(*served.success_ns),
+            fail=_duration(*served.failure_ns),
+            queue=_duration(stats.success_count, stats.queue_ns),
+            compute_input=_duration(*served.preprocess_ns),
+            compute_infer=_duration(stats.execution_count, stats.compute_ns),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(batch_size=size, compute_infer=_duration(n, ns))
+            for size, (n, ns) in sorted(stats.batch_sizes.items())
+        ],
+    )

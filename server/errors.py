@@ -1,0 +1,41 @@
+"""Errors the data plane raises, each tied to the gRPC status it becomes.
+
+The servicer maps them in one place; anything else is a bug and becomes
+INTERNAL with its message logged.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class InferenceError(Exception):
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(InferenceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(InferenceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(InferenceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(InferenceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(InferenceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(InferenceError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class Unimplemented(InferenceError):
+    code = grpc.StatusCode.UNIMPLEMENTED

@@ -1,0 +1,99 @@
+"""Prometheus metrics on their own HTTP port (Triton's convention: 8002).
+
+Per model and version: requests by gRPC status code, inferences (images) and
+executions (batches) whose ratio is the batching efficiency, histograms of
+end-to-end, queue, preprocessing and compute time and of the batch size,
+and gauges of queue depth and requests in flight. One registry per server,
+so several servers in one process (tests) never share counters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_LABELS = ("model", "version")
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry
+    requests: Counter
+    inferences: Counter
+    executions: Counter
+    dropped: Counter
+    request_seconds: Histogram
+    queue_seconds: Histogram
+    preprocess_seconds: Histogram
+    compute_seconds: Histogram
+    batch_size: Histogram
+    queue_depth: Gauge
+    in_flight: Gauge
+
+    @classmethod
+    def create(cls) -> Metrics:
+        reg = CollectorRegistry()
+
+        def hist(name: str, doc: str, buckets: tuple[float, ...] = _LATENCY_BUCKETS) -> Histogram:
+            return Histogram(name, doc, _LABELS, buckets=buckets, registry=reg)
+
+        return cls(
+            registry=reg,
+            requests=Counter(
+                "inference_requests",
+                "ModelInfer requests by gRPC status code",
+                (*_LABELS, "code"),
+                registry=reg,
+            ),
+            inferences=Counter(
+                "inference_count",
+                "Images inferred (a request may carry several)",
+                _LABELS,
+                registry=reg,
+            ),
+            executions=Counter(
+                "inference_exec_count", "Batches executed by the backend", _LABELS, registry=reg
+            ),
+            dropped=Counter(
+                "inference_dropped",
+                "Requests dropped before compute",
+                (*_LABELS, "reason"),
+                registry=reg,
+            ),
+            request_seconds=hist("inference_request_duration_seconds", "End-to-end ModelInfer"),
+            queue_seconds=hist("inference_queue_duration_seconds", "Time waiting for a batch"),
+            preprocess_seconds=hist(
+                "inference_preprocess_duration_seconds", "Decoding and preprocessing images"
+            ),
+            compute_seconds=hist("inference_compute_duration_seconds", "Backend time per batch"),
+            batch_size=hist("inference_batch_size", "Images per executed batch", _BATCH_BUCKETS),
+            queue_depth=Gauge(
+                "inference_queue_depth", "Images waiting in the batch queue", _LABELS, registry=reg
+            ),
+            in_flight=Gauge(
+                "inference_in_flight", "ModelInfer requests being handled", _LABELS, registry=reg
+            ),
+        )
+
+    def serve(self, port: int, addr: str = "0.0.0.0"):
+        """Start the /metrics HTTP endpoint; returns the server (call ``shutdown()``)."""
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        return server

@@ -1,0 +1,129 @@
+"""The gRPC servicer: each RPC a few lines handing off to the data plane.
+
+Errors become gRPC status codes here and only here: an ``InferenceError``
+carries its code; anything else is a bug, logged with its traceback and
+answered INTERNAL with the message.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from server.dataplane import DataPlane
+from server.errors import InferenceError, Unimplemented
+from server.models import ModelManager
+
+log = logging.getLogger(__name__)
+
+
+def _rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(method)
+    async def wrapper(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except InferenceError as exc:
+            await context.abort(exc.code, str(exc))
+        except (grpc.aio.AbortError, NotImplementedError):
+            raise
+        except Exception as exc:
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    return wrapper
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, plane: DataPlane, manager: ModelManager) -> None:
+        self.plane = plane
+        self.manager = manager
+        self.shutting_down = False
+
+    @_rpc
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    @_rpc
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.manager.ready() and not self.shutting_down)
+
+    @_rpc
+    async def ModelReady(self, request, context):
+        try:
+            self.manager.get(request.name, request.version)
+        except InferenceError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=not self.shutting_down)
+
+    @_rpc
+    async def ServerMetadata(self, request, context):
+        return self.plane.server_metadata()
+
+    @_rpc
+    async def ModelMetadata(self, request, context):
+        return self.plane.model_metadata(request.name, request.version)
+
+    @_rpc
+    async def ModelConfig(self, request, context):
+        return self.plane.model_config(request.name, request.version)
+
+    @_rpc
+    async def ModelInfer(self, request, context):
+        return await self.plane.infer(request, _deadline(context))
+
+    @_rpc
+    async def ModelStatistics(self, request, context):
+        return self.plane.statistics(request.name, request.version)
+
+    @_rpc
+    async def RepositoryIndex(self, request, context):
+        return self.plane.repository_index(request.ready)
+
+    @_rpc
+    async def RepositoryModelLoad(self, request, context):
+        await self.manager.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(self, request, context):
+        await self.manager.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "ModelStreamInfer is not supported: use ModelInfer"
+        )
+
+
+def _unimplemented(name: str) -> Callable[..., Awaitable[Any]]:
+    @_rpc
+    async def handler(self: InferenceServicer, request: Any, context: Any) -> Any:
+        raise Unimplemented(f"{name} is not supported by this server")
+
+    handler.__name__ = name
+    return handler
+
+
+for _name in (
+    "SystemSharedMemoryStatus",
+    "SystemSharedMemoryRegister",
+    "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus",
+    "CudaSharedMemoryRegister",
+    "CudaSharedMemoryUnregister",
+    "TraceSetting",
+    "LogSettings",
+):
+    setattr(InferenceServicer, _name, _unimplemented(_name))
