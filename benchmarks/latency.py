@@ -67,7 +67,9 @@ def _torch_runner(report: dict, threads: int) -> Runner:
     weights = report["weights"]
     spec = weights["file"] if weights["kind"] == "file" else weights["kind"]
     model, _ = load_with_weights(
-        report["model"], spec, seed=weights.get("seed") or 0,
+        report["model"],
+        spec,
+        seed=weights.get("seed") or 0,
         input_size=tuple(report["input"]["exported_at_size"]),
     )
 
@@ -119,17 +121,23 @@ def benchmark(cfg: BenchCfg, log: Callable[[str], None] = print) -> list[dict]:
                 reference = out if reference is None else reference
                 stats = summarize(_time(run, x, cfg), batch)
                 row = {
-                    "model": report["model"], "backend": backend, "batch": batch,
-                    "threads": cfg.threads, **asdict(stats),
+                    "model": report["model"],
+                    "backend": backend,
+                    "batch": batch,
+                    "threads": cfg.threads,
+                    **asdict(stats),
                     "top1_matches_first_backend": bool(
                         (out.argmax(1) == reference.argmax(1)).all()
                     ),
-                    "params": report["params"], "gmacs": report["gmacs"],
+                    "params": report["params"],
+                    "gmacs": report["gmacs"],
                     "export_seconds": report["export_seconds"],
                 }
                 rows.append(row)
-                log(f"{row['model']:>18} {backend:>12} b={batch:<3} p50 {stats.p50_ms:8.2f} ms "
-                    f"p90 {stats.p90_ms:8.2f} ms {stats.throughput:8.1f} img/s ({stats.runs} runs)")
+                log(
+                    f"{row['model']:>18} {backend:>12} b={batch:<3} p50 {stats.p50_ms:8.2f} ms "
+                    f"p90 {stats.p90_ms:8.2f} ms {stats.throughput:8.1f} img/s ({stats.runs} runs)"
+                )
     return rows
 
 
@@ -170,8 +178,10 @@ def speedups(rows: list[dict]) -> list[str]:
         torch_row = keyed.get((model, batch, "torch"))
         if backend == "onnxruntime" and torch_row:
             ratio = torch_row["p50_ms"] / row["p50_ms"]
-            lines.append(f"{model} batch {batch}: ONNX Runtime {ratio:.2f}x PyTorch "
-                         f"({row['p50_ms']:.2f} vs {torch_row['p50_ms']:.2f} ms p50)")
+            lines.append(
+                f"{model} batch {batch}: ONNX Runtime {ratio:.2f}x PyTorch "
+                f"({row['p50_ms']:.2f} vs {torch_row['p50_ms']:.2f} ms p50)"
+            )
     return lines
 
 
@@ -198,9 +208,15 @@ def parse_args(argv: list[str] | None = None) -> BenchCfg:
     if any(b < 1 for b in batches) or a.threads < 1 or a.min_runs < 1:
         p.error("batch sizes, --threads and --min-runs must be >= 1")
     return BenchCfg(
-        models=tuple(m for m in a.models.split(",") if m), backends=backends,
-        batch_sizes=batches, threads=a.threads, warmup=a.warmup, min_runs=a.min_runs,
-        seconds=a.seconds, repository=Path(a.repository), out=Path(a.out),
+        models=tuple(m for m in a.models.split(",") if m),
+        backends=backends,
+        batch_sizes=batches,
+        threads=a.threads,
+        warmup=a.warmup,
+        min_runs=a.min_runs,
+        seconds=a.seconds,
+        repository=Path(a.repository),
+        out=Path(a.out),
     )
 
 

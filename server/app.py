@@ -34,7 +34,7 @@ class AppOptions:
     models: ServerOptions
     host: str = "0.0.0.0"
     grpc_port: int = 8001  # Triton's ports: gRPC 8001, metrics 8002 (HTTP 8000 reserved)
-    metrics_port: int = 8002  # 0 disables the metrics endpoint... -1: pick a free port
+    metrics_port: int = 8002  # -1 disables the metrics endpoint, 0 picks a free port
     metrics_host: str = "0.0.0.0"
     # Largest gRPC message accepted or sent; bigger ones are refused with
     # RESOURCE_EXHAUSTED by gRPC itself. 64 MiB holds a batch of 64 images at 512x512 FP32.

@@ -178,6 +178,19 @@ class DataPlane:
         except Exception as exc:  # the backend failed this batch
             raise InferenceError(f"inference failed: {exc}") from exc
 
+    @staticmethod
+    def _check_outputs(served: ServedVersion, request: pb.ModelInferRequest) -> None:
+        outputs = {o.name: o for o in served.spec.config.output}
+        for out in request.outputs:
+            if out.name not in outputs:
+                raise InvalidArgument(f"unknown output '{out.name}'; available: {list(outputs)}")
+            k = tensors.classification_k(out)
+            classes = int(np.prod(outputs[out.name].dims))
+            if k > classes:
+                raise InvalidArgument(
+                    f"classification count {k} exceeds the model's {classes} classes"
+                )
+
     def _outputs(
         self,
         served: ServedVersion,
@@ -213,8 +226,7 @@ class DataPlane:
         self.metrics.in_flight.labels(*labels).inc()
         try:
             array = await self._input_array(served, request)
-            for out in request.outputs:  # validate before queueing
-                tensors.classification_k(out)
+            self._check_outputs(served, request)  # before queueing: bad requests cost nothing
             logits = await self._run(served, array, deadline)
             response = pb.ModelInferResponse(
                 model_name=served.spec.name, model_version=str(served.version), id=request.id
@@ -243,10 +255,14 @@ class DataPlane:
         response = pb.ModelStatisticsResponse()
         for model in names:
             entry = self.manager.entries.get(model)
-            if entry is None or not entry.versions:
-                if name:
-                    self.manager.get(model, version)  # raises NOT_FOUND/UNAVAILABLE
-                continue
+            if name:
+                self.manager.get(model, version)  # raises NOT_FOUND/UNAVAILABLE
+            elif (
+                entry is None
+                or not entry.versions
+                or (version and version.isdigit() and int(version) not in entry.versions)
+            ):
+                continue  # all models: skip those without the asked version
             chosen = [self.manager.get(model, version)] if version else entry.versions.values()
             for served in chosen:
                 response.model_stats.append(_model_statistics(served))

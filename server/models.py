@@ -178,6 +178,10 @@ class ModelManager:
 
     async def load(self, name: str) -> None:
         check_name(name)
+        if not (self.opts.repository / name / "config.pbtxt").is_file() and (
+            name not in self.entries
+        ):  # no lasting state for names that are not models
+            raise NotFound(f"no model '{name}' in repository {self.opts.repository}")
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             entry = self.entries.setdefault(name, ModelEntry(name))
@@ -191,6 +195,8 @@ class ModelManager:
                 if not old:
                     entry.state, entry.reason = "UNAVAILABLE", str(exc)
                 self._notify(name)
+                if isinstance(exc, NotFound):
+                    raise
                 raise Unavailable(f"failed to load model '{name}': {exc}") from exc
             entry.versions, entry.state, entry.reason = new, "READY", ""
             log.info("model %s ready, versions %s", name, sorted(new))

@@ -7,6 +7,7 @@ subtract mean, divide by std: the torchvision/timm evaluation transform.
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,6 +22,9 @@ _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
 }
+
+
+_BUFFER_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
 class ImageDecodeError(ValueError):
@@ -43,7 +47,8 @@ def decode(data: bytes, color_mode: str = "RGB") -> Image.Image:
     except ImageDecodeError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): {exc}") from exc
+        reason = _BUFFER_REPR.sub("the data", str(exc))  # no memory addresses in messages
+        raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): {reason}") from exc
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale PNG
         scaled = np.asarray(image, dtype=np.float64) / 257.0
         image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")

@@ -1,0 +1,273 @@
+"""``python -m client``: classify images, round-trip tensors and inspect a running server.
+
+Expected failures (server unreachable, unknown model, unreadable image or
+.npy file, a request the server refuses) print one ``error:`` line and exit
+with status 2; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import json_format
+
+from client.client import DEFAULT_URL, ClientError, InferenceClient
+
+EXIT_ERROR = 2
+# Keep each classify request well under the 64 MiB message limit.
+MAX_REQUEST_BYTES = 48 << 20
+NPY_MAGIC = b"\x93NUMPY"
+
+
+class UsageError(Exception):
+    """A problem with the user's input found before (or without) talking to the server."""
+
+
+def _read_images(paths: Sequence[str]) -> list[bytes]:
+    """Read every file first, so a typo fails before any request is sent."""
+    images = []
+    for name in paths:
+        try:
+            images.append(Path(name).read_bytes())
+        except OSError as exc:
+            raise UsageError(f"cannot read image file '{name}': {exc.strerror or exc}") from exc
+    return images
+
+
+def _chunks(images: list[bytes], max_batch: int) -> Iterator[range]:
+    """Index ranges that respect the model's max_batch_size and the message size limit."""
+    start = 0
+    while start < len(images):
+        end, size = start, 0
+        while end < len(images) and end - start < max_batch:
+            if end > start and size + len(images[end]) > MAX_REQUEST_BYTES:
+                break
+            size += len(images[end])
+            end += 1
+        yield range(start, end)
+        start = end
+
+
+def _culprit(names: list[str], message: str) -> str | None:
+    """The file a server error is about: the server names the failing element by index."""
+    if len(names) == 1:
+        return names[0]
+    found = re.search(r"\belement (\d+)\b", message)
+    index = int(found.group(1)) if found else -1
+    return names[index] if 0 <= index < len(names) else None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _max_batch(client: InferenceClient, model: str, version: str) -> int:
+    return max(1, client.config(model, version).max_batch_size)
+
+
+def cmd_classify(client: InferenceClient, args: argparse.Namespace) -> None:
+    images = _read_images(args.files)
+    max_batch = _max_batch(client, args.model, args.version)
+    for rows in _chunks(images, max_batch):
+        names = [args.files[i] for i in rows]
+        try:
+            results = client.classify(
+                args.model, [images[i] for i in rows], top_k=args.top_k, version=args.version
+            )
+        except ClientError as exc:
+            culprit = _culprit(names, str(exc))
+            raise ClientError(f"{culprit}: {exc}" if culprit else str(exc), exc.code) from None
+        for name, top in zip(names, results, strict=True):
+            print(name)
+            for entry in top:
+                print(f"  {entry.score:10.4f}  {entry.index:5d}  {entry.label}")
+
+
+def _load_npy(path: str) -> np.ndarray:
+    """Check the magic first: on anything else np.load talks about pickles, which misleads."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+            if magic[:2] == b"PK":
+                raise UsageError(f"'{path}' is an .npz archive; save one array with np.save")
+            if magic != NPY_MAGIC:
+                raise UsageError(f"'{path}' is not a .npy file (no NUMPY header)")
+            f.seek(0)
+            array = np.load(f, allow_pickle=False)
+    except OSError as exc:
+        raise UsageError(f"cannot read '{path}': {exc.strerror or exc}") from exc
+    except (ValueError, EOFError) as exc:
+        raise UsageError(f"cannot load '{path}' as a .npy array: {exc}") from exc
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise UsageError(f"'{path}' holds dtype {array.dtype}; expected a numeric array")
+    return array
+
+
+def _input_shape(client: InferenceClient, model: str, version: str, batch: int) -> list[int]:
+    """Metadata's input shape; dynamic H/W take the config's preprocess.crop_size."""
+    meta = client.metadata(model, version)
+    if not meta.inputs:
+        raise ClientError(f"model '{model}' declares no inputs")
+    dims = [int(d) for d in meta.inputs[0].shape[1:]]
+    if any(d < 0 for d in dims):
+        params = client.config(model, version).parameters
+        crop = (
+            params["preprocess.crop_size"].string_value if "preprocess.crop_size" in params else ""
+        )
+        if not crop.isdigit():
+            raise UsageError(
+                f"model '{model}' has dynamic input dims {dims} and no preprocess.crop_size "
+                "parameter; pass --input FILE.npy instead"
+            )
+        dims = [int(crop) if d < 0 else d for d in dims]
+    return [batch, *dims]
+
+
+def cmd_infer(client: InferenceClient, args: argparse.Namespace) -> None:
+    if args.input is not None:
+        if args.batch is not None:
+            raise UsageError("--batch applies to --random only; --input sends the file's shape")
+        array = _load_npy(args.input)
+        dims = client.metadata(args.model, args.version).inputs[0].shape
+        if array.ndim == len(dims) - 1:  # one CHW sample without its batch axis
+            array = array[None]
+    else:
+        shape = _input_shape(client, args.model, args.version, args.batch or 1)
+        array = np.random.default_rng(args.seed).standard_normal(shape, dtype=np.float32)
+    started = time.perf_counter()
+    logits = client.infer(args.model, array, version=args.version)
+    elapsed_ms = (time.perf_counter() - started) * 1e3
+    print(f"model {args.model}: input {list(array.shape)} FP32")
+    print(f"output {list(logits.shape)} FP32, round trip {elapsed_ms:.2f} ms")
+    flat = logits.reshape(logits.shape[0], -1)
+    for row, values in enumerate(flat):
+        top = int(np.argmax(values))
+        print(f"  row {row}: top-1 index {top} (value {values[top]:.4f})")
+
+
+def cmd_models(client: InferenceClient, args: argparse.Namespace) -> None:
+    rows = client.list_models(ready_only=args.ready)
+    if not rows:
+        print("no models in the repository")
+        return
+    width = max(5, *(len(r.name) for r in rows))
+    print(f"{'MODEL':<{width}}  {'VERSION':<7}  {'STATE':<11}  REASON")
+    for r in rows:
+        print(f"{r.name:<{width}}  {r.version or '-':<7}  {r.state:<11}  {r.reason}".rstrip())
+
+
+def cmd_metadata(client: InferenceClient, args: argparse.Namespace) -> None:
+    meta = client.metadata(args.model, args.version)
+    if args.json:
+        print(json_format.MessageToJson(meta, indent=2))
+        return
+    print(f"model:    {meta.name}")
+    print(f"versions: {', '.join(meta.versions)}")
+    print(f"platform: {meta.platform}")
+    for kind, tensors in (("input", meta.inputs), ("output", meta.outputs)):
+        for t in tensors:
+            print(f"{kind + ':':<9} {t.name} {t.datatype} {list(t.shape)}")
+
+
+def _avg_ms(count: int, ns: int) -> str:
+    return f"{ns / count / 1e6:.2f} ms" if count else "-"
+
+
+def cmd_stats(client: InferenceClient, args: argparse.Namespace) -> None:
+    stats = client.statistics(args.model or "", args.version)
+    if args.json:
+        for s in stats:
+            print(json_format.MessageToJson(s, indent=2))
+        return
+    if not stats:
+        print("no loaded models")
+    for s in stats:
+        i = s.inference_stats
+        last = (
+            datetime.fromtimestamp(s.last_inference / 1000, UTC).isoformat(timespec="seconds")
+            if s.last_inference
+            else "never"
+        )
+        print(
+            f"{s.name} v{s.version}: {s.inference_count} inferences in "
+            f"{s.execution_count} executions, last {last}"
+        )
+        success = _avg_ms(i.success.count, i.success.ns)
+        print(f"  success     {i.success.count:8d} requests  avg {success}")
+        print(f"  failed      {i.fail.count:8d} requests")
+        print(f"  queue       avg {_avg_ms(i.queue.count, i.queue.ns)}")
+        print(f"  preprocess  avg {_avg_ms(i.compute_input.count, i.compute_input.ns)}")
+        print(f"  compute     avg {_avg_ms(i.compute_infer.count, i.compute_infer.ns)} per batch")
+        if s.batch_stats:
+            sizes = ", ".join(f"{b.batch_size}x{b.compute_infer.count}" for b in s.batch_stats)
+            print(f"  batch sizes (size x executions): {sizes}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m client", description=__doc__.split("\n")[0])
+    p.add_argument("--url", default=DEFAULT_URL, help=f"server host:port (default {DEFAULT_URL})")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def model_args(q: argparse.ArgumentParser, required: bool = True) -> None:
+        q.add_argument("--model", "-m", required=required)
+        q.add_argument("--version", default="", help="model version (default: the server's)")
+
+    q = sub.add_parser("classify", help="top-k labels for JPEG/PNG files (decoded by the server)")
+    model_args(q)
+    q.add_argument("--top-k", "-k", type=_positive_int, default=5)
+    q.add_argument("files", nargs="+", metavar="FILE")
+    q.set_defaults(func=cmd_classify)
+
+    q = sub.add_parser("infer", help="raw FP32 tensor round trip; prints shape, top-1, latency")
+    model_args(q)
+    source = q.add_mutually_exclusive_group(required=True)
+    source.add_argument("--random", action="store_true", help="a seeded normal batch")
+    source.add_argument("--input", metavar="FILE.npy", help="an NCHW (or CHW) array")
+    q.add_argument(
+        "--batch", "-b", type=_positive_int, default=None, help="rows for --random (default 1)"
+    )
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_infer)
+
+    q = sub.add_parser("models", help="models in the repository and their state")
+    q.add_argument("--ready", action="store_true", help="only models ready to serve")
+    q.set_defaults(func=cmd_models)
+
+    q = sub.add_parser("metadata", help="a model's inputs, outputs and versions")
+    model_args(q)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_metadata)
+
+    q = sub.add_parser("stats", help="inference statistics (every model by default)")
+    model_args(q, required=False)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_stats)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with InferenceClient(args.url, timeout=args.timeout) as client:
+            args.func(client, args)
+    except (ClientError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. piped into `head`: stop quietly, as Unix tools do
+        sys.stdout = open(os.devnull, "w")  # the interpreter flushes stdout at exit
+        return 1
+    return 0
