@@ -49,14 +49,19 @@ class ServerProcess:
 
 
 def start_server(
-    repository: Path, *args: str, log_dir: Path, timeout: float = 180
+    repository: Path,
+    *args: str,
+    log_dir: Path,
+    timeout: float = 180,
+    python: str = sys.executable,
+    cwd: Path = ROOT,
 ) -> ServerProcess:
     port, metrics_port = free_port(), free_port()
     log = log_dir / f"server-{port}.log"
     fh = open(log, "w")  # noqa: SIM115 - the process owns it until it exits
     proc = subprocess.Popen(
         [
-            sys.executable,
+            python,
             "-m",
             "server",
             "--model-repository",
@@ -71,7 +76,7 @@ def start_server(
             "127.0.0.1",
             *args,
         ],
-        cwd=ROOT,
+        cwd=cwd,
         stdout=fh,
         stderr=subprocess.STDOUT,
         text=True,
