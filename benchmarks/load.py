@@ -200,6 +200,20 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_seconds() -> float | None:
+    """CPU seconds spent by every process on the machine since boot (Linux), else None.
+
+    Its delta minus the client's and the server's CPU is what other processes
+    took from the benchmark: the noise figure of a shared machine.
+    """
+    try:
+        line = Path("/proc/stat").read_text().split("\n", 1)[0]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, line.split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 # --- the load itself ----------------------------------------------------------
 
 
@@ -243,7 +257,7 @@ class _Probe:
         self.metrics_url, self.model, self.server_pid = metrics_url, model, server_pid
         self.error: str | None = None
 
-    def _take(self) -> tuple[float, dict[str, float] | None, float | None]:
+    def _take(self) -> tuple:
         metrics = None
         if self.metrics_url and self.model:
             try:
@@ -251,9 +265,10 @@ class _Probe:
             except Exception as exc:  # a level's figures must not die with the endpoint
                 self.error = f"{type(exc).__name__}: {exc}"
         cpu = process_cpu_seconds(self.server_pid) if self.server_pid else None
-        return time.perf_counter(), metrics, cpu
+        return time.perf_counter(), metrics, cpu, machine_cpu_seconds()
 
-    async def take(self) -> tuple[float, dict[str, float] | None, float | None]:
+    async def take(self) -> tuple:
+        """(perf_counter, metrics or None, server CPU s or None, machine CPU s or None)"""
         return await asyncio.to_thread(self._take)
 
 
@@ -297,11 +312,17 @@ def _summary(
         "client_cpu_pct": 100 * client_cpu_s / window_s,
         "latency": asdict(summarize(window.latencies, batch_size)) if requests else None,
     }
-    (t0, m0, c0), (t1, m1, c1) = before, after
+    (t0, m0, c0, all0), (t1, m1, c1, all1) = before, after
     result["server"] = (
         server_figures(metrics_delta(m0, m1), t1 - t0) if m0 is not None and m1 else None
     )
     result["server_cpu_pct"] = 100 * (c1 - c0) / (t1 - t0) if c0 is not None and c1 else None
+    if all0 is not None and all1 is not None:
+        result["machine_cpu_pct"] = 100 * (all1 - all0) / (t1 - t0)
+        if result["server_cpu_pct"] is not None:
+            result["other_cpu_pct"] = (
+                result["machine_cpu_pct"] - result["server_cpu_pct"] - result["client_cpu_pct"]
+            )
     if probe.error:
         result["metrics_error"] = probe.error
     return result
@@ -552,6 +573,10 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
 def table(rows: list[dict], title: str = "load") -> None:
     from rich.console import Console
     from rich.table import Table
@@ -568,6 +593,7 @@ def table(rows: list[dict], title: str = "load") -> None:
         "p99 ms",
         "client CPU",
         "server CPU",
+        "other CPU",
         "batch eff.",
         "queue ms",
         "compute ms",
@@ -588,7 +614,8 @@ def table(rows: list[dict], title: str = "load") -> None:
             _fmt(lat.get("p95_ms")),
             _fmt(lat.get("p99_ms")),
             f"{r['client_cpu_pct']:.0f}%",
-            _fmt(r.get("server_cpu_pct"), ".0f") + ("%" if r.get("server_cpu_pct") else ""),
+            _pct(r.get("server_cpu_pct")),
+            _pct(r.get("other_cpu_pct")),
             _fmt(srv.get("batching_efficiency")),
             _fmt(srv.get("queue_ms_mean")),
             _fmt(srv.get("compute_ms_mean")),

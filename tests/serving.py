@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -16,6 +17,15 @@ import grpc
 from protos import grpc_service_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """A test that failed before terminate() must not leave a server running."""
+    for proc in _STARTED:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def free_port() -> int:
@@ -82,6 +92,7 @@ def start_server(
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    _STARTED.append(proc)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if "ready:" in log.read_text():

@@ -386,3 +386,46 @@ def test_load_unload_and_new_version_while_streaming(repo: Path, tmp_path: Path)
     finally:
         stop.set()
         assert srv.terminate() == 0
+
+
+def test_expired_and_cancelled_requests_are_never_computed(repo: Path, tmp_path: Path) -> None:
+    srv = start_server(
+        repo, "--model", "mobilenet_v2", "--max-batch-size", "1", "--no-warmup", log_dir=tmp_path
+    )
+    try:
+        stub = srv.stub()
+        heavy = tensor_request("mobilenet_v2", np.zeros((1, 3, 384, 384), np.float32))
+        ok: list[bool] = []
+
+        def busy(_: int) -> None:
+            stub.ModelInfer(heavy, timeout=120)
+            ok.append(True)
+
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(busy, i) for i in range(6)]
+            time.sleep(0.3)  # the queue is now several batches deep
+            late = [stub.ModelInfer.future(heavy, timeout=0.05) for _ in range(4)]
+            cancelled = [stub.ModelInfer.future(heavy, timeout=120) for _ in range(4)]
+            for call in cancelled:
+                call.cancel()
+            for call in late:
+                with pytest.raises(grpc.RpcError) as err:
+                    call.result()
+                assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            for f in futures:
+                f.result()
+        time.sleep(0.5)
+        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="mobilenet_v2"))
+        assert stats.model_stats[0].inference_count == len(ok) == 6  # the 8 others never ran
+        text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics").read()
+        dropped = sum(
+            s.value
+            for fam in text_string_to_metric_families(text.decode())
+            for s in fam.samples
+            if s.name == "inference_dropped_total"
+        )
+        # Those that reached the server were dropped from the queue (a cancel can also
+        # beat the request to the server, then there is nothing to drop).
+        assert 1 <= dropped <= 8
+    finally:
+        assert srv.terminate() == 0
