@@ -394,16 +394,16 @@ def test_expired_and_cancelled_requests_are_never_computed(repo: Path, tmp_path:
     )
     try:
         stub = srv.stub()
-        heavy = tensor_request("mobilenet_v2", np.zeros((1, 3, 384, 384), np.float32))
+        heavy = tensor_request("mobilenet_v2", np.zeros((1, 3, 512, 512), np.float32))
         ok: list[bool] = []
 
         def busy(_: int) -> None:
             stub.ModelInfer(heavy, timeout=120)
             ok.append(True)
 
-        with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(busy, i) for i in range(6)]
-            time.sleep(0.3)  # the queue is now several batches deep
+        with ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(busy, i) for i in range(16)]
+            time.sleep(0.2)  # the queue is now many batches deep
             late = [stub.ModelInfer.future(heavy, timeout=0.05) for _ in range(4)]
             cancelled = [stub.ModelInfer.future(heavy, timeout=120) for _ in range(4)]
             for call in cancelled:
@@ -416,7 +416,7 @@ def test_expired_and_cancelled_requests_are_never_computed(repo: Path, tmp_path:
                 f.result()
         time.sleep(0.5)
         stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="mobilenet_v2"))
-        assert stats.model_stats[0].inference_count == len(ok) == 6  # the 8 others never ran
+        assert stats.model_stats[0].inference_count == len(ok) == 16  # the 8 others never ran
         text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics").read()
         dropped = sum(
             s.value
