@@ -1,11 +1,15 @@
-"""Start a real server process on free localhost ports, for the server tests."""
+"""Start a real server process for the tests.
+
+Both listeners bind port 0, so the kernel picks free ports and two test runs
+can never race for one; the server's ``ready:`` line names the ports.
+"""
 
 from __future__ import annotations
 
 import atexit
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +21,7 @@ import grpc
 from protos import grpc_service_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
+_READY = re.compile(r"^ready: gRPC \S+:(\d+), metrics port (-?\d+)", re.MULTILINE)
 _STARTED: list[subprocess.Popen[str]] = []
 
 
@@ -26,12 +31,6 @@ def _kill_leftovers() -> None:
     for proc in _STARTED:
         if proc.poll() is None:
             proc.kill()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -46,13 +45,17 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     def stub(self) -> pb_grpc.GRPCInferenceServiceStub:
-        channel = grpc.insecure_channel(self.url)
-        return pb_grpc.GRPCInferenceServiceStub(channel)
+        return pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(self.url))
 
     def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, then the exit code (killed and -9 if it ignores the signal)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
 
     def output(self) -> str:
         return self.log.read_text()
@@ -66,39 +69,24 @@ def start_server(
     python: str = sys.executable,
     cwd: Path = ROOT,
 ) -> ServerProcess:
-    port, metrics_port = free_port(), free_port()
-    log = log_dir / f"server-{port}.log"
-    fh = open(log, "w")  # noqa: SIM115 - the process owns it until it exits
-    proc = subprocess.Popen(
-        [
-            python,
-            "-m",
-            "server",
-            "--model-repository",
-            str(repository),
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(port),
-            "--metrics-port",
-            str(metrics_port),
-            "--metrics-host",
-            "127.0.0.1",
-            *args,
-        ],
-        cwd=cwd,
-        stdout=fh,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    """``python -m server`` on 127.0.0.1, returned once it reports ready."""
+    log = log_dir / f"server-{time.monotonic_ns()}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [python, "-m", "server", "--model-repository", str(repository),
+             "--host", "127.0.0.1", "--grpc-port", "0",
+             "--metrics-host", "127.0.0.1", "--metrics-port", "0", *args],
+            cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
     _STARTED.append(proc)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if "ready:" in log.read_text():
-            return ServerProcess(proc, port, metrics_port, log)
+        found = _READY.search(log.read_text())
+        if found:
+            return ServerProcess(proc, int(found.group(1)), int(found.group(2)), log)
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
-        time.sleep(0.2)
+        time.sleep(0.1)
     proc.kill()
     raise TimeoutError(f"server not ready after {timeout}s:\n{log.read_text()}")

@@ -8,14 +8,9 @@ its generated protos clash with ours in one process.
 
 from __future__ import annotations
 
-import queue
-import re
-import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +24,9 @@ from client.cli import _input_shape
 from exporter.samples import EXPECTED
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
+from tests.serving import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
-READY_TIMEOUT_S = 120
 CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat"}
 
 
@@ -55,63 +50,14 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
-def _wait_for_ready(proc: subprocess.Popen[str], log: Path) -> str:
-    """The server's ``ready:`` line; stdout keeps being drained so the pipe never fills."""
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while (remaining := deadline - time.monotonic()) > 0:
-        try:
-            line = lines.get(timeout=remaining)
-        except queue.Empty:
-            break
-        if line is None:
-            proc.wait(timeout=10)
-            pytest.fail(f"server exited {proc.returncode} before ready:\n{log.read_text()[-3000:]}")
-        if line.startswith("ready:"):
-            return line
-    proc.kill()
-    pytest.fail(f"no ready: line within {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """Port 0 for both listeners: the kernel picks free ports and the ready line names them."""
-    log = tmp_path_factory.mktemp("server-log") / "stderr.log"
-    with log.open("w") as stderr:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "server", "--model-repository", str(repository)),
-                *("--host", "127.0.0.1", "--grpc-port", "0"),
-                *("--metrics-host", "127.0.0.1", "--metrics-port", "0"),
-                *("--grace-seconds", "5"),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
-    try:
-        ready = _wait_for_ready(proc, log)
-        found = re.search(r"gRPC (\S+):(\d+)", ready)
-        assert found, f"cannot parse the gRPC address from {ready!r}"
-        yield RunningServer(f"127.0.0.1:{found.group(2)}", repository)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    assert proc.returncode == 0, f"server exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+    srv = start_server(
+        repository, "--grace-seconds", "5", log_dir=tmp_path_factory.mktemp("server-log")
+    )
+    yield RunningServer(srv.url, repository)
+    code = srv.terminate(timeout=30)
+    assert code == 0, f"server exited {code}:\n{srv.output()[-3000:]}"
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,9 @@ document, with onnxruntime in this process as the numerical reference.
 from __future__ import annotations
 
 import json
-import queue
-import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,12 +25,12 @@ from google.protobuf import json_format, text_format
 
 from exporter.samples import EXPECTED
 from protos import model_config_pb2 as mc
+from tests.serving import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSION = Path(__file__).with_name("triton_session.py")
 LENET = "lenet5"
 LITE0 = "efficientnet_lite0"
-READY_TIMEOUT_S = 120
 DIGIT_ROWS = slice(0, 1800, 150)  # 12 digits spread over the set
 
 
@@ -53,72 +48,13 @@ def repository(tmp_path_factory: pytest.TempPathFactory, lite0_repo: Path) -> Pa
     return repo
 
 
-def _wait_for_ready(proc: subprocess.Popen[str], log: Path) -> str:
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:  # keeps draining stdout for the life of the process
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=0.5)
-        except queue.Empty:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited {proc.returncode} before ready:\n{log.read_text()}")
-            continue
-        if line.startswith("ready:"):
-            return line
-    proc.kill()
-    pytest.fail(f"server not ready within {READY_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-
-
 @pytest.fixture(scope="module")
 def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``python -m server`` on ports the OS picks (read back from its ready line); its URL."""
-    log = tmp_path_factory.mktemp("triton-server") / "server.log"
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server",
-                "--model-repository",
-                str(repository),
-                "--host",
-                "127.0.0.1",
-                "--grpc-port",
-                "0",
-                "--metrics-host",
-                "127.0.0.1",
-                "--metrics-port",
-                "0",
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
-    try:
-        line = _wait_for_ready(proc, log)
-        found = re.search(r"gRPC (127\.0\.0\.1:[1-9]\d*)", line)
-        assert found, line
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    yield found.group(1)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"server ignored SIGTERM for 60 s:\n{log.read_text()[-4000:]}")
-    assert code == 0, f"exit code {code} after SIGTERM:\n{log.read_text()[-4000:]}"
+    """``python -m server`` on ports the OS picks; its URL."""
+    srv = start_server(repository, log_dir=tmp_path_factory.mktemp("triton-server"))
+    yield srv.url
+    code = srv.terminate(timeout=60)
+    assert code == 0, f"exit code {code} after SIGTERM:\n{srv.output()[-4000:]}"
 
 
 @pytest.fixture(scope="module")
