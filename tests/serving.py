@@ -10,6 +10,7 @@ import atexit
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,13 @@ def _kill_leftovers() -> None:
     for proc in _STARTED:
         if proc.poll() is None:
             proc.kill()
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (for tests that need an unused address)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @dataclass

@@ -247,10 +247,11 @@ def test_sigterm_answers_every_accepted_request(repo: Path, tmp_path: Path) -> N
     assert srv.terminate(timeout=120) == 0, srv.output()
     for t in threads:
         t.join()
-    # Every request the server held at SIGTERM was answered; any it refused
-    # afterwards was refused cleanly (UNAVAILABLE), never failed mid-way.
+    # Every request the server held at SIGTERM was answered. Ones still in the
+    # transport, not yet handed to the server, are refused by gRPC itself
+    # (UNAVAILABLE, or CANCELLED when it closes the stream); none fails mid-way.
     assert results.count("OK") >= answered_before + held, results
-    assert set(results) <= {"OK", "UNAVAILABLE"}, results
+    assert set(results) <= {"OK", "UNAVAILABLE", "CANCELLED"}, results
 
 
 def in_flight(srv: ServerProcess, model: str) -> float:
