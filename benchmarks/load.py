@@ -283,12 +283,6 @@ def _as_list(requests: Requests) -> list[bytes]:
     return out
 
 
-def _code(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return exc.code().name
-    return type(exc).__name__
-
-
 def _summary(
     mode: str,
     window: _Window,

@@ -6,21 +6,30 @@
 
 1. Export the model into --repository if it is missing (this may import torch;
    it happens before anything is timed).
-2. In process: one ONNX Runtime session (intra_op_num_threads = --threads),
-   p50 latency at batch 1 and throughput (images/s over the timed runs) at
-   each of --batch-sizes.
+2. In process: one ONNX Runtime session (intra_op_num_threads = --threads);
+   --sweep-passes interleaved passes over --batch-sizes find the batch size of
+   best median throughput (images/s over the timed runs).
 3. For each --server-args variant: start ``python -m server`` with the same
-   threads, run benchmarks/load.py's closed loop at each --concurrency level,
-   stop it with SIGTERM.
-4. In process again, batch 1 and the best batch size: how much the machine
-   drifted during the run.
+   threads; then --rounds rounds, each running, for every --concurrency level,
+   in process / benchmarks/load.py's closed loop / in process again (batch 1
+   around single stream, the best batch around the others); stop it with
+   SIGTERM.
+
+Why the sandwiches: on this shared 2-core VM the same ONNX Runtime session
+switches between two speeds (batch-1 p50 about 4.1 ms or about 7.2 ms) every
+few seconds to minutes, because of the host, not of this machine's processes.
+Each server slice is compared with the mean of the in-process slices just
+before and after it; a pair whose two in-process slices disagree by more than
+15% straddles a switch and is left out. The figures reported are medians over
+the stable pairs.
 
 Printed and written to <out>/serve_vs_inprocess.json: in-process batch-1 p50
 vs server single-stream p50 (target: at most +1.0 ms), best in-process
 throughput vs server throughput at the highest concurrency (target: at least
-0.90x), batching efficiency, queue/compute time, client and server CPU.
-With --profile the server runs under cProfile (its event-loop thread) and the
-top functions are written next to the results.
+0.90x), batching efficiency, queue/compute time, client and server CPU, and
+the CPU other processes took meanwhile (figures above 10% of a core are
+flagged). With --profile the server runs under cProfile (its event-loop
+thread) and the top functions are written next to the results.
 """
 
 from __future__ import annotations
@@ -29,9 +38,9 @@ import argparse
 import gc
 import json
 import os
+import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,8 +56,34 @@ from benchmarks import load  # noqa: E402
 from benchmarks.latency import machine  # noqa: E402
 from benchmarks.stats import summarize  # noqa: E402
 
+READY = re.compile(r"^ready: gRPC \S+:(\d+), metrics port (-?\d+)", re.MULTILINE)
 LATENCY_TARGET_MS = 1.0
 THROUGHPUT_TARGET = 0.90
+
+
+STABLE_TOLERANCE = 0.15  # in-process before/after a server slice must agree this well
+NOISY_PCT = 10.0  # other processes' CPU (% of one core) above which a figure is flagged
+
+
+def other_cpu_pct(seconds: float = 2.0) -> float | None:
+    """CPU (% of one core) that processes other than this one took over ``seconds``."""
+    own0, all0 = time.process_time(), load.machine_cpu_seconds()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    own1, all1 = time.process_time(), load.machine_cpu_seconds()
+    if all0 is None or all1 is None:
+        return None
+    return 100 * ((all1 - all0) - (own1 - own0)) / (time.perf_counter() - t0)
+
+
+def wait_quiet(timeout: float, threshold: float = NOISY_PCT) -> float | None:
+    """Wait (up to ``timeout`` s) until other processes leave the CPU; their last share."""
+    deadline = time.monotonic() + timeout
+    other = other_cpu_pct()
+    while other is not None and other > threshold and time.monotonic() < deadline:
+        print(f"  waiting: other processes use {other:.0f}% of a core", flush=True)
+        other = other_cpu_pct(5.0)
+    return other
 
 
 # --- in process ---------------------------------------------------------------
@@ -83,33 +118,34 @@ def input_shape(repository: Path, model: str) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def inprocess(
-    onnx_path: Path,
-    shape: tuple[int, ...],
-    threads: int,
-    batch_sizes: list[int],
-    seconds: float,
-    warmup_runs: int = 5,
-) -> list[dict]:
-    """p50 latency and images/s per batch size, one session, intra-op = ``threads``."""
-    import onnxruntime as ort
+class InProcess:
+    """One ONNX Runtime session, intra-op threads = ``threads``, as the server's backend."""
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1  # as the server's backend
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    rows = []
-    for batch in batch_sizes:
-        x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
+    def __init__(self, onnx_path: Path, shape: tuple[int, ...], threads: int) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1  # as the server's backend
+        self.session = ort.InferenceSession(
+            str(onnx_path), opts, providers=["CPUExecutionProvider"]
+        )
+        self.name = self.session.get_inputs()[0].name
+        self.shape = shape
+        self.threads = threads
+
+    def measure(self, batch: int, seconds: float, warmup_runs: int = 3) -> dict:
+        """p50 latency and images/s at ``batch`` over ``seconds`` (at least 10 runs)."""
+        x = np.random.default_rng(0).standard_normal((batch, *self.shape), dtype=np.float32)
+        feed = {self.name: x}
         for _ in range(warmup_runs):
-            session.run(None, {name: x})
+            self.session.run(None, feed)
         times: list[float] = []
         own0, all0 = time.process_time(), load.machine_cpu_seconds()
         started = time.perf_counter()
         while len(times) < 10 or time.perf_counter() - started < seconds:
             t0 = time.perf_counter()
-            session.run(None, {name: x})
+            self.session.run(None, feed)
             times.append(time.perf_counter() - t0)
         elapsed = time.perf_counter() - started
         own1, all1 = time.process_time(), load.machine_cpu_seconds()
@@ -117,38 +153,49 @@ def inprocess(
         other = None
         if all0 is not None and all1 is not None:  # CPU other processes took meanwhile
             other = 100 * ((all1 - all0) - (own1 - own0)) / elapsed
-        rows.append(
-            {
-                "batch": batch,
-                "threads": threads,
-                "runs": stats.runs,
-                "p50_ms": stats.p50_ms,
-                "p90_ms": stats.p90_ms,
-                "p99_ms": stats.p99_ms,
-                "mean_ms": stats.mean_ms,
-                "throughput": batch * len(times) / elapsed,
-                "own_cpu_pct": 100 * (own1 - own0) / elapsed,
-                "other_cpu_pct": other,
-            }
-        )
-        print(
-            f"  in process b={batch:<2} p50 {stats.p50_ms:7.2f} ms"
-            f"  {rows[-1]['throughput']:7.1f} img/s ({stats.runs} runs)"
-            f"  CPU {rows[-1]['own_cpu_pct']:.0f}%, others {other or 0:.0f}%",
-            flush=True,
-        )
-    del session
-    gc.collect()
-    return rows
+        return {
+            "batch": batch,
+            "threads": self.threads,
+            "runs": stats.runs,
+            "p50_ms": stats.p50_ms,
+            "p90_ms": stats.p90_ms,
+            "p99_ms": stats.p99_ms,
+            "mean_ms": stats.mean_ms,
+            "throughput": batch * len(times) / elapsed,
+            "own_cpu_pct": 100 * (own1 - own0) / elapsed,
+            "other_cpu_pct": other,
+        }
+
+    def close(self) -> None:
+        del self.session
+        gc.collect()
+
+
+def _inproc_line(row: dict) -> str:
+    return (
+        f"in process b={row['batch']:<2} p50 {row['p50_ms']:7.2f} ms"
+        f" {row['throughput']:6.1f} img/s ({row['runs']} runs,"
+        f" others {row['other_cpu_pct'] or 0:.0f}%)"
+    )
+
+
+def _server_line(row: dict) -> str:
+    srv = row["server"] or {}
+    lat = row["latency"] or {}
+    return (
+        f"server c={row['concurrency']:<2} p50 {lat.get('p50_ms', 0):7.2f} ms"
+        f" {row['throughput']:6.1f} img/s  errors {row['error_count']}"
+        f"  batch eff. {srv.get('batching_efficiency') or 0:.2f}"
+        f"  queue {srv.get('queue_ms_mean') or 0:.2f} ms"
+        f"  compute {srv.get('compute_ms_mean') or 0:.2f} ms"
+        f"  server e2e {srv.get('request_ms_mean') or 0:.2f} ms"
+        f"  CPU client {row['client_cpu_pct']:.0f}%"
+        f" server {row['server_cpu_pct'] or 0:.0f}%"
+        f" others {row.get('other_cpu_pct') or 0:.0f}%"
+    )
 
 
 # --- the server ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -176,6 +223,21 @@ class Server:
             return self.proc.wait()
 
 
+def split_variant(text: str) -> tuple[dict[str, str], list[str]]:
+    """``"MALLOC_ARENA_MAX=2 --max-queue-delay-us 0"`` -> ({env}, [server flags]).
+
+    Leading NAME=VALUE words set the server's environment, as in a shell.
+    """
+    words = shlex.split(text)
+    env: dict[str, str] = {}
+    while words and "=" in words[0] and not words[0].startswith("-"):
+        name, value = words.pop(0).split("=", 1)
+        if not name.isidentifier():
+            raise SystemExit(f"--server-args: {name!r} is not an environment variable name")
+        env[name] = value
+    return env, words
+
+
 def start_server(
     repository: Path,
     model: str,
@@ -184,9 +246,12 @@ def start_server(
     log: Path,
     profile: Path | None = None,
     timeout: float = 180,
+    env: dict[str, str] | None = None,
 ) -> Server:
-    """``python -m server`` on free localhost ports; returns once it printed 'ready:'."""
-    port, metrics_port = free_port(), free_port()
+    """``python -m server`` on OS-picked localhost ports; returns once it printed 'ready:'.
+
+    ``extra`` flags come last, so they override ours (``--model-repository`` too).
+    """
     prefix = [sys.executable]
     if profile is not None:
         prefix += ["-m", "cProfile", "-o", str(profile)]
@@ -201,9 +266,9 @@ def start_server(
         "--host",
         "127.0.0.1",
         "--grpc-port",
-        str(port),
+        "0",
         "--metrics-port",
-        str(metrics_port),
+        "0",
         "--metrics-host",
         "127.0.0.1",
         "--intra-op-threads",
@@ -217,12 +282,13 @@ def start_server(
             cwd=ROOT,
             stdout=fh,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if "ready:" in log.read_text():
-            return Server(proc, port, metrics_port, log)
+        found = READY.search(log.read_text())
+        if found:
+            return Server(proc, int(found.group(1)), int(found.group(2)), log)
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
         time.sleep(0.1)
@@ -243,7 +309,11 @@ def profile_top(prof: Path, out: Path, lines: int = 40) -> str:
     return buf.getvalue()
 
 
-def run_variant(args: argparse.Namespace, index: int, extra: list[str]) -> dict:
+def run_variant(
+    args: argparse.Namespace, index: int, variant: str, inproc: InProcess, best: int
+) -> dict:
+    """Start one server; rounds of [in-process, server level, in-process] per level."""
+    env, extra = split_variant(variant)
     profile = args.out / f"server-{index}.prof" if args.profile else None
     server = start_server(
         args.repository,
@@ -252,41 +322,49 @@ def run_variant(args: argparse.Namespace, index: int, extra: list[str]) -> dict:
         extra,
         args.out / f"server-{index}.log",
         profile,
+        env=env,
     )
-    levels = []
+
+    def reference(batch: int) -> dict:
+        row = inproc.measure(batch, args.inproc_seconds)
+        print("    " + _inproc_line(row), flush=True)
+        return row
+
+    rounds: list[dict[int, dict]] = []
     try:
         info = load.model_info(server.url, args.model)
         request = load.tensor_request(info, 1)
         load.check_request(server.url, request)
-        for n in args.concurrency:
-            row = load.run_closed_loop(
-                server.url,
-                request,
-                n,
-                args.seconds,
-                args.warmup,
-                metrics_url=server.metrics_url,
-                model=args.model,
-                server_pid=server.proc.pid,
-                shared_channel=args.shared_channel,
-            )
-            levels.append(row)
-            srv = row["server"] or {}
-            print(
-                f"  server c={n:<2} p50 {row['latency']['p50_ms']:7.2f} ms"
-                f"  {row['throughput']:7.1f} img/s  errors {row['error_count']}"
-                f"  batch eff. {srv.get('batching_efficiency') or 0:.2f}"
-                f"  queue {srv.get('queue_ms_mean') or 0:.2f} ms"
-                f"  compute {srv.get('compute_ms_mean') or 0:.2f} ms"
-                f"  server e2e {srv.get('request_ms_mean') or 0:.2f} ms"
-                f"  client CPU {row['client_cpu_pct']:.0f}%"
-                f"  server CPU {row['server_cpu_pct'] or 0:.0f}%"
-                f"  others {row.get('other_cpu_pct') or 0:.0f}%",
-                flush=True,
-            )
+        for r in range(args.rounds):
+            print(f"  round {r + 1}/{args.rounds}", flush=True)
+            levels: dict[int, dict] = {}
+            for n in args.concurrency:
+                batch = 1 if n == 1 else best  # single stream vs batch 1, else vs the best
+                before = reference(batch)
+                row = load.run_closed_loop(
+                    server.url,
+                    request,
+                    n,
+                    args.seconds,
+                    args.warmup,
+                    metrics_url=server.metrics_url,
+                    model=args.model,
+                    server_pid=server.proc.pid,
+                    shared_channel=args.shared_channel,
+                )
+                print("    " + _server_line(row), flush=True)
+                levels[n] = {"server": row, "before": before, "after": reference(batch)}
+            rounds.append(levels)
     finally:
         rc = server.stop()
-    result = {"server_args": extra, "exit_code": rc, "levels": levels}
+    result = {
+        "server_args": variant,
+        "env": env,
+        "exit_code": rc,
+        "best_batch": best,
+        "rounds": [{str(n): level for n, level in levels.items()} for levels in rounds],
+    }
+    result["summary"] = summarize_variant(variant, rounds, best)
     if profile is not None and profile.is_file():
         result["profile"] = str(profile)
         profile_top(profile, args.out / f"server-{index}.profile.txt")
@@ -296,56 +374,162 @@ def run_variant(args: argparse.Namespace, index: int, extra: list[str]) -> dict:
 # --- comparison ---------------------------------------------------------------
 
 
-def compare(inproc: list[dict], variant: dict) -> dict:
-    b1 = next(r for r in inproc if r["batch"] == 1)
-    best = max(inproc, key=lambda r: r["throughput"])
-    levels = {lv["concurrency"]: lv for lv in variant["levels"]}
-    single = levels.get(1)
-    top = levels[max(levels)]
-    out: dict = {
-        "server_args": " ".join(variant["server_args"]),
-        "inprocess_b1_p50_ms": b1["p50_ms"],
-        "best_inprocess_throughput": best["throughput"],
-        "best_inprocess_batch": best["batch"],
-        "concurrency": top["concurrency"],
-        "server_throughput": top["throughput"],
-        "throughput_ratio": top["throughput"] / best["throughput"],
-        "batching_efficiency": (top["server"] or {}).get("batching_efficiency"),
-        "client_cpu_pct": {str(k): lv["client_cpu_pct"] for k, lv in levels.items()},
-        "server_cpu_pct": {str(k): lv["server_cpu_pct"] for k, lv in levels.items()},
-    }
-    out["throughput_target_met"] = out["throughput_ratio"] >= THROUGHPUT_TARGET
-    if single is not None and single["latency"]:
-        out["server_single_p50_ms"] = single["latency"]["p50_ms"]
-        out["p50_overhead_ms"] = out["server_single_p50_ms"] - b1["p50_ms"]
-        out["latency_target_met"] = out["p50_overhead_ms"] <= LATENCY_TARGET_MS
+def _median(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.median(kept)) if kept else None
+
+
+def paired(
+    slices: list[dict], ref_key: str, server_value, combine
+) -> tuple[list[float], list[float], int]:
+    """(figures of stable pairs, of all pairs, number unstable) for one level's slices.
+
+    A pair is stable when the in-process slices before and after the server
+    slice agree within STABLE_TOLERANCE: the host did not change speed meanwhile.
+    """
+    stable, every = [], []
+    for sl in slices:
+        before, after = sl["before"][ref_key], sl["after"][ref_key]
+        reference = (before + after) / 2
+        value = server_value(sl["server"])
+        if value is None:
+            continue
+        figure = combine(value, reference)
+        every.append(figure)
+        if abs(before - after) <= STABLE_TOLERANCE * reference:
+            stable.append(figure)
+    return stable, every, len(every) - len(stable)
+
+
+def summarize_variant(variant: str, rounds: list[dict[int, dict]], best: int) -> dict:
+    """Medians over the stable pairs of each level (over all pairs when none is stable)."""
+    out: dict = {"server_args": variant, "rounds": len(rounds), "best_inprocess_batch": best}
+    if not rounds:
+        return out
+    levels = list(rounds[0])
+    top = max(levels)
+
+    def slices(n: int) -> list[dict]:
+        return [levels_[n] for levels_ in rounds]
+
+    def median_of(n: int, get) -> float | None:
+        return _median([get(sl["server"]) for sl in slices(n)])
+
+    noisy = [
+        f"round {r + 1} c={n} {part}"
+        for r, levels_ in enumerate(rounds)
+        for n, sl in levels_.items()
+        for part, row in (("server", sl["server"]), ("in-process", sl["before"]))
+        if (row.get("other_cpu_pct") or 0) > NOISY_PCT
+    ]
+    stable, every, unstable = paired(
+        slices(top), "throughput", lambda row: row["throughput"], lambda v, ref: v / ref
+    )
+    ratios = stable or every
+    out.update(
+        {
+            "best_inprocess_throughput": _median(
+                [(sl["before"]["throughput"] + sl["after"]["throughput"]) / 2 for sl in slices(top)]
+            ),
+            "concurrency": top,
+            "server_throughput": median_of(top, lambda row: row["throughput"]),
+            "throughput_ratio": _median(ratios),
+            "throughput_ratio_range": [min(ratios), max(ratios)],
+            "throughput_pairs": {"stable": len(stable), "unstable": unstable},
+            "throughput_target_met": (_median(ratios) or 0) >= THROUGHPUT_TARGET,
+            "batching_efficiency": median_of(
+                top, lambda row: (row["server"] or {}).get("batching_efficiency")
+            ),
+            "levels": {
+                str(n): {
+                    "p50_ms": median_of(n, lambda row: (row["latency"] or {}).get("p50_ms")),
+                    "p99_ms": median_of(n, lambda row: (row["latency"] or {}).get("p99_ms")),
+                    "throughput": median_of(n, lambda row: row["throughput"]),
+                    "errors": sum(sl["server"]["error_count"] for sl in slices(n)),
+                    **{
+                        key: median_of(n, lambda row, k=key: (row["server"] or {}).get(k))
+                        for key in (
+                            "batching_efficiency",
+                            "queue_ms_mean",
+                            "compute_ms_mean",
+                            "request_ms_mean",
+                            "compute_busy_pct",
+                        )
+                    },
+                    "client_cpu_pct": median_of(n, lambda row: row["client_cpu_pct"]),
+                    "server_cpu_pct": median_of(n, lambda row: row["server_cpu_pct"]),
+                    "other_cpu_pct": median_of(n, lambda row: row.get("other_cpu_pct")),
+                }
+                for n in levels
+            },
+            "noisy": noisy,  # slices during which other processes took > NOISY_PCT of a core
+        }
+    )
+    if 1 in levels:
+        stable, every, unstable = paired(
+            slices(1),
+            "p50_ms",
+            lambda row: (row["latency"] or {}).get("p50_ms"),
+            lambda v, ref: v - ref,
+        )
+        diffs = stable or every
+        if diffs:
+            out["inprocess_b1_p50_ms"] = _median(
+                [(sl["before"]["p50_ms"] + sl["after"]["p50_ms"]) / 2 for sl in slices(1)]
+            )
+            out["server_single_p50_ms"] = out["levels"]["1"]["p50_ms"]
+            out["p50_overhead_ms"] = _median(diffs)
+            out["p50_overhead_range_ms"] = [min(diffs), max(diffs)]
+            out["latency_pairs"] = {"stable": len(stable), "unstable": unstable}
+            out["latency_target_met"] = out["p50_overhead_ms"] <= LATENCY_TARGET_MS
     return out
 
 
+def _pairs(count: dict) -> str:
+    if count["stable"]:
+        return f"{count['stable']} stable pairs, {count['unstable']} left out"
+    return f"{count['unstable']} pairs, NONE stable"
+
+
 def report(summary: dict) -> None:
-    args = summary["server_args"] or "(defaults)"
-    print(f"\nserver args: {args}")
-    if "server_single_p50_ms" in summary:
+    print(f"\nserver args: {summary['server_args'] or '(defaults)'}")
+    if summary["rounds"] == 0:
+        print("  no rounds")
+        return
+    if "p50_overhead_ms" in summary:
         ok = "met" if summary["latency_target_met"] else "MISSED"
+        lo, hi = summary["p50_overhead_range_ms"]
         print(
             f"  in-process batch-1 p50   {summary['inprocess_b1_p50_ms']:8.2f} ms\n"
-            f"  server single-stream p50 {summary['server_single_p50_ms']:8.2f} ms"
-            f"   difference {summary['p50_overhead_ms']:+.2f} ms"
-            f" (target <= +{LATENCY_TARGET_MS} ms: {ok})"
+            f"  server single-stream p50 {summary['server_single_p50_ms']:8.2f} ms\n"
+            f"  difference               {summary['p50_overhead_ms']:+8.2f} ms"
+            f" (median of {_pairs(summary['latency_pairs'])}, range {lo:+.2f}..{hi:+.2f};"
+            f" target <= +{LATENCY_TARGET_MS} ms: {ok})"
         )
     ok = "met" if summary["throughput_target_met"] else "MISSED"
+    lo, hi = summary["throughput_ratio_range"]
+    top = summary["levels"][str(summary["concurrency"])]
     print(
         f"  best in-process          {summary['best_inprocess_throughput']:8.1f} img/s"
         f" at batch {summary['best_inprocess_batch']}\n"
         f"  server, {summary['concurrency']} clients       "
-        f"{summary['server_throughput']:8.1f} img/s   ratio {summary['throughput_ratio']:.3f}"
-        f" (target >= {THROUGHPUT_TARGET}: {ok})\n"
-        f"  batching efficiency      {summary['batching_efficiency'] or 0:8.2f} images/batch\n"
+        f"{summary['server_throughput']:8.1f} img/s\n"
+        f"  ratio                    {summary['throughput_ratio']:8.3f}"
+        f"    (median of {_pairs(summary['throughput_pairs'])}, range {lo:.3f}..{hi:.3f};"
+        f" target >= {THROUGHPUT_TARGET}: {ok})\n"
+        f"  batching efficiency      {summary['batching_efficiency'] or 0:8.2f} images/batch"
+        f" (queue {top['queue_ms_mean'] or 0:.2f} ms, compute {top['compute_ms_mean'] or 0:.2f}"
+        f" ms per batch, server e2e {top['request_ms_mean'] or 0:.2f} ms)\n"
         "  client CPU               "
-        + ", ".join(f"c={k}: {v:.1f}%" for k, v in summary["client_cpu_pct"].items())
+        + ", ".join(f"c={k}: {v['client_cpu_pct']:.1f}%" for k, v in summary["levels"].items())
         + "\n  server CPU               "
-        + ", ".join(f"c={k}: {(v or 0):.0f}%" for k, v in summary["server_cpu_pct"].items())
+        + ", ".join(f"c={k}: {v['server_cpu_pct'] or 0:.0f}%" for k, v in summary["levels"].items())
     )
+    if summary["noisy"]:
+        print(
+            f"  WARNING: other processes took > {NOISY_PCT:.0f}% of a core during "
+            + ", ".join(summary["noisy"])
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -354,26 +538,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="mobilenet_v2")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--batch-sizes", default="1,2,4,8,16", help="in-process batch sizes")
-    p.add_argument("--inproc-seconds", type=float, default=3.0, help="per in-process batch size")
+    p.add_argument("--inproc-seconds", type=float, default=1.5, help="per in-process slice")
+    p.add_argument("--sweep-passes", type=int, default=3, help="passes over --batch-sizes")
     p.add_argument("--concurrency", default="1,8", help="server closed-loop levels")
-    p.add_argument("--seconds", type=float, default=10.0, help="per server level")
-    p.add_argument("--warmup", type=float, default=1.0, help="uncounted seconds per server level")
+    p.add_argument("--rounds", type=int, default=6, help="paired rounds per server variant")
+    p.add_argument("--seconds", type=float, default=2.0, help="per server level and round")
+    p.add_argument("--warmup", type=float, default=0.5, help="uncounted seconds before each")
     p.add_argument(
         "--server-args",
         action="append",
         default=None,
-        help='extra server flags, e.g. "--max-queue-delay-us 0"; repeat for several variants',
+        help='extra server flags, e.g. "--max-queue-delay-us 0", after optional NAME=VALUE\n'
+        "environment settings; repeat for several variants (each its own server)",
     )
     p.add_argument("--shared-channel", action="store_true", help="one gRPC channel for all")
     p.add_argument("--profile", action="store_true", help="run the server under cProfile")
-    p.add_argument("--no-recheck", action="store_true", help="skip the in-process re-check")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=300.0,
+        help="before each phase, wait up to this many seconds for other processes to\n"
+        f"leave the CPU (below {NOISY_PCT:.0f}%% of a core); 0: do not wait",
+    )
     p.add_argument("--out", type=Path, default=Path("results"))
     a = p.parse_args(argv)
     a.batch_sizes = load._numbers(a.batch_sizes, int, "--batch-sizes")
     a.concurrency = load._numbers(a.concurrency, int, "--concurrency")
+    if a.rounds < 1 or a.sweep_passes < 1:
+        p.error("--rounds and --sweep-passes must be >= 1")
     if 1 not in a.batch_sizes:
         a.batch_sizes = [1, *a.batch_sizes]
-    a.variants = [shlex.split(s) for s in (a.server_args or [""])]
+    a.variants = a.server_args or [""]
+    for variant in a.variants:
+        split_variant(variant)  # fail on a bad one now, not after minutes of timing
     return a
 
 
@@ -384,37 +581,46 @@ def main(argv: list[str] | None = None) -> int:
     shape = input_shape(args.repository, args.model)
     meta = {**machine(), "load_average": os.getloadavg(), "argv": sys.argv[1:]}
     print(f"machine: {meta}\n{args.model} {shape}, {args.threads} threads", flush=True)
-    print("in process:", flush=True)
-    inproc = inprocess(onnx_path, shape, args.threads, args.batch_sizes, args.inproc_seconds)
+    inproc = InProcess(onnx_path, shape, args.threads)
+    print("in process, batch sweep:", flush=True)
+    wait_quiet(args.quiet_wait)
+    passes: dict[int, list[dict]] = {b: [] for b in args.batch_sizes}
+    for _ in range(args.sweep_passes):  # interleaved passes: a slow phase hits every size
+        for batch in args.batch_sizes:
+            passes[batch].append(inproc.measure(batch, args.inproc_seconds))
+            print("  " + _inproc_line(passes[batch][-1]), flush=True)
+    sweep = [
+        {
+            "batch": b,
+            "p50_ms": _median([r["p50_ms"] for r in rows]),
+            "throughput": _median([r["throughput"] for r in rows]),
+            "passes": rows,
+        }
+        for b, rows in passes.items()
+    ]
+    best = max(sweep, key=lambda r: r["throughput"])["batch"]
+    print(
+        "  median throughput: "
+        + ", ".join(f"b={r['batch']} {r['throughput']:.1f}" for r in sweep)
+        + f" img/s -> best batch {best}",
+        flush=True,
+    )
     variants = []
-    for i, extra in enumerate(args.variants):
-        print(f"server {i}: {' '.join(extra) or '(defaults)'}", flush=True)
-        variants.append(run_variant(args, i, extra))
-    recheck: list[dict] = []
-    if not args.no_recheck:
-        best = max(inproc, key=lambda r: r["throughput"])["batch"]
-        print("in process again (drift check):", flush=True)
-        recheck = inprocess(onnx_path, shape, args.threads, sorted({1, best}), args.inproc_seconds)
-    summaries = [compare(inproc, v) for v in variants]
-    for s in summaries:
-        report(s)
-    if recheck:
-        before = {r["batch"]: r for r in inproc}
-        drift = [
-            f"b={r['batch']}: p50 {before[r['batch']]['p50_ms']:.2f} -> {r['p50_ms']:.2f} ms, "
-            f"{before[r['batch']]['throughput']:.1f} -> {r['throughput']:.1f} img/s"
-            for r in recheck
-        ]
-        print("\nin-process drift over the run: " + "; ".join(drift))
+    for i, variant in enumerate(args.variants):
+        print(f"server {i}: {variant or '(defaults)'}", flush=True)
+        wait_quiet(args.quiet_wait)
+        variants.append(run_variant(args, i, variant, inproc, best))
+    inproc.close()
+    for v in variants:
+        report(v["summary"])
     meta["load_average_end"] = os.getloadavg()
     result = {
         "machine": meta,
         "model": args.model,
         "threads": args.threads,
-        "inprocess": inproc,
-        "inprocess_recheck": recheck,
+        "inprocess_sweep": sweep,
         "variants": variants,
-        "summary": summaries,
+        "summary": [v["summary"] for v in variants],
     }
     path = args.out / "serve_vs_inprocess.json"
     path.write_text(json.dumps(result, indent=2))

@@ -267,3 +267,56 @@ def test_cpu_counters_and_flatten() -> None:
     assert load.machine_cpu_seconds() > 0
     flat = load.flatten({"a": 1, "b": {"c": 2, "d": {"e": 3}}})
     assert flat == {"a": 1, "b.c": 2, "b.d.e": 3}
+
+
+def test_server_variants_split_environment_from_flags() -> None:
+    from benchmarks.serve_vs_inprocess import split_variant
+
+    assert split_variant("") == ({}, [])
+    env, flags = split_variant("MALLOC_ARENA_MAX=2 X=a=b --max-queue-delay-us 0 --y=1")
+    assert env == {"MALLOC_ARENA_MAX": "2", "X": "a=b"}
+    assert flags == ["--max-queue-delay-us", "0", "--y=1"]
+    with pytest.raises(SystemExit):
+        split_variant("1BAD=2 --x")
+
+
+def test_pairs_straddling_a_speed_change_are_left_out() -> None:
+    from benchmarks.serve_vs_inprocess import paired, summarize_variant
+
+    def inproc(p50: float, thr: float) -> dict:
+        return {"p50_ms": p50, "throughput": thr, "other_cpu_pct": 0.0}
+
+    def server(p50: float, thr: float) -> dict:
+        return {
+            "latency": {"p50_ms": p50, "p99_ms": p50 * 2},
+            "throughput": thr,
+            "error_count": 0,
+            "client_cpu_pct": 5.0,
+            "server_cpu_pct": 180.0,
+            "other_cpu_pct": 0.0,
+            "server": {"batching_efficiency": 4.0, "compute_ms_mean": 10.0},
+        }
+
+    def level(ref: tuple, srv: tuple, ref_after: tuple | None = None) -> dict:
+        return {
+            "before": inproc(*ref),
+            "server": server(*srv),
+            "after": inproc(*(ref_after or ref)),
+        }
+
+    rounds = [
+        {1: level((4.0, 240), (5.5, 130)), 8: level((16.0, 250), (16.0, 200))},
+        {1: level((4.0, 240), (6.0, 130), (7.0, 140)), 8: level((16, 250), (16, 150), (28, 140))},
+        {1: level((4.2, 238), (5.1, 130)), 8: level((16.0, 240), (16.0, 180))},
+    ]
+    stable, every, unstable = paired(
+        [r[1] for r in rounds], "p50_ms", lambda s: s["latency"]["p50_ms"], lambda v, r: v - r
+    )
+    assert stable == pytest.approx([1.5, 0.9]) and len(every) == 3 and unstable == 1
+    summary = summarize_variant("--x 1", rounds, best=4)
+    assert summary["p50_overhead_ms"] == pytest.approx(1.2)  # median of the 2 stable pairs
+    assert summary["latency_pairs"] == {"stable": 2, "unstable": 1}
+    assert summary["throughput_ratio"] == pytest.approx((200 / 250 + 180 / 240) / 2)
+    assert summary["concurrency"] == 8 and summary["batching_efficiency"] == 4.0
+    assert not summary["latency_target_met"] and not summary["throughput_target_met"]
+    assert summary["noisy"] == []
