@@ -37,3 +37,14 @@ def lite0_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         progress=lambda _: None,
     )
     return repo
+
+
+@pytest.fixture(scope="session")
+def serve_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """lenet5 (trained on digits) and mobilenet_v2 (random), for the server suites."""
+    from exporter.pipeline import ExportRequest, export_model
+
+    path = tmp_path_factory.mktemp("serve-repo")
+    for name in ("lenet5", "mobilenet_v2"):
+        export_model(ExportRequest(model=name, repository=path), progress=lambda _: None)
+    return path

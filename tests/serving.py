@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
+import onnxruntime as ort
 
+from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,3 +101,26 @@ def start_server(
         time.sleep(0.1)
     proc.kill()
     raise TimeoutError(f"server not ready after {timeout}s:\n{log.read_text()}")
+
+
+def tensor_request(model: str, x: np.ndarray, version: str = "") -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name=model, model_version=version)
+    req.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    req.raw_input_contents.append(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+    return req
+
+
+def logits_of(resp: pb.ModelInferResponse) -> np.ndarray:
+    shape = list(resp.outputs[0].shape)
+    return np.frombuffer(resp.raw_output_contents[0], dtype="<f4").reshape(shape)
+
+
+def in_process(repo: Path, model: str, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(
+        str(repo / model / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    return session.run(None, {"input": x})[0]
+
+
+def digits(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 1, 32, 32)).astype(np.float32)

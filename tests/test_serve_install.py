@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.pipeline import ExportRequest, export_model
 from protos import grpc_service_pb2 as pb
 from tests.serving import ROOT, start_server
 
@@ -36,10 +35,10 @@ def test_serve_extra_has_no_torch(serve_python: Path) -> None:
     assert probe.stdout.strip() == "None"
 
 
-def test_serve_only_install_serves(serve_python: Path, tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    export_model(ExportRequest(model="lenet5", repository=repo), progress=lambda _: None)
-    srv = start_server(repo, python=str(serve_python), cwd=tmp_path, log_dir=tmp_path)
+def test_serve_only_install_serves(serve_python: Path, serve_repo: Path, tmp_path: Path) -> None:
+    srv = start_server(
+        serve_repo, "--model", "lenet5", python=str(serve_python), cwd=tmp_path, log_dir=tmp_path
+    )
     try:
         req = pb.ModelInferRequest(model_name="lenet5")
         req.inputs.add(name="input", datatype="FP32", shape=[2, 1, 32, 32])
