@@ -38,13 +38,9 @@ import argparse
 import gc
 import json
 import os
-import re
 import shlex
-import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +51,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import load  # noqa: E402
 from benchmarks.latency import machine  # noqa: E402
 from benchmarks.stats import summarize  # noqa: E402
+from server.launch import Launched, launch  # noqa: E402
 
-READY = re.compile(r"^ready: gRPC \S+:(\d+), metrics port (-?\d+)", re.MULTILINE)
 LATENCY_TARGET_MS = 1.0
 THROUGHPUT_TARGET = 0.90
 
@@ -198,31 +194,6 @@ def _server_line(row: dict) -> str:
 # --- the server ---------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    port: int
-    metrics_port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
 def split_variant(text: str) -> tuple[dict[str, str], list[str]]:
     """``"MALLOC_ARENA_MAX=2 --max-queue-delay-us 0"`` -> ({env}, [server flags]).
 
@@ -247,53 +218,18 @@ def start_server(
     profile: Path | None = None,
     timeout: float = 180,
     env: dict[str, str] | None = None,
-) -> Server:
-    """``python -m server`` on OS-picked localhost ports; returns once it printed 'ready:'.
+) -> Launched:
+    """``python -m server`` for ``model`` on OS-picked localhost ports, once ready.
 
     ``extra`` flags come last, so they override ours (``--model-repository`` too).
     """
-    prefix = [sys.executable]
+    python = [sys.executable]
     if profile is not None:
-        prefix += ["-m", "cProfile", "-o", str(profile)]
-    cmd = [
-        *prefix,
-        "-m",
-        "server",
-        "--model-repository",
-        str(repository),
-        "--model",
-        model,
-        "--host",
-        "127.0.0.1",
-        "--grpc-port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--metrics-host",
-        "127.0.0.1",
-        "--intra-op-threads",
-        str(threads),
-        *extra,
-    ]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = READY.search(log.read_text())
-        if found:
-            return Server(proc, int(found.group(1)), int(found.group(2)), log)
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
-        time.sleep(0.1)
-    proc.kill()
-    raise TimeoutError(f"server not ready after {timeout}s:\n{log.read_text()}")
+        python += ["-m", "cProfile", "-o", str(profile)]
+    return launch(
+        repository, "--model", model, "--intra-op-threads", str(threads), *extra,
+        log=log, python=python, cwd=ROOT, env=env, timeout=timeout,
+    )  # fmt: skip
 
 
 def profile_top(prof: Path, out: Path, lines: int = 40) -> str:
@@ -356,7 +292,7 @@ def run_variant(
                 levels[n] = {"server": row, "before": before, "after": reference(batch)}
             rounds.append(levels)
     finally:
-        rc = server.stop()
+        rc = server.terminate()
     result = {
         "server_args": variant,
         "env": env,
