@@ -33,8 +33,14 @@ list: $(STAMP)
 	$(PY) -m exporter list
 
 # make export MODEL=mobilenet [WEIGHTS=random|imagenet|pretrained|path]; MODEL=all exports the zoo.
+# PRECISION=fp32|fp16|int8, BACKEND=onnxruntime|tensorrt (GPU), CALIBRATION=DIR|samples (int8).
+PRECISION ?=
+BACKEND ?=
+CALIBRATION ?=
 export: $(STAMP)
-	$(PY) -m exporter export $(MODEL) --repository $(REPO) $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(PY) -m exporter export $(MODEL) --repository $(REPO) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
+	  $(if $(PRECISION),--precision $(PRECISION)) $(if $(BACKEND),--backend $(BACKEND)) \
+	  $(if $(CALIBRATION),--calibration $(CALIBRATION))
 
 # Export, check in process, then serve: classify the photos over gRPC and stop
 # the server with SIGTERM (it must drain and exit 0).
@@ -57,15 +63,69 @@ demo: $(STAMP)
 	kill -TERM $$pid; wait $$pid; code=$$?; \
 	echo "server stopped with exit code $$code"; \
 	[ $$status -eq 0 ] && [ $$code -eq 0 ]
+	@echo "the demo models side by side, in process (PyTorch eager vs ONNX Runtime, batch 1):"
+	$(PY) benchmarks/latency.py --repository $(REPO) --models mobilenet_v2,efficientnet_lite0 \
+	  --backends torch,onnxruntime --batch-sizes 1 --repeats 2 --seconds 0.5 --max-seconds 1.5 \
+	  --no-charts --out results/demo
 
 serve: $(STAMP)
 	$(PY) -m server --model-repository $(REPO)
 
-test: $(STAMP)
-	$(PY) -m pytest -m "not heavy" $(PYTEST_ARGS)
+# The benchmark report (about 10 minutes on 2 cores): in-process latency of the default
+# models (benchmarks/latency.py), then load against a server it starts on mobilenet_v2,
+# with dynamic batching on and off (benchmarks/load.py). Results, Markdown and charts
+# land in $(BENCH_OUT)/.
+BENCH_OUT ?= results
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) benchmarks/latency.py --out $(BENCH_OUT)
+	$(PY) benchmarks/load.py --model mobilenet_v2 --compare-batching --concurrency 1,2,4,8,16 \
+	  --seconds 5 --out $(BENCH_OUT)
 
-test-all: $(STAMP)
+# The batching auto-tuner (README, "Tuning"): make tune MODEL=mobilenet_v2 P99_MS=50 [APPLY=1]
+# searches the serving configuration of $(REPO)/$(MODEL) on a server it starts itself;
+# APPLY=1 writes the winner into its config.pbtxt (the old file kept as a backup).
+P99_MS ?= 50
+APPLY  ?=
+.PHONY: tune
+tune: $(STAMP)
+	$(PY) benchmarks/tune.py --model $(MODEL) --p99-ms $(P99_MS) --repository $(REPO) \
+	  --out $(BENCH_OUT) $(if $(APPLY),--apply)
+
+test: $(STAMP) check-tools
+	$(PY) -m pytest -m "not heavy and not soak" $(PYTEST_ARGS)
+
+test-all: $(STAMP) check-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Tools for the deployment checks (tests/test_deploy.py) that pip cannot install:
+# Prometheus/promtool and docker-compose from Debian; a no-op once present.
+.PHONY: check-tools up down
+check-tools:
+	bash docker/install-check-tools.sh
+
+# The compose stack (README, "Running the stack"); `make up PROFILE=gpu` adds the GPU server.
+COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+PROFILE ?=
+up:
+	$(COMPOSE) $(if $(PROFILE),--profile $(PROFILE)) up --build --detach
+	@echo "gRPC :8001  metrics :8002/metrics  Prometheus 127.0.0.1:9090  Grafana 127.0.0.1:3000"
+
+down:
+	$(COMPOSE) --profile gpu down
+
+# GPU host only. gpu-setup adds the `gpu` extra (TensorRT 10, cuda-bindings, onnxruntime-gpu;
+# TensorRT's libraries come from NVIDIA's package index) and makes onnxruntime-gpu the
+# onnxruntime in use: both wheels install the same `onnxruntime` package, so the CPU one goes.
+# gpu-check fails (exit 2) on a machine without a usable GPU.
+.PHONY: gpu-setup gpu-check
+gpu-setup: $(STAMP)
+	$(PY) -m pip install -e '.[export,serve,dev,gpu]'
+	$(PY) -m pip uninstall -y onnxruntime
+	$(PY) -m pip install --force-reinstall --no-deps "$$(sed -n 's/.*"\(onnxruntime-gpu[^"]*\)".*/\1/p' pyproject.toml)"
+
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import json_format
 
-from client.client import DEFAULT_URL, ClientError, InferenceClient
+from client.client import DEFAULT_URL, ClientError, InferenceClient, TlsConfig
 
 EXIT_ERROR = 2
 # Keep each classify request well under the 64 MiB message limit.
@@ -218,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m client", description=__doc__.split("\n")[0])
     p.add_argument("--url", default=DEFAULT_URL, help=f"server host:port (default {DEFAULT_URL})")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    p.add_argument("--tls", action="store_true", help="TLS, checking the server with system CAs")
+    p.add_argument("--tls-ca", type=Path, help="PEM CA that signed the server's certificate")
+    p.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
+    p.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def model_args(q: argparse.ArgumentParser, required: bool = True) -> None:
@@ -259,8 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tls = None
+    if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+        tls = TlsConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
     try:
-        with InferenceClient(args.url, timeout=args.timeout) as client:
+        with InferenceClient(args.url, timeout=args.timeout, tls=tls) as client:
             args.func(client, args)
     except (ClientError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)

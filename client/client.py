@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
@@ -22,7 +23,14 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_config_pb2 as mc
 
-__all__ = ["DEFAULT_URL", "MAX_MESSAGE_BYTES", "Classification", "ClientError", "InferenceClient"]
+__all__ = [
+    "DEFAULT_URL",
+    "MAX_MESSAGE_BYTES",
+    "Classification",
+    "ClientError",
+    "InferenceClient",
+    "TlsConfig",
+]
 
 DEFAULT_URL = "localhost:8001"
 # Same as the server's default: a batch of 64 images at 512x512 FP32 fits.
@@ -53,6 +61,32 @@ class ClientError(Exception):
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS to the server: ``ca`` checks its certificate (None: the system's roots);
+    ``cert``/``key`` are this client's own, for servers that require mutual TLS."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if (self.cert is None) != (self.key is None):
+            raise ClientError("a TLS client certificate and its key go together")
+
+        def read(path: Path | None, what: str) -> bytes | None:
+            try:
+                return path.read_bytes() if path is not None else None
+            except OSError as exc:
+                raise ClientError(f"cannot read TLS {what} '{path}': {exc.strerror}") from None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca, "CA"),
+            private_key=read(self.key, "key"),
+            certificate_chain=read(self.cert, "certificate"),
+        )
 
 
 @dataclass(frozen=True)
@@ -105,16 +139,19 @@ class InferenceClient:
     ``timeout`` (seconds, ``None`` for none) is the deadline of every call.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, timeout: float | None = 30) -> None:
+    def __init__(
+        self, url: str = DEFAULT_URL, timeout: float | None = 30, tls: TlsConfig | None = None
+    ) -> None:
         self.url = url
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            url,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if tls is None:
+            self._channel = grpc.insecure_channel(url, options=options)
+        else:
+            self._channel = grpc.secure_channel(url, tls.credentials(), options=options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
     # --- lifecycle ----------------------------------------------------------
@@ -144,6 +181,8 @@ class InferenceClient:
         code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
         details: str = exc.details() or ""  # type: ignore[attr-defined]
         lowered = details.lower()
+        if code == grpc.StatusCode.UNAVAILABLE and ("ssl" in lowered or "handshake" in lowered):
+            return ClientError(f"TLS with {self.url} failed (UNAVAILABLE: {details})", code)
         if code == grpc.StatusCode.UNAVAILABLE and any(h in lowered for h in _UNREACHABLE_HINTS):
             return ClientError(f"cannot reach server at {self.url} — is it running?", code)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -11,9 +11,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from exporter.calibration import SAMPLES, CalibrationError, image_files
 from exporter.onnx import OnnxOptions, ParityError
+from exporter.precision import PRECISIONS, RUNTIMES, PrecisionError, PrecisionOptions
 from exporter.registry import UnknownModelError, aliases, get_cfg, list_models, resolve_name
 from exporter.repository import RepositoryError, ServingCfg
+from exporter.tensorrt import TensorRTBuildError
 from exporter.weights import WeightsError
 
 console = Console(stderr=True, soft_wrap=True)
@@ -84,6 +87,17 @@ def _request(args: argparse.Namespace, model: str):
         instance_count=args.instances,
         instance_kind=args.instance_kind,
     )
+    if args.calibration and args.calibration != SAMPLES:
+        image_files(Path(args.calibration))  # a missing or empty folder fails before any work
+    precision = PrecisionOptions(
+        precision=args.precision,
+        backend=args.backend,
+        calibration=args.calibration,
+        calibration_limit=args.calibration_limit,
+        min_agreement=args.min_agreement,
+        workspace_mib=args.workspace_mib,
+        timing_cache=args.timing_cache,
+    )
     return ExportRequest(
         model=model,
         weights=args.weights,
@@ -94,6 +108,7 @@ def _request(args: argparse.Namespace, model: str):
             opset=args.opset, exporter=args.exporter, simplify=not args.no_simplify, seed=args.seed
         ),
         serving=serving,
+        precision=precision,
     )
 
 
@@ -110,16 +125,23 @@ def cmd_export(args: argparse.Namespace) -> int:
         console.print(f"[bold]({i}/{len(requests)}) exporting {request.model}[/bold]")
         try:
             result = export_model(request, progress=lambda m: console.print(f"  {m}"))
-        except (ParityError, WeightsError) as exc:
+        except (ParityError, WeightsError, PrecisionError, RuntimeError) as exc:
             if len(requests) == 1:
                 raise
             console.print(f"  [red]failed:[/red] {exc}")
             failed.append(request.model)
             continue
         parity = result.report["parity"][0]
+        gate = result.report["precision"].get("agreement")
         console.print(
             f"  [green]ok[/green] {result.path} in {result.report['export_seconds']:.1f}s, "
             f"max rel err {parity['max_rel_err']:.1e}"
+            + (
+                f"; {request.precision.precision} top-1 agreement with FP32 "
+                f"{gate['top1_agreement']:.1%} on {gate['images']} images"
+                if gate
+                else ""
+            )
         )
     if len(requests) > 1:
         console.print(
@@ -178,6 +200,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-delay-us", type=int, default=1000)
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--instance-kind", choices=("auto", "cpu", "gpu"), default="auto")
+    g = p.add_argument_group("precision and runtime")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    g.add_argument(
+        "--backend",
+        choices=RUNTIMES,
+        default="onnxruntime",
+        help="onnxruntime: model.onnx (int8 QDQ / fp16 / fp32); tensorrt: model.plan, "
+        "built on this machine's GPU",
+    )
+    g.add_argument(
+        "--calibration",
+        default=None,
+        metavar="DIR",
+        help="folder of real JPEG/PNG images (required for int8), or 'samples' for the "
+        "photos bundled with scikit-image/scikit-learn; also the images of the precision gate",
+    )
+    g.add_argument("--calibration-limit", type=int, default=256, help="use at most N images")
+    g.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.99,
+        help="gate: top-1 agreement with FP32 on the real images (fp32 TensorRT needs 1.0)",
+    )
+    g.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT builder workspace")
+    g.add_argument("--timing-cache", default=None, help="TensorRT timing cache file")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="classify image files with an exported model (ONNX Runtime)")
@@ -199,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         WeightsError,
         ParityError,
         RepositoryError,
+        CalibrationError,
+        TensorRTBuildError,
         ValueError,
         FileNotFoundError,
     ) as exc:

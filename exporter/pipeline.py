@@ -21,6 +21,7 @@ from exporter import repository as repo
 from exporter.config import ModelCfg
 from exporter.labels import labels_for
 from exporter.macs import count_macs, count_params
+from exporter.precision import PrecisionError, PrecisionOptions
 from exporter.registry import get_cfg
 from exporter.weights import Provenance, file_sha256, load_with_weights
 
@@ -38,6 +39,7 @@ class ExportRequest:
     input_size: int | None = None  # H=W to export at; None: the model's own
     onnx: onnx_export.OnnxOptions = field(default_factory=onnx_export.OnnxOptions)
     serving: repo.ServingCfg = field(default_factory=repo.ServingCfg)
+    precision: PrecisionOptions = field(default_factory=PrecisionOptions)
 
 
 @dataclass(frozen=True)
@@ -85,10 +87,24 @@ def _config_parameters(cfg: ModelCfg, prov: Provenance) -> dict[str, str]:
     }
 
 
+def _check_tensorrt(request: ExportRequest) -> None:
+    """Fail fast, before the slow stages, when a TensorRT engine cannot be built here."""
+    if request.precision.backend != "tensorrt":
+        return
+    if request.serving.instance_kind == "cpu":
+        raise PrecisionError("a TensorRT engine runs on a GPU: --instance-kind cpu is not possible")
+    from server.gpu import unavailable_reason
+
+    reason = unavailable_reason(need_tensorrt=True)
+    if reason:
+        raise PrecisionError(f"--backend tensorrt builds on an NVIDIA GPU with TensorRT: {reason}")
+
+
 def export_model(request: ExportRequest, progress: Progress = print) -> ExportResult:
     """Export ``request.model`` into the repository; raises before writing on any failure."""
     started = time.perf_counter()
     cfg = get_cfg(request.model)
+    _check_tensorrt(request)
     export_size = _export_size(cfg, request.input_size)
     repository = repo.check_writable(request.repository)
     model_dir = repository / cfg.name
@@ -142,6 +158,16 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
             f"parity vs PyTorch: max rel err {max(r.max_rel_err for r in reports):.2e}, "
             f"top-1 agreement {min(r.top1_agreement for r in reports):.0%}"
         )
+        config = repo.model_config(
+            cfg,
+            request.serving,
+            input_hw=(export_size[1], export_size[2]),
+            dynamic_hw=dynamic_hw,
+            parameters=_config_parameters(cfg, prov),
+        )
+        precision, engine = _precision_stage(
+            request, cfg, config, version_dir, onnx_path, export_size, prov.trained, stage
+        )
         report = {
             "model": cfg.name,
             "version": version,
@@ -150,7 +176,11 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
             "config": cfg.to_dict(),
             "input": {
                 "name": onnx_export.INPUT_NAME,
-                "shape": [-1, cfg.channels, *((-1, -1) if dynamic_hw else export_size[1:])],
+                "shape": [
+                    -1,
+                    cfg.channels,
+                    *((-1, -1) if dynamic_hw and not engine else export_size[1:]),
+                ],
                 "exported_at_size": list(export_size),
             },
             "output": {"name": onnx_export.OUTPUT_NAME, "shape": [-1, cfg.num_classes]},
@@ -170,18 +200,13 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
                 "sha256": file_sha256(onnx_path),
             },
             "parity": [r.to_dict() for r in reports],
+            "precision": precision,
+            **({"tensorrt": engine} if engine else {}),
             "weights": prov.to_dict(),
             "accuracy": prov.metrics,
             "libraries": _library_versions(),
         }
         (version_dir / "export.json").write_text(json.dumps(report, indent=2) + "\n")
-        config = repo.model_config(
-            cfg,
-            request.serving,
-            input_hw=(export_size[1], export_size[2]),
-            dynamic_hw=dynamic_hw,
-            parameters=_config_parameters(cfg, prov),
-        )
         target = repo.commit(
             repository,
             cfg.name,
@@ -192,3 +217,39 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
         )
     stage(f"written to {target}")
     return ExportResult(name=cfg.name, version=version, path=target, report=report)
+
+
+def _precision_stage(
+    request: ExportRequest,
+    cfg: ModelCfg,
+    config: Any,
+    version_dir: Path,
+    onnx_path: Path,
+    export_size: tuple[int, int, int],
+    trained: bool,
+    stage: Progress,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Apply --precision/--backend to the staged FP32 ONNX and to ``config`` (in place)."""
+    opts = request.precision
+    config.parameters["model.precision"].string_value = opts.precision
+    if opts.is_default:
+        return {"precision": "fp32", "backend": "onnxruntime"}, None
+    from exporter import optimize
+    from server.repository import preprocess_from
+
+    result = optimize.apply(
+        version_dir,
+        onnx_path,
+        cfg,
+        preprocess_from(config),
+        request.serving,
+        opts,
+        export_size,
+        trained=trained,
+        stage=stage,
+    )
+    if result.tensorrt is not None:
+        from exporter.tensorrt import engine_config
+
+        engine_config(config, export_size)
+    return result.report, result.tensorrt

@@ -40,6 +40,11 @@ def predict(
     if not (model_dir / "config.pbtxt").is_file():
         raise FileNotFoundError(f"no model '{model}' in repository {repository}")
     spec = load_spec(model_dir)
+    if spec.platform != "onnxruntime_onnx":
+        raise ValueError(
+            f"model '{model}' is a {spec.platform} model: predict runs ONNX Runtime in process; "
+            "classify through the server (python -m client classify) instead"
+        )
     blobs = []
     for path in images:
         try:

@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from server.app import AppOptions, repository_path, serve
 from server.models import ServerOptions
+from server.transport import TlsFiles
 
 
 def parse_args(argv: list[str] | None = None) -> AppOptions:
@@ -36,10 +38,31 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
     p.add_argument("--preferred-batch-size", type=int, nargs="+", default=None)
     p.add_argument("--max-queue-size", type=int, default=None, help="queued images per model")
     p.add_argument("--no-warmup", action="store_true")
-    p.add_argument("--max-message-mb", type=int, default=64)
-    p.add_argument("--grace-seconds", type=float, default=30.0)
+    p.add_argument(
+        "--max-message-mb",
+        type=int,
+        default=64,
+        help="largest gRPC message received or sent, MiB (default 64); larger: RESOURCE_EXHAUSTED",
+    )
+    p.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, how long accepted requests may take to finish (default 30)",
+    )
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve gRPC over TLS")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--tls-client-ca", type=Path, help="PEM CA: require client certificates it signed (mTLS)"
+    )
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
+    if bool(a.tls_cert) != bool(a.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    if a.tls_client_ca and not a.tls_cert:
+        p.error("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    if a.max_message_mb < 1 or a.grace_seconds < 0:
+        p.error("--max-message-mb must be >= 1 and --grace-seconds >= 0")
     logging.basicConfig(
         level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -63,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         metrics_host=a.metrics_host,
         max_message_bytes=a.max_message_mb << 20,
         grace_seconds=a.grace_seconds,
+        tls=TlsFiles(a.tls_cert, a.tls_key, a.tls_client_ca) if a.tls_cert else None,
     )
 
 

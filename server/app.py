@@ -18,11 +18,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2 as pb
-from protos import grpc_service_pb2_grpc as pb_grpc
 from server.dataplane import DataPlane
 from server.metrics import Metrics
 from server.models import ModelManager, ServerOptions
 from server.servicer import InferenceServicer
+from server.transport import TlsFiles, add_inference_service
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class AppOptions:
     # RESOURCE_EXHAUSTED by gRPC itself. 64 MiB holds a batch of 64 images at 512x512 FP32.
     max_message_bytes: int = 64 * MiB
     grace_seconds: float = 30.0
+    tls: TlsFiles | None = None  # None: plaintext gRPC
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -48,7 +49,7 @@ class InferenceServer:
         self.opts = opts
         self.metrics = Metrics.create()
         self.manager = ModelManager(opts.models, self.metrics)
-        self.plane = DataPlane(self.manager, self.metrics, max_input_bytes=opts.max_message_bytes)
+        self.plane = DataPlane(self.manager, max_input_bytes=opts.max_message_bytes)
         self.servicer = InferenceServicer(self.plane, self.manager)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else None
         self._grpc: grpc.aio.Server | None = None
@@ -67,7 +68,7 @@ class InferenceServer:
                 ("grpc.max_send_message_length", size),
             ]
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        add_inference_service(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -77,7 +78,11 @@ class InferenceServer:
             ),
             server,
         )
-        self.port = server.add_insecure_port(f"{self.opts.host}:{self.opts.grpc_port}")
+        address = f"{self.opts.host}:{self.opts.grpc_port}"
+        if self.opts.tls is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, self.opts.tls.credentials())
         if self.port == 0:
             raise OSError(f"cannot bind gRPC to {self.opts.host}:{self.opts.grpc_port}")
         await server.start()
@@ -92,7 +97,8 @@ class InferenceServer:
             self._metrics_http = self.metrics.serve(self.opts.metrics_port, self.opts.metrics_host)
             self.metrics_port = self._metrics_http.server_port
         log.info(
-            "serving gRPC on %s:%d, metrics on %s",
+            "serving gRPC%s on %s:%d, metrics on %s",
+            "" if self.opts.tls is None else " with TLS",
             self.opts.host,
             self.port,
             self.metrics_port or "off",

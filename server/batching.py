@@ -1,11 +1,12 @@
 """Dynamic batching: many concurrent requests -> one blocking ``run_batch`` call.
 
 Modelled on Triton's dynamic batcher, MLServer's adaptive batcher and Ray Serve's
-``_BatchQueue``. One ``DynamicBatcher`` serves one model instance group; its
-``run_batch`` (e.g. an ONNX Runtime session call) runs off the event loop in a
-thread pool of ``instance_count`` workers, so that many batches run at once.
+``_BatchQueue``. One ``DynamicBatcher`` serves one model instance group: each of
+its ``instance_count`` worker threads runs one batch at a time (e.g. an ONNX
+Runtime session call, which releases the GIL), so that many batches run at once.
 
-Policy (one scheduler task; re-evaluated on every submit, completion, cancel):
+Policy (applied by a worker whenever it is free, and again on every submit,
+cancel and queue-delay expiry):
 
 1. Nothing is dispatched unless an instance is free; while all are busy the
    queue simply grows (bounded by ``max_queue_size`` rows: beyond it submit
@@ -24,6 +25,11 @@ Policy (one scheduler task; re-evaluated on every submit, completion, cancel):
    ``max_queue_delay_us`` after the oldest queued request's arrival.
 5. ``enabled=False``: every request is its own batch, dispatched at once.
 
+Why workers form their own batches: with the scheduler on the event loop the
+next dispatch waited behind the responses of the batch just finished (the
+instance sat idle ~10% of the time here). Callers wait on a
+``concurrent.futures.Future``: ``submit_future`` (any thread) or ``submit``.
+
 One output row per input row is checked; an error fails exactly the requests of
 its batch. Results are views into the batch output (no copy).
 """
@@ -32,96 +38,46 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from server.batching_types import (
+    BatcherClosedError,
+    BatcherError,
+    BatcherStats,
+    BatchingConfig,
+    BatchSizeMismatchError,
+    DeadlineExceededError,
+    QueueFullError,
+    RequestTooLargeError,
+)
+
+__all__ = [
+    "BatchObserver",
+    "BatcherClosedError",
+    "BatcherError",
+    "BatcherStats",
+    "BatchingConfig",
+    "BatchSizeMismatchError",
+    "DeadlineExceededError",
+    "DynamicBatcher",
+    "QueueFullError",
+    "RequestTooLargeError",
+]
+
 log = logging.getLogger(__name__)
 
 
-class BatcherError(Exception):
-    """Base of every error raised by the batcher itself."""
-
-
-class QueueFullError(BatcherError):
-    """Too many rows already waiting (maps to RESOURCE_EXHAUSTED)."""
-
-
-class RequestTooLargeError(BatcherError, ValueError):
-    """A single request has more rows than ``max_batch_size``."""
-
-
-class DeadlineExceededError(BatcherError):
-    """The request's deadline passed before it was batched; it was not computed."""
-
-
-class BatcherClosedError(BatcherError):
-    """The batcher is not started or is stopping."""
-
-
-class BatchSizeMismatchError(BatcherError):
-    """``run_batch`` returned a different number of rows than it was given."""
-
-
-@dataclass(frozen=True)
-class BatchingConfig:
-    """Triton's ``dynamic_batching`` + ``instance_group`` in one place."""
-
-    max_batch_size: int = 8
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_us: int = 0
-    max_queue_size: int = 64  # rows (images) waiting, not requests
-    instance_count: int = 1
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        for size in self.preferred_batch_sizes:
-            if not 1 <= size <= self.max_batch_size:
-                raise ValueError(
-                    f"preferred batch size {size} must be in 1..{self.max_batch_size}"
-                    " (max_batch_size)"
-                )
-        if self.max_queue_delay_us < 0:
-            raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
-        if self.max_queue_size < 1:
-            raise ValueError(f"max_queue_size must be >= 1 row, got {self.max_queue_size}")
-        if self.instance_count < 1:
-            raise ValueError(f"instance_count must be >= 1, got {self.instance_count}")
-
-    @property
-    def target_batch_size(self) -> int:
-        """The size worth waiting for: the largest preferred, else the maximum."""
-        return max(self.preferred_batch_sizes, default=self.max_batch_size)
-
-
-@dataclass
-class BatcherStats:
-    """Cumulative counters (Triton ModelStatistics-like) plus current depth."""
-
-    inference_count: int = 0  # rows computed in successful batches
-    execution_count: int = 0  # successful batches
-    success_count: int = 0  # requests answered with a result
-    failure_count: int = 0  # requests failed: batch error, deadline, closed
-    dropped_deadline: int = 0
-    dropped_cancelled: int = 0
-    rejected_queue_full: int = 0
-    queue_ns: int = 0  # sum over dispatched requests of arrival -> dispatch
-    compute_ns: int = 0  # sum over successful batches of run_batch time
-    batch_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # size: (n, ns)
-    queue_rows: int = 0
-    in_flight: int = 0
-
-
 class BatchObserver(Protocol):
-    """Hook for metrics (histograms); called on the event loop after each batch."""
+    """Hook for metrics (histograms); called from the worker thread after each batch."""
 
     def on_batch(
         self, batch_size: int, queue_seconds: list[float], compute_seconds: float
@@ -133,7 +89,7 @@ class _Request:
     inputs: np.ndarray
     rows: int
     deadline: float | None
-    future: asyncio.Future[np.ndarray]
+    future: concurrent.futures.Future[np.ndarray]
     arrival: float
     arrived_busy: bool  # every instance was busy when it arrived
     queued: bool = True
@@ -144,7 +100,12 @@ def _expired(req: _Request, now: float) -> bool:
 
 
 class DynamicBatcher:
-    """Queues requests on the event loop and runs them in batches in threads."""
+    """Requests are queued by callers and run in batches by worker threads.
+
+    Thread rule: ``_pending``, ``_in_flight``, ``_accepting`` and ``_stats``
+    change only under ``_lock``; futures are completed outside it (their done
+    callbacks take the lock).
+    """
 
     def __init__(
         self,
@@ -158,52 +119,69 @@ class DynamicBatcher:
         self.name = name
         self.observer = observer
         self._stats = BatcherStats()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._pending: collections.deque[_Request] = collections.deque()
         self._in_flight = 0
         self._accepting = False
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._scheduler: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._wake: asyncio.Event | None = None
+        self._started = False
+        self._workers: list[threading.Thread] = []
 
     @property
     def accepting(self) -> bool:
         return self._accepting
 
-    async def start(self) -> None:
-        """Create the loop-bound state here, on the running loop (not in __init__)."""
-        if self._scheduler is not None:
+    @property
+    def queue_rows(self) -> int:
+        """Rows waiting now (cheap: no snapshot)."""
+        return self._stats.queue_rows
+
+    def start(self) -> None:
+        """Start one worker thread per instance."""
+        if self._started:
             raise RuntimeError(f"batcher of model {self.name!r} already started")
-        self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(
-            self.config.instance_count, thread_name_prefix=f"batch-{self.name}"
-        )
-        self._accepting = True
-        self._scheduler = asyncio.create_task(self._schedule(), name=f"batcher-{self.name}")
+        self._started = self._accepting = True
+        for i in range(self.config.instance_count):
+            worker = threading.Thread(target=self._work, name=f"batch-{self.name}-{i}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+
+    def close(self, drain: bool = True) -> None:
+        """Refuse new requests; finish (drain) or fail the queued ones; end the workers."""
+        with self._lock:
+            self._accepting = False
+            stranded = [] if drain else self._take_all()
+            self._changed.notify_all()
+        closed = BatcherClosedError(f"model {self.name!r} stopped before batching")
+        for req in stranded:
+            self._fail(req, closed)
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.join()
 
     async def stop(self, drain: bool = True) -> None:
-        """Refuse new requests; finish (drain) or fail the queued ones; release threads."""
-        if self._scheduler is None or self._wake is None:
-            return
-        self._accepting = False
-        if not drain:
-            while self._pending:
-                req = self._pending.popleft()
-                self._drop(req, BatcherClosedError(f"model {self.name!r} stopped before batching"))
-        self._wake.set()
-        await self._scheduler
-        while self._tasks:
-            await asyncio.gather(*self._tasks)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        """``close`` without blocking the event loop."""
+        await asyncio.to_thread(self.close, drain)
 
     def stats(self) -> BatcherStats:
         """A snapshot; safe to keep while the batcher goes on."""
-        return dataclasses.replace(self._stats, batch_sizes=dict(self._stats.batch_sizes))
+        with self._lock:
+            return dataclasses.replace(self._stats, batch_sizes=dict(self._stats.batch_sizes))
 
     async def submit(self, inputs: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """Queue ``inputs`` (n rows), await its batch, return exactly its n output rows."""
-        if not self._accepting or self._wake is None:
+        future = self.submit_future(inputs, deadline)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()  # still queued: dropped, never computed
+            raise
+
+    def submit_future(
+        self, inputs: np.ndarray, deadline: float | None = None
+    ) -> concurrent.futures.Future[np.ndarray]:
+        """Queue ``inputs``; the future gets its output rows. Cancel it to withdraw."""
+        if not self._accepting:
             raise BatcherClosedError(f"model {self.name!r} is not accepting requests")
         if not isinstance(inputs, np.ndarray) or inputs.ndim == 0 or inputs.shape[0] < 1:
             shape = getattr(inputs, "shape", type(inputs).__name__)
@@ -214,70 +192,141 @@ class DynamicBatcher:
                 f"request of {n} rows exceeds max_batch_size {cfg.max_batch_size}"
                 f" of model {self.name!r}"
             )
-        if self._stats.queue_rows + n > cfg.max_queue_size:
-            self._stats.rejected_queue_full += 1
-            raise QueueFullError(
-                f"queue of model {self.name!r} is full: {self._stats.queue_rows} rows waiting,"
-                f" limit {cfg.max_queue_size} (request of {n} rows rejected)"
-            )
-        future = asyncio.get_running_loop().create_future()
-        busy = self._in_flight >= cfg.instance_count
-        req = _Request(inputs, n, deadline, future, time.monotonic(), arrived_busy=busy)
-        self._pending.append(req)
-        self._stats.queue_rows += n
-        self._wake.set()
-        try:
-            return await req.future
-        except asyncio.CancelledError:
-            if req.queued:  # caller went away before dispatch: never compute it
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            with self._lock:
+                self._stats.dropped_deadline += 1
+                self._stats.failure_count += 1
+            raise DeadlineExceededError(self._late_message(deadline, now, now))
+        future: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
+        with self._lock:
+            if self._stats.queue_rows + n > cfg.max_queue_size:
+                self._stats.rejected_queue_full += 1
+                raise QueueFullError(
+                    f"queue of model {self.name!r} is full: {self._stats.queue_rows} rows"
+                    f" waiting, limit {cfg.max_queue_size} (request of {n} rows rejected)"
+                )
+            busy = self._in_flight >= cfg.instance_count
+            req = _Request(inputs, n, deadline, future, now, arrived_busy=busy)
+            self._pending.append(req)
+            self._stats.queue_rows += n
+            self._changed.notify()
+        future.add_done_callback(lambda f: self._withdraw(req) if f.cancelled() else None)
+        return future
+
+    def _withdraw(self, req: _Request) -> None:
+        """The caller cancelled: drop the request if it is still queued (never computed)."""
+        with self._lock:
+            if req.queued:
                 self._pending.remove(req)
                 self._unqueue(req)
                 self._stats.dropped_cancelled += 1
-                self._wake.set()
-            raise
+                self._changed.notify()  # the head may have changed
 
-    # -- scheduling ---------------------------------------------------------
+    # -- worker threads -------------------------------------------------------
 
-    async def _schedule(self) -> None:
-        assert self._wake is not None
-        loop = asyncio.get_running_loop()
+    def _work(self) -> None:
         try:
-            while True:
-                self._wake.clear()  # no await until the wait: nothing can be missed
-                if not self._pending and not self._accepting:
-                    return
-                if not self._pending or self._in_flight >= self.config.instance_count:
-                    await self._wake.wait()
-                    continue
-                batch, wait_s = self._form(time.monotonic())
-                if batch:
-                    self._dispatch(batch)
-                elif wait_s > 0:
-                    timer = loop.call_later(wait_s, self._wake.set)
-                    await self._wake.wait()
-                    timer.cancel()
-        except Exception as exc:  # a bug here must not leave callers hanging
-            log.exception("batcher of model %r failed", self.name)
-            self._accepting = False
-            while self._pending:
-                self._drop(self._pending.popleft(), exc)
+            while (batch := self._next_batch()) is not None:
+                self._run(batch)
+        except BaseException as exc:  # a bug here must not leave callers hanging
+            log.exception("batcher worker of model %r failed", self.name)
+            with self._lock:
+                self._accepting = False
+                stranded = self._take_all()
+                self._changed.notify_all()
+            for req in stranded:
+                self._fail(req, exc)
 
-    def _form(self, now: float) -> tuple[list[_Request], float]:
-        """Return (batch, 0) to dispatch now, or ([], seconds) to wait (policy 2-5)."""
-        cfg = self.config
-        for req in [r for r in self._pending if r.future.done() or _expired(r, now)]:
-            self._pending.remove(req)
-            if req.future.done():  # cancelled; its submit() has not run its handler yet
-                self._unqueue(req)
-                self._stats.dropped_cancelled += 1
-                continue
-            late_ms = (now - (req.deadline or 0.0)) * 1e3
-            msg = f"deadline of a request to model {self.name!r} passed {late_ms:.1f} ms ago"
-            queued_ms = (now - req.arrival) * 1e3
-            self._drop(
-                req, DeadlineExceededError(f"{msg}, {queued_ms:.1f} ms queued; not computed")
+    def _next_batch(self) -> list[_Request] | None:
+        """Block until the policy yields a batch for this (free) instance; None: stop."""
+        expired: list[tuple[_Request, BaseException]] = []
+        try:
+            with self._lock:
+                while True:
+                    if not self._pending:
+                        if not self._accepting:
+                            return None
+                        self._changed.wait()
+                        continue
+                    now = time.monotonic()
+                    batch, wait_s = self._form(now, expired)
+                    batch = [r for r in batch if self._claim(r)]
+                    if batch:
+                        for req in batch:
+                            self._stats.queue_ns += int((now - req.arrival) * 1e9)
+                        self._in_flight += 1
+                        self._stats.in_flight = self._in_flight
+                        return batch
+                    if wait_s > 0:
+                        self._changed.wait(wait_s)
+        finally:
+            for req, error in expired:  # outside the lock: done callbacks take it
+                self._fail(req, error)
+
+    def _claim(self, req: _Request) -> bool:
+        """Under the lock: take a request out of the queue for computing."""
+        self._unqueue(req)
+        if req.future.set_running_or_notify_cancel():
+            return True  # from here on its caller can no longer cancel it
+        self._stats.dropped_cancelled += 1  # cancelled a moment ago
+        return False
+
+    def _run(self, batch: list[_Request]) -> None:
+        dispatched = time.monotonic()
+        rows = sum(r.rows for r in batch)
+        try:
+            out, compute_ns = self._compute([r.inputs for r in batch], rows)
+            for req in batch:  # req <-> future is a cycle: free the megabytes without the GC
+                req.inputs = None  # type: ignore[assignment]
+        except Exception as exc:
+            with self._lock:
+                self._in_flight -= 1
+                self._stats.in_flight = self._in_flight
+            for req in batch:
+                self._fail(req, exc)
+            return
+        with self._lock:
+            self._in_flight -= 1
+            s = self._stats
+            s.in_flight = self._in_flight
+            s.success_count += len(batch)
+            s.inference_count += rows
+            s.execution_count += 1
+            s.compute_ns += compute_ns
+            count, total = s.batch_sizes.get(rows, (0, 0))
+            s.batch_sizes[rows] = (count + 1, total + compute_ns)
+        offset = 0
+        for req in batch:
+            req.future.set_result(out[offset : offset + req.rows])
+            offset += req.rows
+        if self.observer is not None:
+            try:
+                queued = [dispatched - r.arrival for r in batch]
+                self.observer.on_batch(rows, queued, compute_ns * 1e-9)
+            except Exception:  # metrics must never fail inference
+                log.exception("batch observer of model %r failed", self.name)
+
+    def _compute(self, inputs: list[np.ndarray], rows: int) -> tuple[np.ndarray, int]:
+        """Concatenate, run, check one row out per row in."""
+        x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
+        start = time.monotonic_ns()
+        out = np.asarray(self.run_batch(x))
+        elapsed = time.monotonic_ns() - start
+        got = out.shape[0] if out.ndim else 0
+        if got != rows:
+            raise BatchSizeMismatchError(
+                f"model {self.name!r} returned {got} rows (shape {out.shape})"
+                f" for a batch of {rows} rows ({len(inputs)} requests)"
             )
-            self._stats.dropped_deadline += 1
+        return out, elapsed
+
+    def _form(
+        self, now: float, expired: list[tuple[_Request, BaseException]]
+    ) -> tuple[list[_Request], float]:
+        """Under the lock: (batch, 0) to dispatch now, or ([], seconds) to wait."""
+        cfg = self.config
+        self._purge(now, expired)
         if not self._pending:
             return [], 0.0
         head = self._pending[0]
@@ -308,79 +357,46 @@ class DynamicBatcher:
             return batch, 0.0
         return [], deadline - now
 
-    def _dispatch(self, batch: list[_Request]) -> None:
-        now = time.monotonic()
-        for req in batch:
+    def _purge(self, now: float, expired: list[tuple[_Request, BaseException]]) -> None:
+        """Under the lock: take out expired requests; the caller fails them after."""
+        for req in [r for r in self._pending if _expired(r, now)]:
+            self._pending.remove(req)
             self._unqueue(req)
-            self._stats.queue_ns += int((now - req.arrival) * 1e9)
-        self._in_flight += 1
-        self._stats.in_flight = self._in_flight
-        task = asyncio.create_task(self._execute(batch, now))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._stats.dropped_deadline += 1
+            error = DeadlineExceededError(self._late_message(req.deadline or now, req.arrival, now))
+            expired.append((req, error))
 
-    async def _execute(self, batch: list[_Request], dispatched: float) -> None:
-        assert self._executor is not None and self._wake is not None
-        rows = sum(r.rows for r in batch)
-        try:
-            out, compute_ns = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._compute, [r.inputs for r in batch], rows
-            )
-        except Exception as exc:
-            for req in batch:
-                self._fail(req, exc)
-        else:
-            offset = 0
-            for req in batch:
-                if not req.future.done():
-                    req.future.set_result(out[offset : offset + req.rows])
-                    self._stats.success_count += 1
-                offset += req.rows
-            self._record(batch, rows, dispatched, compute_ns)
-        finally:
-            self._in_flight -= 1
-            self._stats.in_flight = self._in_flight
-            self._wake.set()
+    def _late_message(self, deadline: float, arrival: float, now: float) -> str:
+        late_ms, queued_ms = (now - deadline) * 1e3, (now - arrival) * 1e3
+        return (
+            f"deadline of a request to model {self.name!r} passed {late_ms:.1f} ms ago,"
+            f" {queued_ms:.1f} ms queued; not computed"
+        )
 
-    def _compute(self, inputs: list[np.ndarray], rows: int) -> tuple[np.ndarray, int]:
-        """Runs in a worker thread: concatenate, run, check one row out per row in."""
-        x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
-        start = time.monotonic_ns()
-        out = np.asarray(self.run_batch(x))
-        elapsed = time.monotonic_ns() - start
-        got = out.shape[0] if out.ndim else 0
-        if got != rows:
-            raise BatchSizeMismatchError(
-                f"model {self.name!r} returned {got} rows (shape {out.shape})"
-                f" for a batch of {rows} rows ({len(inputs)} requests)"
-            )
-        return out, elapsed
-
-    # -- bookkeeping --------------------------------------------------------
-
-    def _record(self, batch: list[_Request], rows: int, dispatched: float, ns: int) -> None:
-        s = self._stats
-        s.inference_count += rows
-        s.execution_count += 1
-        s.compute_ns += ns
-        count, total = s.batch_sizes.get(rows, (0, 0))
-        s.batch_sizes[rows] = (count + 1, total + ns)
-        if self.observer is not None:
-            try:
-                self.observer.on_batch(rows, [dispatched - r.arrival for r in batch], ns * 1e-9)
-            except Exception:  # metrics must never fail inference
-                log.exception("batch observer of model %r failed", self.name)
+    def _take_all(self) -> list[_Request]:
+        """Under the lock: empty the queue (the caller fails what it returns)."""
+        taken = list(self._pending)
+        self._pending.clear()
+        for req in taken:
+            self._unqueue(req)
+        return taken
 
     def _unqueue(self, req: _Request) -> None:
         req.queued = False
         self._stats.queue_rows -= req.rows
 
     def _fail(self, req: _Request, exc: BaseException) -> None:
-        if not req.future.done():
-            req.future.set_exception(exc)
+        """Outside the lock: fail a request nobody answered yet."""
+        try:
+            if req.future.cancelled():
+                return
+            if req.future.running():
+                req.future.set_exception(exc)
+            elif req.future.set_running_or_notify_cancel():
+                req.future.set_exception(exc)
+            else:
+                return
+        except concurrent.futures.InvalidStateError:
+            return  # answered meanwhile
+        with self._lock:
             self._stats.failure_count += 1
-
-    def _drop(self, req: _Request, exc: BaseException) -> None:
-        """Remove a queued request (already popped from ``_pending``) with an error."""
-        self._unqueue(req)
-        self._fail(req, exc)

@@ -22,9 +22,9 @@ from server.errors import (
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
+    shown,
 )
-from server.metrics import Metrics
-from server.models import ModelManager, ServedVersion, check_name
+from server.models import ModelManager, ServedVersion, check_name, version_number
 from server.preprocess import ImageDecodeError, preprocess
 
 SERVER_NAME = "cnn-serving"
@@ -38,9 +38,8 @@ def _batch_dims(served: ServedVersion) -> list[int]:
 
 
 class DataPlane:
-    def __init__(self, manager: ModelManager, metrics: Metrics, max_input_bytes: int) -> None:
+    def __init__(self, manager: ModelManager, max_input_bytes: int) -> None:
         self.manager = manager
-        self.metrics = metrics
         self.max_input_bytes = max_input_bytes
 
     # --- metadata ---------------------------------------------------------
@@ -124,7 +123,7 @@ class DataPlane:
     def _check_batch(served: ServedVersion, n: int) -> None:
         limit = served.batcher.config.max_batch_size
         if n < 1:
-            raise InvalidArgument("batch dimension is 0: send at least one image")
+            raise InvalidArgument(f"batch dimension is {n}: send at least one image")
         if n > limit:
             raise InvalidArgument(f"batch of {n} exceeds max_batch_size {limit}")
 
@@ -153,9 +152,7 @@ class DataPlane:
         elapsed = time.perf_counter_ns() - started
         served.preprocess_ns[0] += 1
         served.preprocess_ns[1] += elapsed
-        self.metrics.preprocess_seconds.labels(served.spec.name, str(served.version)).observe(
-            elapsed / 1e9
-        )
+        served.metrics.preprocess_seconds.observe(elapsed / 1e9)
         return np.stack(rows)
 
     async def _run(self, served: ServedVersion, array: np.ndarray, deadline: float | None):
@@ -164,14 +161,15 @@ class DataPlane:
         except batching.QueueFullError as exc:
             raise ResourceExhausted(str(exc)) from exc
         except batching.DeadlineExceededError as exc:
-            self.metrics.dropped.labels(served.spec.name, str(served.version), "deadline").inc()
+            served.metrics.dropped("deadline").inc()
             raise DeadlineExceeded(str(exc)) from exc
         except batching.BatcherClosedError as exc:
             raise Unavailable(str(exc)) from exc
         except batching.RequestTooLargeError as exc:
             raise InvalidArgument(str(exc)) from exc
-        except asyncio.CancelledError:
-            self.metrics.dropped.labels(served.spec.name, str(served.version), "cancelled").inc()
+        except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes too
+            late = deadline is not None and time.monotonic() >= deadline - 0.005
+            served.metrics.dropped("deadline" if late else "cancelled").inc()
             raise
         except InferenceError:
             raise
@@ -190,6 +188,10 @@ class DataPlane:
                 raise InvalidArgument(
                     f"classification count {k} exceeds the model's {classes} classes"
                 )
+        names = [out.name for out in request.outputs]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise InvalidArgument(f"output {shown(twice[0])} is requested more than once")
 
     def _outputs(
         self,
@@ -221,9 +223,9 @@ class DataPlane:
         self, request: pb.ModelInferRequest, deadline: float | None
     ) -> pb.ModelInferResponse:
         served = self.manager.get(check_name(request.model_name), request.model_version)
-        labels = (served.spec.name, str(served.version))
+        metrics = served.metrics
         started = time.perf_counter_ns()
-        self.metrics.in_flight.labels(*labels).inc()
+        metrics.in_flight.inc()
         try:
             array = await self._input_array(served, request)
             self._check_outputs(served, request)  # before queueing: bad requests cost nothing
@@ -236,17 +238,17 @@ class DataPlane:
             served.failure_ns[0] += 1
             served.failure_ns[1] += time.perf_counter_ns() - started
             code = exc.code.name if isinstance(exc, InferenceError) else "CANCELLED"
-            self.metrics.requests.labels(*labels, code).inc()
+            metrics.requests(code).inc()
             raise
         finally:
-            self.metrics.in_flight.labels(*labels).dec()
-            self.metrics.queue_depth.labels(*labels).set(served.batcher.stats().queue_rows)
+            metrics.in_flight.dec()
+            metrics.queue_depth.set(served.batcher.queue_rows)
         elapsed = time.perf_counter_ns() - started
         served.success_ns[0] += 1
         served.success_ns[1] += elapsed
         served.last_inference_ms = int(time.time() * 1000)
-        self.metrics.requests.labels(*labels, "OK").inc()
-        self.metrics.request_seconds.labels(*labels).observe(elapsed / 1e9)
+        metrics.requests("OK").inc()
+        metrics.request_seconds.observe(elapsed / 1e9)
         return response
 
     # --- statistics and repository ---------------------------------------
@@ -260,7 +262,7 @@ class DataPlane:
             elif (
                 entry is None
                 or not entry.versions
-                or (version and version.isdigit() and int(version) not in entry.versions)
+                or (version and version_number(version) not in entry.versions)
             ):
                 continue  # all models: skip those without the asked version
             chosen = [self.manager.get(model, version)] if version else entry.versions.values()

@@ -39,3 +39,14 @@ class Cancelled(InferenceError):
 
 class Unimplemented(InferenceError):
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+def shown(text: str, limit: int = 64) -> str:
+    """A client-sent string quoted for an error message, cut to ``limit`` characters.
+
+    Echoing a 100 kB name back would overflow gRPC's metadata limit and the
+    caller would get a transport error instead of ours.
+    """
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"

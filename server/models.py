@@ -10,21 +10,26 @@ the new version first and swaps it in; the old one drains what it accepted.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import logging
 import queue
 import re
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from protos import model_config_pb2 as mc
 from server.backends import Backend, BackendConfig, create_backend
 from server.batching import BatchingConfig, DynamicBatcher
-from server.errors import InvalidArgument, NotFound, Unavailable
-from server.metrics import Metrics
-from server.repository import ModelSpec, load_spec
+from server.errors import InvalidArgument, NotFound, Unavailable, shown
+from server.metrics import Metrics, ModelMetrics
+from server.repository import ModelConfigError, ModelSpec, load_spec
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,7 @@ class ServerOptions:
     preferred_batch_sizes: tuple[int, ...] | None = None
     max_queue_size: int | None = None
     default_queue_size: int = 256  # rows, where the config sets no bound
+    retire_timeout_s: float = 30.0  # how long a replaced/unloaded version waits for its requests
     warmup: bool = True
 
 
@@ -53,6 +59,7 @@ class ServedVersion:
     version: int
     backends: list[Backend]
     batcher: DynamicBatcher
+    metrics: ModelMetrics  # this version's labelled series
     success_ns: list[int] = field(default_factory=lambda: [0, 0])  # count, ns
     failure_ns: list[int] = field(default_factory=lambda: [0, 0])
     preprocess_ns: list[int] = field(default_factory=lambda: [0, 0])
@@ -74,9 +81,19 @@ class ModelEntry:
 
 def check_name(name: str) -> str:
     """Model names from requests never reach the filesystem unchecked."""
-    if not _NAME.match(name) or ".." in name:
-        raise InvalidArgument(f"invalid model name {name!r}: letters, digits, '_', '-', '.' only")
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise InvalidArgument(
+            f"invalid model name {shown(name)}: 1 to 128 letters, digits, '_', '-', '.' "
+            "(no path separators, no '..')"
+        )
     return name
+
+
+def version_number(text: str) -> int | None:
+    """A requested version as a number; None unless it is plain ASCII digits ("²" is not)."""
+    if text.isascii() and text.isdigit() and len(text) <= 18:
+        return int(text)
+    return None
 
 
 def _param_int(spec: ModelSpec, key: str) -> int:
@@ -158,6 +175,12 @@ class ModelManager:
         self._locks: dict[str, asyncio.Lock] = {}
         # Called with (model name, ready) after every load/unload (health service).
         self.listeners: list[Callable[[str, bool], None]] = []
+        # Loads run off the event loop, always on this one thread: the allocator then
+        # reuses one arena for every session built, instead of fragmenting several.
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._loader, fn, *args)
 
     def _notify(self, name: str) -> None:
         ready = bool(self.entries.get(name) and self.entries[name].versions)
@@ -188,9 +211,9 @@ class ModelManager:
             old = entry.versions
             entry.state, entry.reason = ("READY" if old else "LOADING"), ""
             try:
-                new = await asyncio.to_thread(self._build, name)
+                new = await self._off_loop(self._build, name)
                 for served in new.values():
-                    await served.batcher.start()
+                    served.batcher.start()
             except Exception as exc:
                 if not old:
                     entry.state, entry.reason = "UNAVAILABLE", str(exc)
@@ -201,14 +224,17 @@ class ModelManager:
             entry.versions, entry.state, entry.reason = new, "READY", ""
             log.info("model %s ready, versions %s", name, sorted(new))
             self._notify(name)
-        for served in old.values():  # drain what the old version accepted
-            await served.close(drain=True)
+        await self._retire(old)
 
     def _build(self, name: str) -> dict[int, ServedVersion]:
         model_dir = self.opts.repository / name
         if not (model_dir / "config.pbtxt").is_file():
             raise NotFound(f"no model '{name}' in repository {self.opts.repository}")
         spec = load_spec(model_dir)
+        if not spec.versions:
+            raise ModelConfigError(
+                f"no version folder (1/, 2/, ...) in {model_dir}: nothing to serve"
+            )
         served: dict[int, ServedVersion] = {}
         for version in _versions_to_serve(spec):
             bcfg = batching_config(spec, self.opts)
@@ -219,16 +245,15 @@ class ModelManager:
                 backends.append(backend)
             if self.opts.warmup:
                 self._warm_up(spec, backends, bcfg)
+            metrics = self.metrics.bind(name, str(version))
             served[version] = ServedVersion(
                 spec=spec,
                 version=version,
                 backends=backends,
                 batcher=DynamicBatcher(
-                    _pool_runner(backends),
-                    bcfg,
-                    name=f"{name}/{version}",
-                    observer=_Observer(self.metrics, name, str(version)),
+                    _pool_runner(backends), bcfg, name=f"{name}/{version}", observer=metrics
                 ),
+                metrics=metrics,
             )
         return served
 
@@ -239,7 +264,13 @@ class ModelManager:
         for size in sorted({1, *bcfg.preferred_batch_sizes}):
             x = np.zeros((size, *shape), dtype=np.float32)
             for backend in backends:
-                backend.infer(x)
+                try:
+                    backend.infer(x)
+                except Exception as exc:  # typically config dims that the model file disagrees with
+                    raise ModelConfigError(
+                        f"warm-up with input shape {list(x.shape)} (dims {list(spec.input_dims)} "
+                        f"from config.pbtxt) failed: {exc}"
+                    ) from exc
 
     async def unload(self, name: str) -> None:
         check_name(name)
@@ -249,26 +280,39 @@ class ModelManager:
         async with self._locks.setdefault(name, asyncio.Lock()):
             versions, entry.versions = entry.versions, {}
             entry.state, entry.reason = "UNLOADING", ""
-            for served in versions.values():
-                await served.close(drain=True)
+            await self._retire(versions)
             entry.state, entry.reason = "UNAVAILABLE", "unloaded"
         self._notify(name)
+
+    async def _retire(self, versions: dict[int, ServedVersion]) -> None:
+        """Close versions no longer served once the requests that had already resolved them
+        are answered: one that was decoding images when the new version was swapped in
+        must still find its batcher accepting. Bounded by ``retire_timeout_s``."""
+        if not versions:
+            return
+        deadline = time.monotonic() + self.opts.retire_timeout_s
+        while time.monotonic() < deadline and any(_in_flight(v) for v in versions.values()):
+            await asyncio.sleep(0.01)
+        for served in versions.values():
+            await served.close(drain=True)
+        await self._off_loop(release_memory)
 
     def get(self, name: str, version: str = "") -> ServedVersion:
         entry = self.entries.get(name)
         if entry is None:
             known = sorted(self.entries)
-            raise NotFound(f"unknown model '{name}'; known models: {known}")
+            raise NotFound(f"unknown model {shown(name)}; known models: {known}")
         if not entry.versions:
             raise Unavailable(f"model '{name}' is not ready: {entry.state} {entry.reason}".strip())
         if not version:
             return entry.versions[max(entry.versions)]
-        if not version.isdigit() or int(version) not in entry.versions:
+        number = version_number(version)
+        if number is None or number not in entry.versions:
             raise NotFound(
-                f"model '{name}' has no served version '{version}'; "
+                f"model '{name}' has no served version {shown(version)}; "
                 f"served: {sorted(entry.versions)}"
             )
-        return entry.versions[int(version)]
+        return entry.versions[number]
 
     def ready(self) -> bool:
         return any(e.versions for e in self.entries.values())
@@ -278,6 +322,23 @@ class ModelManager:
             versions, entry.versions = entry.versions, {}
             for served in versions.values():
                 await served.close(drain=True)
+        self._loader.shutdown(wait=False)
+
+
+def _in_flight(served: ServedVersion) -> float:
+    """Requests in the data plane that resolved ``served`` (its in-flight gauge)."""
+    return sum(s.value for m in served.metrics.in_flight.collect() for s in m.samples)
+
+
+def release_memory() -> None:
+    """After an unload: collect the reference cycles that still hold the old version's
+    objects (the next full collection may be far off), then hand the freed heap pages
+    back to the OS (glibc keeps them in per-thread arenas otherwise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _pool_runner(backends: list[Backend]):
@@ -289,24 +350,12 @@ def _pool_runner(backends: list[Backend]):
     def run(batch: np.ndarray) -> np.ndarray:
         backend = pool.get()
         try:
-            return backend.infer(np.ascontiguousarray(batch, dtype=np.float32))
+            out = backend.infer(np.ascontiguousarray(batch, dtype=np.float32))
         finally:
             pool.put(backend)
+        # ONNX Runtime's outputs are views of its own buffers: one kept anywhere (a
+        # response, a future in a cycle) would keep the session's whole arena alive
+        # after an unload. Copying the logits costs microseconds.
+        return np.array(out, copy=True)
 
     return run
-
-
-@dataclass
-class _Observer:
-    metrics: Metrics
-    model: str
-    version: str
-
-    def on_batch(self, batch_size: int, queue_seconds: list[float], compute_seconds: float) -> None:
-        m, labels = self.metrics, (self.model, self.version)
-        m.executions.labels(*labels).inc()
-        m.inferences.labels(*labels).inc(batch_size)
-        m.batch_size.labels(*labels).observe(batch_size)
-        m.compute_seconds.labels(*labels).observe(compute_seconds)
-        for q in queue_seconds:
-            m.queue_seconds.labels(*labels).observe(q)

@@ -14,8 +14,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from server.repository import Preprocess
 
-# Refuse decompression bombs: a small file declaring a huge pixel count.
+# Refuse decompression bombs: a small file declaring a huge pixel count is refused
+# from its header, before any pixel is decoded.
 MAX_PIXELS = 50_000_000
+# What Pillow may try: the formats this server documents, not every decoder Pillow has
+# (TIFF, PSD, EPS, ... widen what untrusted bytes can reach).
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -32,11 +36,16 @@ class ImageDecodeError(ValueError):
 
 
 def decode(data: bytes, color_mode: str = "RGB") -> Image.Image:
-    """Decode, apply EXIF rotation, convert to ``color_mode``."""
+    """Decode, apply EXIF rotation, convert to ``color_mode``.
+
+    Any failure inside Pillow on these bytes means they are not an image we can
+    use: every exception becomes ``ImageDecodeError`` (a corrupt file reaches
+    struct, index and type errors deep in the decoders, not only OSError).
+    """
     if not data:
         raise ImageDecodeError("empty image: 0 bytes")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
         width, height = image.size
         if width * height > MAX_PIXELS:
             raise ImageDecodeError(
@@ -44,15 +53,23 @@ def decode(data: bytes, color_mode: str = "RGB") -> Image.Image:
             )
         image.load()
         image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale PNG
+            scaled = np.asarray(image, dtype=np.float64) / 257.0
+            image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
+        return image.convert(color_mode)
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own, far above ours
+        raise ImageDecodeError(f"image exceeds the limit of {MAX_PIXELS:,} pixels: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            f"cannot decode image ({len(data)} bytes): not a {'/'.join(FORMATS)} file"
+        ) from exc
+    except Exception as exc:
         reason = _BUFFER_REPR.sub("the data", str(exc))  # no memory addresses in messages
-        raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): {reason}") from exc
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale PNG
-        scaled = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
-    return image.convert(color_mode)
+        raise ImageDecodeError(
+            f"cannot decode image ({len(data)} bytes): {type(exc).__name__}: {reason}"
+        ) from exc
 
 
 def transform(image: Image.Image, pre: Preprocess) -> np.ndarray:

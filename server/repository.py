@@ -73,10 +73,16 @@ class ModelSpec:
 
 def parse_config(path: Path) -> mc.ModelConfig:
     try:
-        return text_format.Parse(path.read_text(), mc.ModelConfig())
+        text = path.read_text()
+        return text_format.Parse(text, mc.ModelConfig())
     except text_format.ParseError as exc:
-        raise ModelConfigError(f"{path}: {exc}") from exc
-    except OSError as exc:
+        # protobuf says "line:col : what"; quoting the line shows the field it is about.
+        line = exc.GetLine() or 0
+        lines = text.splitlines()
+        quoted = lines[line - 1].strip()[:120] if 0 < line <= len(lines) else ""
+        source = f' (line {line}: "{quoted}")' if quoted and quoted not in str(exc) else ""
+        raise ModelConfigError(f"{path}:{exc}{source}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
         raise ModelConfigError(f"{path}: cannot read: {exc}") from exc
 
 

@@ -30,14 +30,28 @@ def _rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]
         try:
             return await method(self, request, context)
         except InferenceError as exc:
-            await context.abort(exc.code, str(exc))
+            code, message = exc.code, _clip(str(exc))
         except (grpc.aio.AbortError, NotImplementedError):
             raise
         except Exception as exc:
             log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            code, message = grpc.StatusCode.INTERNAL, _clip(f"{type(exc).__name__}: {exc}")
+        # Aborting outside the except, without the request: grpc keeps the aborted call's
+        # frames in a reference cycle until the GC runs, and they would hold its megabytes.
+        del request
+        await context.abort(code, message)
 
     return wrapper
+
+
+def _clip(message: str, limit: int = 2000) -> str:
+    """Status messages travel as metadata (8 KiB limit) where every byte outside printable
+    ASCII takes three: past it the caller would get a transport error instead of ours."""
+    if len(message) <= limit and message.isascii() and message.isprintable():
+        return message
+    text = message[:limit].encode("ascii", "backslashreplace").decode()
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return text if len(text) <= limit and len(message) <= limit else f"{text[:limit]}... (cut)"
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:

@@ -8,12 +8,16 @@ the tensor, what was expected and what came.
 
 from __future__ import annotations
 
+import math
+import re
 import struct
 
 import numpy as np
 
 from protos import grpc_service_pb2 as pb
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, shown
+
+_INTEGER = re.compile(r"\s*[+-]?[0-9]{1,18}\s*")
 
 _NUMPY = {
     "BOOL": np.bool_,
@@ -74,7 +78,14 @@ def _element_count(shape: list[int], name: str) -> int:
         raise InvalidArgument(f"input '{name}': shape is empty")
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"input '{name}': shape {list(shape)} has a negative dimension")
-    return int(np.prod(shape, dtype=np.int64))
+    return math.prod(shape)  # Python ints: [2**32, 2**32] must not wrap around to 0
+
+
+def _check_one_source(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> None:
+    if raw is not None and tensor.HasField("contents") and tensor.contents.ByteSize():
+        raise InvalidArgument(
+            f"input '{tensor.name}': both contents and raw_input_contents are set; send one"
+        )
 
 
 def decode_numeric(
@@ -87,6 +98,7 @@ def decode_numeric(
             f"input '{name}': unknown datatype '{datatype}'; known: {sorted(_NUMPY)} and BYTES"
         )
     count = _element_count(shape, name)
+    _check_one_source(tensor, raw)
     dtype = np.dtype(_NUMPY[datatype]).newbyteorder("<")
     expected = count * dtype.itemsize
     if expected > max_bytes:
@@ -113,6 +125,7 @@ def decode_numeric(
 def decode_bytes(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> list[bytes]:
     """A BYTES input as a flat list of its elements."""
     count = _element_count(list(tensor.shape), tensor.name)
+    _check_one_source(tensor, raw)
     if raw is not None:
         return parse_bytes_elements(raw, count, tensor.name)
     elements = list(tensor.contents.bytes_contents)
@@ -132,14 +145,17 @@ def classification_k(output: pb.ModelInferRequest.InferRequestedOutputTensor) ->
     kind = param.WhichOneof("parameter_choice")
     if kind in ("int64_param", "uint64_param"):
         k = getattr(param, kind)
-    elif kind == "string_param" and param.string_param.strip().lstrip("-").isdigit():
+    elif kind == "string_param" and _INTEGER.fullmatch(param.string_param):
         k = int(param.string_param)
     else:
+        value = getattr(param, kind) if kind else None
+        got = shown(value) if isinstance(value, str) else f"{kind} {value}"
         raise InvalidArgument(
-            f"output '{output.name}': parameter classification must be an integer, got {kind}"
+            f"output {shown(output.name)}: parameter classification must be an integer "
+            f"(int64_param, uint64_param or a decimal string_param), got {got}"
         )
     if k < 1:
-        raise InvalidArgument(f"output '{output.name}': classification count {k} must be >= 1")
+        raise InvalidArgument(f"output {shown(output.name)}: classification count {k} must be >= 1")
     return int(k)
 
 

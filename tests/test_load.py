@@ -1,4 +1,5 @@
-"""benchmarks/load.py: a short smoke run against a real server, and its pure helpers."""
+"""The load generator (benchmarks/load.py and its modules): short smoke runs against a
+real server, the command line with its report files, and the pure helpers."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import load
+from benchmarks import infer_requests, load, load_report, loadgen, machine, server_metrics
 from exporter.pipeline import ExportRequest, export_model
 from protos import grpc_service_pb2 as pb
 from tests.serving import ServerProcess, start_server
@@ -21,12 +22,17 @@ MODEL = "lenet5"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
-    repo = tmp_path_factory.mktemp("load-repo")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("load-repo")
     # Random weights: what is computed does not matter here, and no training run.
     export_model(
-        ExportRequest(model=MODEL, weights="random", repository=repo), progress=lambda _: None
+        ExportRequest(model=MODEL, weights="random", repository=path), progress=lambda _: None
     )
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
     srv = start_server(repo, "--model", MODEL, log_dir=tmp_path_factory.mktemp("load-log"))
     yield srv
     assert srv.terminate() == 0, srv.output()
@@ -38,9 +44,9 @@ def metrics_url(server: ServerProcess) -> str:
 
 @pytest.fixture(scope="module")
 def request_bytes(server: ServerProcess) -> bytes:
-    info = load.model_info(server.url, MODEL)
+    info = infer_requests.model_info(server.url, MODEL)
     assert info.input_shape == (1, 32, 32) and info.max_batch_size >= 4
-    return load.tensor_request(info, batch=1)
+    return infer_requests.tensor_request(info, batch=1)
 
 
 def check_consistent(result: dict, batch: int = 1) -> None:
@@ -66,7 +72,7 @@ def check_consistent(result: dict, batch: int = 1) -> None:
 def test_closed_loop_against_a_real_server(
     server: ServerProcess, request_bytes: bytes, concurrency: int, shared: bool
 ) -> None:
-    result = load.run_closed_loop(
+    result = loadgen.run_closed_loop(
         server.url,
         request_bytes,
         concurrency,
@@ -83,7 +89,7 @@ def test_closed_loop_against_a_real_server(
 
 
 def test_open_loop_at_a_low_rate(server: ServerProcess, request_bytes: bytes) -> None:
-    result = load.run_open_loop(
+    result = loadgen.run_open_loop(
         server.url,
         request_bytes,
         rate=40,
@@ -106,12 +112,12 @@ def test_encoded_images_in_batches_of_two(server: ServerProcess) -> None:
         buf = io.BytesIO()
         Image.new("L", (8, 8), shade).save(buf, format="PNG")
         pngs.append(buf.getvalue())
-    info = load.model_info(server.url, MODEL)
-    requests = load.image_requests(info, pngs, batch=2)
+    info = infer_requests.model_info(server.url, MODEL)
+    requests = infer_requests.image_requests(info, pngs, batch=2)
     assert len(requests) == 2
-    answer = load.check_request(server.url, requests[0])
+    answer = infer_requests.check_request(server.url, requests[0])
     assert list(answer.outputs[0].shape) == [2, 10]
-    result = load.run_closed_loop(
+    result = loadgen.run_closed_loop(
         server.url,
         requests,
         2,
@@ -127,39 +133,55 @@ def test_encoded_images_in_batches_of_two(server: ServerProcess) -> None:
     assert result["server"]["preprocess_ms_mean"] > 0
 
 
-def test_command_line_writes_json_and_csv(server: ServerProcess, tmp_path: Path) -> None:
+def test_command_line_writes_json_csv_markdown_and_chart(
+    server: ServerProcess, tmp_path: Path
+) -> None:
     rc = load.main(
-        [
-            "--url",
-            server.url,
-            "--model",
-            MODEL,
-            "--concurrency",
-            "2",
-            "--seconds",
-            "0.5",
-            "--warmup",
-            "0.2",
-            "--metrics-url",
-            metrics_url(server),
-            "--out",
-            str(tmp_path),
-        ]
-    )
+        ["--url", server.url, "--model", MODEL, "--concurrency", "2", "--rate", "30",
+         "--seconds", "0.5", "--warmup", "0.2", "--metrics-url", metrics_url(server),
+         "--server-pid", str(server.proc.pid), "--out", str(tmp_path)]
+    )  # fmt: skip
     assert rc == 0
-    results = json.loads((tmp_path / "load.json").read_text())["results"]
-    assert len(results) == 1 and results[0]["concurrency"] == 2
+    data = json.loads((tmp_path / "load.json").read_text())
+    results = data["results"]
+    assert [r["mode"] for r in results] == ["closed", "open"]
+    assert results[0]["concurrency"] == 2 and results[1]["rate"] == 30
+    assert data["meta"]["model"] == MODEL and data["meta"]["machine"]["cores"] >= 1
     with open(tmp_path / "load.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 1
+    assert len(rows) == 2
     assert float(rows[0]["latency.p50_ms"]) > 0
     assert float(rows[0]["server.batching_efficiency"]) >= 1
+    md = (tmp_path / "load.md").read_text()
+    assert "## server, closed loop" in md and "## server, open loop" in md
+    assert "| c=2 | " in md and "| 30/s | " in md and "![latency vs throughput](load.png)" in md
+    assert (tmp_path / "load.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_batching_restarts_the_server_without_batching(repo: Path, tmp_path: Path) -> None:
+    rc = load.main(
+        ["--model", MODEL, "--repository", str(repo), "--compare-batching",
+         "--concurrency", "4", "--seconds", "0.5", "--warmup", "0.2", "--out", str(tmp_path),
+         "--no-chart"]
+    )  # fmt: skip
+    assert rc == 0
+    rows = json.loads((tmp_path / "load.json").read_text())["results"]
+    assert [r["config"] for r in rows] == ["batching on", "batching off"]
+    on, off = rows
+    for r in rows:
+        assert r["error_count"] == 0 and r["server"]["inference_count"] >= r["requests"] > 0
+    # Without batching every execution is one request of one image.
+    assert off["server"]["batching_efficiency"] == 1.0
+    assert on["server"]["batching_efficiency"] >= 1.0
+    assert on["server_flags"] == [] and off["server_flags"] == ["--no-batching"]
+    md = (tmp_path / "load.md").read_text()
+    assert "## Dynamic batching on vs off" in md and "| c=4 | " in md
 
 
 def test_unreachable_server_counts_errors_by_code() -> None:
     from tests.serving import free_port
 
-    result = load.run_closed_loop(f"127.0.0.1:{free_port()}", b"", 1, seconds=0.3, warmup=0)
+    result = loadgen.run_closed_loop(f"127.0.0.1:{free_port()}", b"", 1, seconds=0.3, warmup=0)
     assert result["requests"] == 0 and result["latency"] is None
     assert result["errors"].get("UNAVAILABLE", 0) >= 1
     assert result["server"] is None
@@ -169,17 +191,17 @@ def test_unreachable_server_counts_errors_by_code() -> None:
 
 
 def test_poisson_schedule_is_seeded_sorted_and_has_the_rate() -> None:
-    times = load.poisson_schedule(1000, 10, seed=3)
+    times = loadgen.poisson_schedule(1000, 10, seed=3)
     assert np.all(np.diff(times) > 0) and times[0] >= 0 and times[-1] < 10
     assert abs(len(times) - 10_000) < 500  # 5 sigma
     gaps = np.diff(times)
     assert np.mean(gaps) == pytest.approx(1e-3, rel=0.05)
     assert np.std(gaps) == pytest.approx(1e-3, rel=0.05)  # exponential: std = mean
-    assert np.array_equal(times, load.poisson_schedule(1000, 10, seed=3))
-    assert not np.array_equal(times[:10], load.poisson_schedule(1000, 10, seed=4)[:10])
-    assert len(load.poisson_schedule(0.5, 1, seed=0)) <= 5
+    assert np.array_equal(times, loadgen.poisson_schedule(1000, 10, seed=3))
+    assert not np.array_equal(times[:10], loadgen.poisson_schedule(1000, 10, seed=4)[:10])
+    assert len(loadgen.poisson_schedule(0.5, 1, seed=0)) <= 5
     with pytest.raises(ValueError):
-        load.poisson_schedule(0, 1)
+        loadgen.poisson_schedule(0, 1)
 
 
 def exposition(count_v1: float, count_v2: float, execs: float, queue_sum: float) -> str:
@@ -213,41 +235,41 @@ inference_compute_duration_seconds_sum{{model="m",version="1"}} {execs * 0.01}
 
 
 def test_parse_metrics_keeps_one_model_sums_versions_drops_buckets() -> None:
-    parsed = load.parse_metrics(exposition(10, 5, 4, 0.02), "m")
+    parsed = server_metrics.parse_metrics(exposition(10, 5, 4, 0.02), "m")
     assert parsed["inference_count_total"] == 15  # both versions
     assert parsed["inference_exec_count_total"] == 4
     assert parsed["inference_requests_total{code=OK}"] == 10
     assert parsed["inference_requests_total{code=RESOURCE_EXHAUSTED}"] == 2
     assert parsed["inference_queue_duration_seconds_sum"] == pytest.approx(0.02)
     assert not any(k.endswith(("_bucket", "_created")) for k in parsed)
-    assert load.parse_metrics(exposition(10, 5, 4, 0.02), "absent") == {}
+    assert server_metrics.parse_metrics(exposition(10, 5, 4, 0.02), "absent") == {}
 
 
 def test_metrics_delta_and_server_figures() -> None:
-    before = load.parse_metrics(exposition(10, 0, 4, 0.02), "m")
-    after = load.parse_metrics(exposition(50, 0, 14, 0.10), "m")
-    delta = load.metrics_delta(before, after)
+    before = server_metrics.parse_metrics(exposition(10, 0, 4, 0.02), "m")
+    after = server_metrics.parse_metrics(exposition(50, 0, 14, 0.10), "m")
+    delta = server_metrics.metrics_delta(before, after)
     assert delta["inference_count_total"] == 40
     assert delta["inference_requests_total{code=RESOURCE_EXHAUSTED}"] == 0
-    figures = load.server_figures(delta, window_s=2.0)
+    figures = server_metrics.server_figures(delta, window_s=2.0)
     assert figures["batching_efficiency"] == pytest.approx(4.0)  # 40 images / 10 batches
     assert figures["queue_ms_mean"] == pytest.approx(80 / 40)  # 0.08 s over 40 requests
     assert figures["compute_ms_mean"] == pytest.approx(10.0)
     assert figures["compute_busy_pct"] == pytest.approx(100 * 0.1 / 2.0)
     assert figures["requests_by_code"] == {"OK": 40}
     assert figures["request_ms_mean"] is None  # no such histogram in the text
-    empty = load.server_figures({}, window_s=1.0)
+    empty = server_metrics.server_figures({}, window_s=1.0)
     assert empty["batching_efficiency"] is None and empty["queue_ms_mean"] is None
 
 
 def test_requests_are_serialized_once_with_the_right_payload() -> None:
-    info = load.ModelInfo("m", "2", "input", (3, 4, 4), 8)
-    req = pb.ModelInferRequest.FromString(load.tensor_request(info, batch=3))
+    info = infer_requests.ModelInfo("m", "2", "input", (3, 4, 4), 8)
+    req = pb.ModelInferRequest.FromString(infer_requests.tensor_request(info, batch=3))
     assert (req.model_name, req.model_version) == ("m", "2")
     assert req.inputs[0].datatype == "FP32" and list(req.inputs[0].shape) == [3, 3, 4, 4]
     assert len(req.raw_input_contents[0]) == 3 * 3 * 4 * 4 * 4
     images = [b"a", b"bb", b"ccc"]
-    requests = load.image_requests(info, images, batch=2)
+    requests = infer_requests.image_requests(info, images, batch=2)
     assert len(requests) == 2  # every image at least once
     sent = []
     for raw in requests:
@@ -262,10 +284,10 @@ def test_requests_are_serialized_once_with_the_right_payload() -> None:
 
 
 def test_cpu_counters_and_flatten() -> None:
-    assert load.process_cpu_seconds(os.getpid()) >= 0
-    assert load.process_cpu_seconds(2**22 + 12345) is None  # above Linux's pid_max
-    assert load.machine_cpu_seconds() > 0
-    flat = load.flatten({"a": 1, "b": {"c": 2, "d": {"e": 3}}})
+    assert machine.process_cpu_seconds(os.getpid()) >= 0
+    assert machine.process_cpu_seconds(2**22 + 12345) is None  # above Linux's pid_max
+    assert machine.machine_cpu_seconds() > 0
+    flat = load_report.flatten({"a": 1, "b": {"c": 2, "d": {"e": 3}}})
     assert flat == {"a": 1, "b.c": 2, "b.d.e": 3}
 
 

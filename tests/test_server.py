@@ -116,7 +116,22 @@ def _bad_output() -> pb.ModelInferRequest:
     return req
 
 
+def _twice_output() -> pb.ModelInferRequest:
+    req = tensor_request("lenet5", digits(1))
+    req.outputs.add(name="logits")
+    req.outputs.add(name="logits").parameters["classification"].int64_param = 3
+    return req
+
+
+def _negative_images() -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name="lenet5")
+    req.inputs.add(name="input", datatype="BYTES", shape=[-2])
+    return req
+
+
 BAD += [
+    ("output twice", _twice_output(), "INVALID_ARGUMENT", "'logits' is requested more than once"),
+    ("negative image count", _negative_images(), "INVALID_ARGUMENT", "batch dimension is -2"),
     ("wrong datatype", _bad_datatype(), "INVALID_ARGUMENT", "datatype INT32 is not accepted"),
     ("byte size mismatch", _bad_size(), "INVALID_ARGUMENT", "raw content is 4092 bytes"),
     ("corrupt image", _bad_image(), "INVALID_ARGUMENT", "element 0: cannot decode image"),

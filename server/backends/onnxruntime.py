@@ -42,6 +42,25 @@ def choose_providers(config: BackendConfig, available: list[str]) -> list[str]:
     return [*chain, CPU]
 
 
+def _load_gpu_libraries(ort: Any, tensorrt: bool) -> None:
+    """Make the pip-installed CUDA/cuDNN and TensorRT libraries visible to the GPU providers.
+
+    onnxruntime-gpu finds the nvidia-* wheels' libraries only once ``preload_dlls`` loaded
+    them (torch would, but the server has none), and the TensorRT EP finds libnvinfer once
+    the tensorrt module has loaded it. A failure only costs the provider, which ``load``
+    then reports.
+    """
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # best effort: the session reports a provider it could not start
+        log.warning("onnxruntime.preload_dlls failed: %s", exc)
+    if tensorrt:
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError as exc:
+            log.warning("TensorRT EP requested but the tensorrt package is missing: %s", exc)
+
+
 class OnnxRuntimeBackend(Backend):
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
@@ -55,6 +74,8 @@ class OnnxRuntimeBackend(Backend):
         if not self.config.model_file.is_file():
             raise BackendError(f"model file {self.config.model_file} does not exist")
         wanted = choose_providers(self.config, ort.get_available_providers())
+        if wanted != [CPU]:
+            _load_gpu_libraries(ort, TENSORRT in wanted)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.inter_op_num_threads = 1

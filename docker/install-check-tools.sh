@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The tools tests/test_deploy.py needs that pip cannot provide (hadolint comes
+# from pyproject's dev extra):
+#   prometheus, promtool  from Debian's `prometheus` package, unpacked into
+#                         .cache/tools/bin rather than installed: its maintainer
+#                         scripts would add a system user and may start a
+#                         daemon on :9090 (the tests start their own, on a free port)
+#   docker-compose        Debian's package (1.29): validates docker-compose.yml
+#                         without a Docker engine
+# Run by `make test`. Idempotent: once present, it only checks. Without apt (or
+# root where an install is needed) it says what is missing and exits 0; the
+# tests that need the tool then skip with the same reason.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bin="$root/.cache/tools/bin"
+updated=0
+
+say() { echo "install-check-tools: $*"; }
+is_root() { [ "$(id -u)" = 0 ]; }
+
+apt_update_once() {
+    if [ "$updated" = 0 ] && is_root; then
+        apt-get update -qq
+        updated=1
+    fi
+}
+
+install_prometheus() {
+    if [ -x "$bin/prometheus" ] && [ -x "$bin/promtool" ]; then
+        return
+    fi
+    if ! command -v apt-get > /dev/null || ! command -v dpkg-deb > /dev/null; then
+        say "no apt-get/dpkg-deb: Prometheus tests will skip"
+        return
+    fi
+    local tmp
+    tmp="$(mktemp -d)"
+    chmod 0777 "$tmp"  # apt downloads as its unprivileged _apt user
+    if ! (cd "$tmp" && apt-get download -qq prometheus 2> /dev/null); then
+        apt_update_once
+        if ! (cd "$tmp" && apt-get download -qq prometheus); then
+            say "cannot download Debian's prometheus package: Prometheus tests will skip"
+            rm -rf "$tmp"
+            return
+        fi
+    fi
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+    mkdir -p "$bin"
+    install -m 0755 "$tmp/root/usr/bin/prometheus" "$tmp/root/usr/bin/promtool" "$bin/"
+    rm -rf "$tmp"
+    say "$("$bin/prometheus" --version 2>&1 | head -n 1) -> $bin"
+}
+
+install_compose() {
+    if command -v docker-compose > /dev/null || docker compose version > /dev/null 2>&1; then
+        return
+    fi
+    if ! command -v apt-get > /dev/null || ! is_root; then
+        say "docker-compose missing and not root with apt-get: compose validation will skip"
+        return
+    fi
+    apt_update_once
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        docker-compose > /dev/null
+    say "$(docker-compose version --short) installed"
+}
+
+install_prometheus
+install_compose

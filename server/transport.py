@@ -1,0 +1,107 @@
+"""The gRPC listener: message size limit, optional (mutual) TLS, and requests that
+cannot even be parsed answered INVALID_ARGUMENT.
+
+grpcio answers a request body that is not valid protobuf with UNKNOWN and logs
+a traceback; a client sending bytes is sending bad input, so the generated
+handlers get a deserializer that keeps the parse error and a guard that
+reports it with the message type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from protos import grpc_service_pb2_grpc as pb_grpc
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files: the server's certificate chain and key; a client CA turns on mutual TLS."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        def read(path: Path, what: str) -> bytes:
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise OSError(f"cannot read TLS {what} {path}: {exc.strerror or exc}") from exc
+
+        ca = read(self.client_ca, "client CA") if self.client_ca else None
+        return grpc.ssl_server_credentials(
+            [(read(self.key, "key"), read(self.cert, "certificate"))],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    type_name: str
+    error: str
+
+
+def _lenient(deserialize: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as exc:
+            return _Undecodable(type_name, str(exc))
+
+    return parse
+
+
+def _guarded(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if type(request) is _Undecodable:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request body is not a valid {request.type_name} message: {request.error}",
+            )
+        call = behaviour(request, context)
+        del request  # grpc keeps an aborted call's frames in a cycle until the GC runs
+        return await call
+
+    return handler
+
+
+class _Capture:
+    """Stands in for the server while the generated code registers its handlers."""
+
+    handlers: dict[str, grpc.RpcMethodHandler]
+    service = ""
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.service, self.handlers = service, handlers
+
+
+def add_inference_service(servicer: pb_grpc.GRPCInferenceServiceServicer, server: Any) -> None:
+    """Like the generated ``add_GRPCInferenceServiceServicer_to_server``, with lenient decoding."""
+    capture = _Capture()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
+    handlers = {}
+    for name, handler in capture.handlers.items():
+        if not (handler.request_streaming or handler.response_streaming):
+            deserialize = handler.request_deserializer
+            owner = getattr(deserialize, "__self__", None)
+            type_name = owner.DESCRIPTOR.full_name if owner is not None else name
+            handler = handler._replace(
+                request_deserializer=_lenient(deserialize, type_name),
+                unary_unary=_guarded(handler.unary_unary),
+            )
+        handlers[name] = handler
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(capture.service, handlers),)
+    )
+    server.add_registered_method_handlers(capture.service, handlers)
