@@ -8,9 +8,13 @@ ONNX Runtime, no tritonclient.
 
 from __future__ import annotations
 
+import os
 import struct
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing.shared_memory import SharedMemory
 
 import grpc
 import numpy as np
@@ -94,3 +98,44 @@ def check_request(url: str, request: bytes, timeout: float = 30) -> pb.ModelInfe
         call = channel.unary_unary(INFER_METHOD, request_serializer=None)
         raw = call(request, timeout=timeout)
     return pb.ModelInferResponse.FromString(raw)
+
+
+@contextmanager
+def shared_memory_request(
+    url: str, info: ModelInfo, batch: int = 1, seed: int = 0
+) -> Iterator[bytes]:
+    """A serialized request whose FP32 input lives in system shared memory (Triton's extension).
+
+    The tensor is written once into a fresh POSIX shared-memory object registered with the
+    server, so each request carries a few hundred bytes instead of the tensor; outputs still
+    come back in the response (4 kB of logits per image). Unregistered and unlinked on exit.
+    """
+    shape = (batch, *info.input_shape)
+    x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32).astype("<f4")
+    shm = SharedMemory(
+        create=True, size=x.nbytes, name=f"cnn-load-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    )
+    region = f"load-input-{shm.name}"
+    try:
+        shm.buf[: x.nbytes] = x.tobytes()
+        with grpc.insecure_channel(url) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            stub.SystemSharedMemoryRegister(
+                pb.SystemSharedMemoryRegisterRequest(
+                    name=region, key=f"/{shm.name}", offset=0, byte_size=x.nbytes
+                ),
+                timeout=10,
+            )
+            try:
+                req = pb.ModelInferRequest(model_name=info.name, model_version=info.version)
+                tensor = req.inputs.add(name=info.input_name, datatype="FP32", shape=list(shape))
+                tensor.parameters["shared_memory_region"].string_param = region
+                tensor.parameters["shared_memory_byte_size"].int64_param = x.nbytes
+                yield req.SerializeToString()
+            finally:
+                stub.SystemSharedMemoryUnregister(
+                    pb.SystemSharedMemoryUnregisterRequest(name=region), timeout=10
+                )
+    finally:
+        shm.close()
+        shm.unlink()

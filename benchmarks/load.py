@@ -26,6 +26,7 @@ to export the model for --start-server).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
 import time
@@ -40,6 +41,7 @@ from benchmarks.infer_requests import (  # noqa: E402
     check_request,
     image_requests,
     model_info,
+    shared_memory_request,
     tensor_request,
 )
 from benchmarks.loadgen import run_closed_loop, run_open_loop  # noqa: E402
@@ -76,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", nargs="+", type=Path, help="send these encoded images (BYTES)")
     p.add_argument("--sample-images", action="store_true", help="send the bundled photos")
     p.add_argument("--shared-channel", action="store_true", help="one channel for all workers")
+    p.add_argument(
+        "--shared-memory",
+        choices=("none", "system"),
+        default="none",
+        help="system: pass the input tensor through POSIX shared memory (Triton's\n"
+        "extension, as perf_analyzer --shared-memory system); client and server on one host",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="per-request deadline (s)")
     p.add_argument("--start-server", action="store_true", help="start a server on --repository")
     p.add_argument("--repository", type=Path, default=default_repository())
@@ -92,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--batch must be >= 1")
     if a.images and a.sample_images:
         p.error("give --images or --sample-images, not both")
+    if a.shared_memory == "system" and (a.images or a.sample_images):
+        p.error("--shared-memory system carries FP32 tensors; encoded images go in the request")
     if a.seconds <= 0 or a.warmup < 0:
         p.error("--seconds must be > 0 and --warmup >= 0")
     a.start_server = a.start_server or a.compare_batching
@@ -119,11 +130,30 @@ def sweep(a: argparse.Namespace, url: str, metrics_url: str | None, pid: int | N
     if a.batch > info.max_batch_size:
         raise SystemExit(f"--batch {a.batch} exceeds max_batch_size {info.max_batch_size}")
     images = _image_bytes(a)
-    requests = image_requests(info, images, a.batch) if images else [tensor_request(info, a.batch)]
+    with contextlib.ExitStack() as stack:
+        if a.shared_memory == "system":
+            requests = [stack.enter_context(shared_memory_request(url, info, a.batch))]
+        elif images:
+            requests = image_requests(info, images, a.batch)
+        else:
+            requests = [tensor_request(info, a.batch)]
+        return _sweep_requests(a, url, metrics_url, pid, info, requests, bool(images))
+
+
+def _sweep_requests(
+    a: argparse.Namespace,
+    url: str,
+    metrics_url: str | None,
+    pid: int | None,
+    info: ModelInfo,
+    requests: list[bytes],
+    images: bool,
+) -> list:
     response = check_request(url, requests[0], a.timeout)
     print(
         f"{a.model}: input {info.input_name} {[a.batch, *info.input_shape]}"
-        f" ({'encoded images' if images else 'FP32'}, {len(requests[0]):,} bytes/request),"
+        f" ({'encoded images' if images else 'FP32'}, {len(requests[0]):,} bytes/request"
+        f"{', input in shared memory' if a.shared_memory == 'system' else ''}),"
         f" outputs {[o.name for o in response.outputs]}",
         flush=True,
     )
@@ -187,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         if r.get("metrics_error"):
             print(f"metrics: {r['metrics_error']}", file=sys.stderr)
     inputs = "encoded images" if (a.images or a.sample_images) else "raw FP32 tensors"
+    if a.shared_memory == "system":
+        inputs = "FP32 tensors in system shared memory"
     load_report.table(rows, title=f"{a.model}, {inputs}, batch {a.batch}")
     meta = {
         "model": a.model,

@@ -265,6 +265,7 @@ def serve_vs_inprocess_section(path: Path | None) -> list[str]:
         body.append(
             [
                 f"`{s['server_args']}`" if s.get("server_args") else "(defaults)",
+                {"shm": "shared memory"}.get(s.get("inputs", "raw"), "in the request"),
                 f"{_f(s.get('best_inprocess_throughput'), '.1f')} "
                 f"(b={s.get('best_inprocess_batch')})",
                 f"{_f(s.get('server_throughput'), '.1f')} ({s.get('concurrency')} clients)",
@@ -277,6 +278,7 @@ def serve_vs_inprocess_section(path: Path | None) -> list[str]:
         )
     header = [
         "server args",
+        "tensors",
         "in-process img/s",
         "server img/s",
         "ratio",

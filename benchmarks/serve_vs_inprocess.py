@@ -9,9 +9,10 @@
 2. In process: one ONNX Runtime session (intra_op_num_threads = --threads);
    --sweep-passes interleaved passes over --batch-sizes find the batch size of
    best median throughput (images/s over the timed runs).
-3. For each --server-args variant: start ``python -m server`` with the same
-   threads; then --rounds rounds, each running, for every --concurrency level,
-   in process / benchmarks/load.py's closed loop / in process again (batch 1
+3. For each --server-args variant and each of --inputs (tensors in the request,
+   or in system shared memory): start ``python -m server`` with the same threads;
+   then --rounds rounds, each running, for every --concurrency level, in
+   process / benchmarks/load.py's closed loop / in process again (batch 1
    around single stream, the best batch around the others); stop it with
    SIGTERM.
 
@@ -35,6 +36,7 @@ thread) and the top functions are written next to the results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -49,16 +51,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import load  # noqa: E402
+from benchmarks.infer_requests import shared_memory_request  # noqa: E402
 from benchmarks.latency import machine  # noqa: E402
+from benchmarks.serve_compare import NOISY_PCT, median_of_kept, report, summarize_variant  # noqa: E402
 from benchmarks.stats import summarize  # noqa: E402
 from server.launch import Launched, launch  # noqa: E402
-
-LATENCY_TARGET_MS = 1.0
-THROUGHPUT_TARGET = 0.90
-
-
-STABLE_TOLERANCE = 0.15  # in-process before/after a server slice must agree this well
-NOISY_PCT = 10.0  # other processes' CPU (% of one core) above which a figure is flagged
 
 
 def other_cpu_pct(seconds: float = 2.0) -> float | None:
@@ -246,17 +243,27 @@ def profile_top(prof: Path, out: Path, lines: int = 40) -> str:
 
 
 def run_variant(
-    args: argparse.Namespace, index: int, variant: str, inproc: InProcess, best: int
+    args: argparse.Namespace,
+    index: int,
+    variant: str,
+    inproc: InProcess,
+    best: int,
+    mode: str = "raw",
 ) -> dict:
-    """Start one server; rounds of [in-process, server level, in-process] per level."""
+    """Start one server; rounds of [in-process, server level, in-process] per level.
+
+    ``mode``: "raw" sends the tensor in each request; "shm" passes it through system
+    shared memory (Triton's extension), as a client on the same host would.
+    """
     env, extra = split_variant(variant)
-    profile = args.out / f"server-{index}.prof" if args.profile else None
+    tag = f"{index}-{mode}"
+    profile = args.out / f"server-{tag}.prof" if args.profile else None
     server = start_server(
         args.repository,
         args.model,
         args.threads,
         extra,
-        args.out / f"server-{index}.log",
+        args.out / f"server-{tag}.log",
         profile,
         env=env,
     )
@@ -269,203 +276,48 @@ def run_variant(
     rounds: list[dict[int, dict]] = []
     try:
         info = load.model_info(server.url, args.model)
-        request = load.tensor_request(info, 1)
-        load.check_request(server.url, request)
-        for r in range(args.rounds):
-            print(f"  round {r + 1}/{args.rounds}", flush=True)
-            levels: dict[int, dict] = {}
-            for n in args.concurrency:
-                batch = 1 if n == 1 else best  # single stream vs batch 1, else vs the best
-                before = reference(batch)
-                row = load.run_closed_loop(
-                    server.url,
-                    request,
-                    n,
-                    args.seconds,
-                    args.warmup,
-                    metrics_url=server.metrics_url,
-                    model=args.model,
-                    server_pid=server.proc.pid,
-                    shared_channel=args.shared_channel,
-                )
-                print("    " + _server_line(row), flush=True)
-                levels[n] = {"server": row, "before": before, "after": reference(batch)}
-            rounds.append(levels)
+        with contextlib.ExitStack() as stack:
+            if mode == "shm":
+                request = stack.enter_context(shared_memory_request(server.url, info, 1))
+            else:
+                request = load.tensor_request(info, 1)
+            load.check_request(server.url, request)
+            for r in range(args.rounds):
+                print(f"  round {r + 1}/{args.rounds} ({mode} inputs)", flush=True)
+                levels: dict[int, dict] = {}
+                for n in args.concurrency:
+                    batch = 1 if n == 1 else best  # single stream vs batch 1, else vs the best
+                    before = reference(batch)
+                    row = load.run_closed_loop(
+                        server.url,
+                        request,
+                        n,
+                        args.seconds,
+                        args.warmup,
+                        metrics_url=server.metrics_url,
+                        model=args.model,
+                        server_pid=server.proc.pid,
+                        shared_channel=args.shared_channel,
+                    )
+                    print("    " + _server_line(row), flush=True)
+                    levels[n] = {"server": row, "before": before, "after": reference(batch)}
+                rounds.append(levels)
     finally:
         rc = server.terminate()
     result = {
         "server_args": variant,
+        "inputs": mode,
         "env": env,
         "exit_code": rc,
         "best_batch": best,
         "rounds": [{str(n): level for n, level in levels.items()} for levels in rounds],
     }
     result["summary"] = summarize_variant(variant, rounds, best)
+    result["summary"]["inputs"] = mode
     if profile is not None and profile.is_file():
         result["profile"] = str(profile)
-        profile_top(profile, args.out / f"server-{index}.profile.txt")
+        profile_top(profile, args.out / f"server-{tag}.profile.txt")
     return result
-
-
-# --- comparison ---------------------------------------------------------------
-
-
-def _median(values: list[float | None]) -> float | None:
-    kept = [v for v in values if v is not None]
-    return float(np.median(kept)) if kept else None
-
-
-def paired(
-    slices: list[dict], ref_key: str, server_value, combine
-) -> tuple[list[float], list[float], int]:
-    """(figures of stable pairs, of all pairs, number unstable) for one level's slices.
-
-    A pair is stable when the in-process slices before and after the server
-    slice agree within STABLE_TOLERANCE: the host did not change speed meanwhile.
-    """
-    stable, every = [], []
-    for sl in slices:
-        before, after = sl["before"][ref_key], sl["after"][ref_key]
-        reference = (before + after) / 2
-        value = server_value(sl["server"])
-        if value is None:
-            continue
-        figure = combine(value, reference)
-        every.append(figure)
-        if abs(before - after) <= STABLE_TOLERANCE * reference:
-            stable.append(figure)
-    return stable, every, len(every) - len(stable)
-
-
-def summarize_variant(variant: str, rounds: list[dict[int, dict]], best: int) -> dict:
-    """Medians over the stable pairs of each level (over all pairs when none is stable)."""
-    out: dict = {"server_args": variant, "rounds": len(rounds), "best_inprocess_batch": best}
-    if not rounds:
-        return out
-    levels = list(rounds[0])
-    top = max(levels)
-
-    def slices(n: int) -> list[dict]:
-        return [levels_[n] for levels_ in rounds]
-
-    def median_of(n: int, get) -> float | None:
-        return _median([get(sl["server"]) for sl in slices(n)])
-
-    noisy = [
-        f"round {r + 1} c={n} {part}"
-        for r, levels_ in enumerate(rounds)
-        for n, sl in levels_.items()
-        for part, row in (("server", sl["server"]), ("in-process", sl["before"]))
-        if (row.get("other_cpu_pct") or 0) > NOISY_PCT
-    ]
-    stable, every, unstable = paired(
-        slices(top), "throughput", lambda row: row["throughput"], lambda v, ref: v / ref
-    )
-    ratios = stable or every
-    out.update(
-        {
-            "best_inprocess_throughput": _median(
-                [(sl["before"]["throughput"] + sl["after"]["throughput"]) / 2 for sl in slices(top)]
-            ),
-            "concurrency": top,
-            "server_throughput": median_of(top, lambda row: row["throughput"]),
-            "throughput_ratio": _median(ratios),
-            "throughput_ratio_range": [min(ratios), max(ratios)],
-            "throughput_pairs": {"stable": len(stable), "unstable": unstable},
-            "throughput_target_met": (_median(ratios) or 0) >= THROUGHPUT_TARGET,
-            "batching_efficiency": median_of(
-                top, lambda row: (row["server"] or {}).get("batching_efficiency")
-            ),
-            "levels": {
-                str(n): {
-                    "p50_ms": median_of(n, lambda row: (row["latency"] or {}).get("p50_ms")),
-                    "p99_ms": median_of(n, lambda row: (row["latency"] or {}).get("p99_ms")),
-                    "throughput": median_of(n, lambda row: row["throughput"]),
-                    "errors": sum(sl["server"]["error_count"] for sl in slices(n)),
-                    **{
-                        key: median_of(n, lambda row, k=key: (row["server"] or {}).get(k))
-                        for key in (
-                            "batching_efficiency",
-                            "queue_ms_mean",
-                            "compute_ms_mean",
-                            "request_ms_mean",
-                            "compute_busy_pct",
-                        )
-                    },
-                    "client_cpu_pct": median_of(n, lambda row: row["client_cpu_pct"]),
-                    "server_cpu_pct": median_of(n, lambda row: row["server_cpu_pct"]),
-                    "other_cpu_pct": median_of(n, lambda row: row.get("other_cpu_pct")),
-                }
-                for n in levels
-            },
-            "noisy": noisy,  # slices during which other processes took > NOISY_PCT of a core
-        }
-    )
-    if 1 in levels:
-        stable, every, unstable = paired(
-            slices(1),
-            "p50_ms",
-            lambda row: (row["latency"] or {}).get("p50_ms"),
-            lambda v, ref: v - ref,
-        )
-        diffs = stable or every
-        if diffs:
-            out["inprocess_b1_p50_ms"] = _median(
-                [(sl["before"]["p50_ms"] + sl["after"]["p50_ms"]) / 2 for sl in slices(1)]
-            )
-            out["server_single_p50_ms"] = out["levels"]["1"]["p50_ms"]
-            out["p50_overhead_ms"] = _median(diffs)
-            out["p50_overhead_range_ms"] = [min(diffs), max(diffs)]
-            out["latency_pairs"] = {"stable": len(stable), "unstable": unstable}
-            out["latency_target_met"] = out["p50_overhead_ms"] <= LATENCY_TARGET_MS
-    return out
-
-
-def _pairs(count: dict) -> str:
-    if count["stable"]:
-        return f"{count['stable']} stable pairs, {count['unstable']} left out"
-    return f"{count['unstable']} pairs, NONE stable"
-
-
-def report(summary: dict) -> None:
-    print(f"\nserver args: {summary['server_args'] or '(defaults)'}")
-    if summary["rounds"] == 0:
-        print("  no rounds")
-        return
-    if "p50_overhead_ms" in summary:
-        ok = "met" if summary["latency_target_met"] else "MISSED"
-        lo, hi = summary["p50_overhead_range_ms"]
-        print(
-            f"  in-process batch-1 p50   {summary['inprocess_b1_p50_ms']:8.2f} ms\n"
-            f"  server single-stream p50 {summary['server_single_p50_ms']:8.2f} ms\n"
-            f"  difference               {summary['p50_overhead_ms']:+8.2f} ms"
-            f" (median of {_pairs(summary['latency_pairs'])}, range {lo:+.2f}..{hi:+.2f};"
-            f" target <= +{LATENCY_TARGET_MS} ms: {ok})"
-        )
-    ok = "met" if summary["throughput_target_met"] else "MISSED"
-    lo, hi = summary["throughput_ratio_range"]
-    top = summary["levels"][str(summary["concurrency"])]
-    print(
-        f"  best in-process          {summary['best_inprocess_throughput']:8.1f} img/s"
-        f" at batch {summary['best_inprocess_batch']}\n"
-        f"  server, {summary['concurrency']} clients       "
-        f"{summary['server_throughput']:8.1f} img/s\n"
-        f"  ratio                    {summary['throughput_ratio']:8.3f}"
-        f"    (median of {_pairs(summary['throughput_pairs'])}, range {lo:.3f}..{hi:.3f};"
-        f" target >= {THROUGHPUT_TARGET}: {ok})\n"
-        f"  batching efficiency      {summary['batching_efficiency'] or 0:8.2f} images/batch"
-        f" (queue {top['queue_ms_mean'] or 0:.2f} ms, compute {top['compute_ms_mean'] or 0:.2f}"
-        f" ms per batch, server e2e {top['request_ms_mean'] or 0:.2f} ms)\n"
-        "  client CPU               "
-        + ", ".join(f"c={k}: {v['client_cpu_pct']:.1f}%" for k, v in summary["levels"].items())
-        + "\n  server CPU               "
-        + ", ".join(f"c={k}: {v['server_cpu_pct'] or 0:.0f}%" for k, v in summary["levels"].items())
-    )
-    if summary["noisy"]:
-        print(
-            f"  WARNING: other processes took > {NOISY_PCT:.0f}% of a core during "
-            + ", ".join(summary["noisy"])
-        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -488,6 +340,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "environment settings; repeat for several variants (each its own server)",
     )
     p.add_argument("--shared-channel", action="store_true", help="one gRPC channel for all")
+    p.add_argument(
+        "--inputs",
+        default="raw,shm",
+        help="how requests carry the tensor, each its own server: raw (in the message)\n"
+        "and/or shm (system shared memory, Triton's extension)",
+    )
     p.add_argument("--profile", action="store_true", help="run the server under cProfile")
     p.add_argument(
         "--quiet-wait",
@@ -505,6 +363,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if 1 not in a.batch_sizes:
         a.batch_sizes = [1, *a.batch_sizes]
     a.variants = a.server_args or [""]
+    a.inputs = [m.strip() for m in a.inputs.split(",") if m.strip()]
+    if not a.inputs or set(a.inputs) - {"raw", "shm"}:
+        p.error(f"--inputs {a.inputs}: choose from raw, shm")
     for variant in a.variants:
         split_variant(variant)  # fail on a bad one now, not after minutes of timing
     return a
@@ -528,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep = [
         {
             "batch": b,
-            "p50_ms": _median([r["p50_ms"] for r in rows]),
-            "throughput": _median([r["throughput"] for r in rows]),
+            "p50_ms": median_of_kept([r["p50_ms"] for r in rows]),
+            "throughput": median_of_kept([r["throughput"] for r in rows]),
             "passes": rows,
         }
         for b, rows in passes.items()
@@ -543,9 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     variants = []
     for i, variant in enumerate(args.variants):
-        print(f"server {i}: {variant or '(defaults)'}", flush=True)
-        wait_quiet(args.quiet_wait)
-        variants.append(run_variant(args, i, variant, inproc, best))
+        for mode in args.inputs:
+            print(f"server {i}: {variant or '(defaults)'}, {mode} inputs", flush=True)
+            wait_quiet(args.quiet_wait)
+            variants.append(run_variant(args, i, variant, inproc, best, mode))
     inproc.close()
     for v in variants:
         report(v["summary"])

@@ -13,6 +13,13 @@ from server.models import ServerOptions
 from server.transport import TlsFiles
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
 def parse_args(argv: list[str] | None = None) -> AppOptions:
     p = argparse.ArgumentParser(prog="python -m server", description=__doc__)
     p.add_argument("--model-repository", required=True, type=repository_path)
@@ -32,12 +39,32 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         help="run KIND_GPU models on the CPU when no GPU is usable",
     )
     p.add_argument("--intra-op-threads", type=int, default=0)
+    p.add_argument(
+        "--onnxruntime-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=_key_value,
+        help="ONNX Runtime session config entry for every model (repeatable), e.g. "
+        "session.intra_op.allow_spinning=0",
+    )
     p.add_argument("--no-batching", action="store_true", help="every request runs alone")
     p.add_argument("--max-batch-size", type=int, default=None)
     p.add_argument("--max-queue-delay-us", type=int, default=None)
     p.add_argument("--preferred-batch-size", type=int, nargs="+", default=None)
     p.add_argument("--max-queue-size", type=int, default=None, help="queued images per model")
+    p.add_argument(
+        "--instance-count",
+        type=int,
+        default=None,
+        help="model instances (batches in flight at once), overriding instance_group",
+    )
     p.add_argument("--no-warmup", action="store_true")
+    p.add_argument(
+        "--no-shared-memory",
+        action="store_true",
+        help="refuse Triton's system shared-memory extension (clients must send tensor bytes)",
+    )
     p.add_argument(
         "--max-message-mb",
         type=int,
@@ -61,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         p.error("--tls-cert and --tls-key go together")
     if a.tls_client_ca and not a.tls_cert:
         p.error("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    if a.instance_count is not None and a.instance_count < 1:
+        p.error(f"--instance-count {a.instance_count}: must be >= 1")
     if a.max_message_mb < 1 or a.grace_seconds < 0:
         p.error("--max-message-mb must be >= 1 and --grace-seconds >= 0")
     logging.basicConfig(
@@ -76,7 +105,9 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         max_queue_delay_us=a.max_queue_delay_us,
         preferred_batch_sizes=tuple(a.preferred_batch_size) if a.preferred_batch_size else None,
         max_queue_size=a.max_queue_size,
+        instance_count=a.instance_count,
         warmup=not a.no_warmup,
+        onnxruntime_config=tuple(a.onnxruntime_config),
     )
     return AppOptions(
         models=models,
@@ -87,6 +118,7 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         max_message_bytes=a.max_message_mb << 20,
         grace_seconds=a.grace_seconds,
         tls=TlsFiles(a.tls_cert, a.tls_key, a.tls_client_ca) if a.tls_cert else None,
+        shared_memory=not a.no_shared_memory,
     )
 
 

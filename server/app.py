@@ -22,6 +22,7 @@ from server.dataplane import DataPlane
 from server.metrics import Metrics
 from server.models import ModelManager, ServerOptions
 from server.servicer import InferenceServicer
+from server.shared_memory import SharedMemoryManager
 from server.transport import TlsFiles, add_inference_service
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class AppOptions:
     max_message_bytes: int = 64 * MiB
     grace_seconds: float = 30.0
     tls: TlsFiles | None = None  # None: plaintext gRPC
+    shared_memory: bool = True  # Triton's system shared-memory extension
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -49,7 +51,11 @@ class InferenceServer:
         self.opts = opts
         self.metrics = Metrics.create()
         self.manager = ModelManager(opts.models, self.metrics)
-        self.plane = DataPlane(self.manager, max_input_bytes=opts.max_message_bytes)
+        self.plane = DataPlane(
+            self.manager,
+            max_input_bytes=opts.max_message_bytes,
+            shm=SharedMemoryManager(enabled=opts.shared_memory),
+        )
         self.servicer = InferenceServicer(self.plane, self.manager)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else None
         self._grpc: grpc.aio.Server | None = None
@@ -120,6 +126,7 @@ class InferenceServer:
         if self._grpc is not None:
             await self._grpc.stop(self.opts.grace_seconds if grace is None else grace)
         await self.manager.close()
+        self.plane.shm.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

@@ -26,6 +26,13 @@ from server.errors import (
 )
 from server.models import ModelManager, ServedVersion, check_name, version_number
 from server.preprocess import ImageDecodeError, preprocess
+from server.shared_memory import (
+    PARAM_OFFSET,
+    PARAM_REGION,
+    PARAM_SIZE,
+    SharedMemoryManager,
+    shm_ref,
+)
 
 SERVER_NAME = "cnn-serving"
 SERVER_VERSION = "0.1.0"
@@ -38,14 +45,22 @@ def _batch_dims(served: ServedVersion) -> list[int]:
 
 
 class DataPlane:
-    def __init__(self, manager: ModelManager, max_input_bytes: int) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        max_input_bytes: int,
+        shm: SharedMemoryManager | None = None,
+    ) -> None:
         self.manager = manager
         self.max_input_bytes = max_input_bytes
+        self.shm = shm or SharedMemoryManager(enabled=False)
 
     # --- metadata ---------------------------------------------------------
     def server_metadata(self) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=SERVER_VERSION, extensions=list(EXTENSIONS)
+            name=SERVER_NAME,
+            version=SERVER_VERSION,
+            extensions=[*EXTENSIONS, *(["system_shared_memory"] if self.shm.enabled else [])],
         )
 
     def model_metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:
@@ -95,6 +110,14 @@ class DataPlane:
                     f"raw_input_contents has {len(request.raw_input_contents)} entries for 1 input"
                 )
             raw = request.raw_input_contents[0]
+        ref = shm_ref(tensor.parameters, f"input '{tensor.name}'")
+        if ref is not None:
+            if raw is not None or (tensor.HasField("contents") and tensor.contents.ByteSize()):
+                raise InvalidArgument(
+                    f"input '{tensor.name}' names shared memory region {shown(ref.region)} "
+                    "and also carries data: send one or the other"
+                )
+            raw = self.shm.read(ref, f"input '{tensor.name}'")
         if tensor.datatype == "BYTES":
             return await self._images(served, tensor, raw)
         if tensor.datatype != "FP32":
@@ -176,8 +199,9 @@ class DataPlane:
         except Exception as exc:  # the backend failed this batch
             raise InferenceError(f"inference failed: {exc}") from exc
 
-    @staticmethod
-    def _check_outputs(served: ServedVersion, request: pb.ModelInferRequest) -> None:
+    def _check_outputs(
+        self, served: ServedVersion, request: pb.ModelInferRequest, rows: int
+    ) -> None:
         outputs = {o.name: o for o in served.spec.config.output}
         for out in request.outputs:
             if out.name not in outputs:
@@ -188,6 +212,9 @@ class DataPlane:
                 raise InvalidArgument(
                     f"classification count {k} exceeds the model's {classes} classes"
                 )
+            ref = shm_ref(out.parameters, f"output '{out.name}'")
+            if ref is not None:  # strings vary in length: only logits have a known size
+                self.shm.check_room(ref, 0 if k else rows * classes * 4, f"output '{out.name}'")
         names = [out.name for out in request.outputs]
         if len(set(names)) != len(names):
             twice = sorted({n for n in names if names.count(n) > 1})
@@ -212,12 +239,19 @@ class DataPlane:
             if k:
                 strings = tensors.classify(logits, k, served.spec.labels)
                 tensor.datatype, tensor.shape[:] = "BYTES", [logits.shape[0], k]
-                response.raw_output_contents.append(tensors.serialize_bytes_elements(strings))
+                data = tensors.serialize_bytes_elements(strings)
             else:
                 tensor.datatype, tensor.shape[:] = "FP32", list(logits.shape)
-                response.raw_output_contents.append(
-                    np.ascontiguousarray(logits, dtype="<f4").tobytes()
-                )
+                data = np.ascontiguousarray(logits, dtype="<f4").tobytes()
+            ref = shm_ref(out.parameters, f"output '{out.name}'")
+            if ref is None:
+                response.raw_output_contents.append(data)
+                continue
+            self.shm.write(ref, data, f"output '{out.name}'")
+            for key in (PARAM_REGION, PARAM_OFFSET, PARAM_SIZE):  # where the client reads it
+                if key in out.parameters:
+                    tensor.parameters[key].CopyFrom(out.parameters[key])
+            response.raw_output_contents.append(b"")  # keeps raw contents positional
 
     async def infer(
         self, request: pb.ModelInferRequest, deadline: float | None
@@ -228,7 +262,9 @@ class DataPlane:
         metrics.in_flight.inc()
         try:
             array = await self._input_array(served, request)
-            self._check_outputs(served, request)  # before queueing: bad requests cost nothing
+            self._check_outputs(
+                served, request, len(array)
+            )  # before queueing: bad requests cost nothing
             logits = await self._run(served, array, deadline)
             response = pb.ModelInferResponse(
                 model_name=served.spec.name, model_version=str(served.version), id=request.id

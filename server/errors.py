@@ -21,6 +21,10 @@ class NotFound(InferenceError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class AlreadyExists(InferenceError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class Unavailable(InferenceError):
     code = grpc.StatusCode.UNAVAILABLE
 

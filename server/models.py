@@ -48,9 +48,13 @@ class ServerOptions:
     max_queue_delay_us: int | None = None
     preferred_batch_sizes: tuple[int, ...] | None = None
     max_queue_size: int | None = None
+    instance_count: int | None = None  # overrides instance_group counts
     default_queue_size: int = 256  # rows, where the config sets no bound
     retire_timeout_s: float = 30.0  # how long a replaced/unloaded version waits for its requests
     warmup: bool = True
+    # ONNX Runtime session config entries for every model; config.pbtxt parameters
+    # named "onnxruntime.<key>" add per-model ones, and these override them.
+    onnxruntime_config: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -119,7 +123,7 @@ def batching_config(spec: ModelSpec, opts: ServerOptions) -> BatchingConfig:
         or (dyn.default_queue_policy.max_queue_size if dyn else 0)
         or opts.default_queue_size
     )
-    instances = sum(g.count or 1 for g in cfg.instance_group) or 1
+    instances = opts.instance_count or sum(g.count or 1 for g in cfg.instance_group) or 1
     return BatchingConfig(
         max_batch_size=max_batch,
         preferred_batch_sizes=preferred,
@@ -141,7 +145,20 @@ def _backend_config(spec: ModelSpec, version: int, opts: ServerOptions) -> Backe
         allow_cpu_fallback=opts.allow_cpu_fallback,
         intra_op_threads=opts.intra_op_threads or _param_int(spec, "intra_op_thread_count"),
         use_tensorrt_ep=any(a.name == "tensorrt" for a in accel),
+        session_config=(*_session_params(spec), *opts.onnxruntime_config),
     )
+
+
+ORT_PARAM_PREFIX = "onnxruntime."
+
+
+def _session_params(spec: ModelSpec) -> list[tuple[str, str]]:
+    """config.pbtxt parameters "onnxruntime.<key>" as ONNX Runtime session config entries."""
+    return [
+        (key.removeprefix(ORT_PARAM_PREFIX), param.string_value)
+        for key, param in sorted(spec.config.parameters.items())
+        if key.startswith(ORT_PARAM_PREFIX)
+    ]
 
 
 def _versions_to_serve(spec: ModelSpec) -> list[int]:

@@ -115,6 +115,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self.manager.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    # --- system shared memory (Triton's extension) ------------------------
+    @_rpc
+    async def SystemSharedMemoryRegister(self, request, context):
+        self.plane.shm.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_rpc
+    async def SystemSharedMemoryUnregister(self, request, context):
+        self.plane.shm.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_rpc
+    async def SystemSharedMemoryStatus(self, request, context):
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self.plane.shm.status(request.name):
+            response.regions[region.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name,
+                    key=region.key,
+                    offset=region.offset,
+                    byte_size=region.byte_size,
+                )
+            )
+        return response
+
     async def ModelStreamInfer(self, request_iterator, context):
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED, "ModelStreamInfer is not supported: use ModelInfer"
@@ -131,9 +156,6 @@ def _unimplemented(name: str) -> Callable[..., Awaitable[Any]]:
 
 
 for _name in (
-    "SystemSharedMemoryStatus",
-    "SystemSharedMemoryRegister",
-    "SystemSharedMemoryUnregister",
     "CudaSharedMemoryStatus",
     "CudaSharedMemoryRegister",
     "CudaSharedMemoryUnregister",

@@ -175,7 +175,7 @@ def test_report_files_and_charts(tiny) -> None:
 
 
 def test_serve_vs_inprocess_section(tmp_path: Path) -> None:
-    from benchmarks.serve_vs_inprocess import summarize_variant
+    from benchmarks.serve_compare import summarize_variant
 
     def level(ref: float, srv: float) -> dict:
         inproc = {"p50_ms": 4.0, "throughput": ref, "other_cpu_pct": 0.0}

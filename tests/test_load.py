@@ -133,6 +133,29 @@ def test_encoded_images_in_batches_of_two(server: ServerProcess) -> None:
     assert result["server"]["preprocess_ms_mean"] > 0
 
 
+def test_shared_memory_inputs_under_load_and_cleaned_up(server: ServerProcess) -> None:
+    info = infer_requests.model_info(server.url, MODEL)
+    with infer_requests.shared_memory_request(server.url, info, batch=2) as request:
+        assert len(request) < 300  # the tensor (8 kB) is not in the message
+        region = pb.ModelInferRequest.FromString(request).inputs[0].parameters
+        name = region["shared_memory_region"].string_param
+        result = loadgen.run_closed_loop(
+            server.url, request, 2, seconds=0.8, warmup=0.2, batch_size=2,
+            metrics_url=metrics_url(server), model=MODEL, server_pid=server.proc.pid,
+        )  # fmt: skip
+        check_consistent(result, batch=2)
+        key = (
+            server.stub()
+            .SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(name=name))
+            .regions[name]
+            .key
+        )
+        assert Path("/dev/shm", key[1:]).exists()
+    assert not Path("/dev/shm", key[1:]).exists()  # unlinked
+    status = server.stub().SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest())
+    assert name not in status.regions  # and unregistered
+
+
 def test_command_line_writes_json_csv_markdown_and_chart(
     server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -303,7 +326,7 @@ def test_server_variants_split_environment_from_flags() -> None:
 
 
 def test_pairs_straddling_a_speed_change_are_left_out() -> None:
-    from benchmarks.serve_vs_inprocess import paired, summarize_variant
+    from benchmarks.serve_compare import paired, summarize_variant
 
     def inproc(p50: float, thr: float) -> dict:
         return {"p50_ms": p50, "throughput": thr, "other_cpu_pct": 0.0}

@@ -329,7 +329,7 @@ ERRORS = {
     "unknown_model_statistics": ("NOT_FOUND", ["no_such_model"]),
     "not_an_image": ("INVALID_ARGUMENT", ["element 0", "cannot decode image"]),
     "truncated_jpeg": ("INVALID_ARGUMENT", ["element 0", "truncated"]),
-    "shared_memory": ("UNIMPLEMENTED", ["SystemSharedMemoryStatus"]),
+    "cuda_shared_memory": ("UNIMPLEMENTED", ["CudaSharedMemoryStatus"]),
     "stream": ("UNIMPLEMENTED", ["ModelStreamInfer"]),
 }
 
@@ -387,3 +387,21 @@ def test_failed_load_of_unknown_model_leaves_no_trace(report: dict[str, Any]) ->
     life = report["lifecycle"]
     assert "no_such_model" not in {m["name"] for m in life["index_after_load_unknown"]}
     assert life["infer_unknown_after_load_unknown"]["status"] == "StatusCode.NOT_FOUND"
+
+
+# ------------------------------------------------------------------ system shared memory
+
+
+def test_shared_memory_round_trip_with_tritonclient(
+    report: dict[str, Any], digits: tuple[np.ndarray, np.ndarray], lenet_reference
+) -> None:
+    session = report["shared_memory"]
+    regions = session["status"].get("regions", {})
+    assert set(regions) == {"lenet_io"}
+    assert session["shape"] == [4, 10]
+    assert_close(session["logits"], lenet_reference(digits[0][:4]))
+    assert session["register_twice"]["status"] == "StatusCode.ALREADY_EXISTS"
+    assert not session["status_after_unregister"].get("regions")
+    gone = session["infer_after_unregister"]
+    assert gone["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "'lenet_io' is not registered" in gone["message"]

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 from PIL import Image
+from triton_shm import shm_session
 from tritonclient.utils import InferenceServerException
 
 LENET = "lenet5"
@@ -288,7 +289,7 @@ def error_session(
         "unknown_model_statistics": lambda: client.get_inference_statistics("no_such_model"),
         "not_an_image": lambda: client.infer(LITE0, [bytes_input([b"not an image"])]),
         "truncated_jpeg": lambda: client.infer(LITE0, [bytes_input([jpeg[: len(jpeg) // 3]])]),
-        "shared_memory": lambda: client.get_system_shared_memory_status(),
+        "cuda_shared_memory": lambda: client.get_cuda_shared_memory_status(),
     }
     out.update({name: attempt(call) for name, call in others.items()})
     out["stream"] = stream_error(client, x)
@@ -356,6 +357,7 @@ def main(plan_path: str) -> None:
         jpeg = next(Path(p).read_bytes() for p in photos.values() if p.endswith(".jpg"))
         report["errors"] = error_session(client, digits, jpeg)
         report["lifecycle"] = lifecycle(client, digits)
+        report["shared_memory"] = shm_session(client, digits)
     report["seconds"] = time.perf_counter() - started
     report["wall_ms"] = [wall_ms, int(time.time() * 1000)]
     json.dump(report, sys.stdout)

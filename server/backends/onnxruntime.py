@@ -81,6 +81,8 @@ class OnnxRuntimeBackend(Backend):
         opts.inter_op_num_threads = 1
         if self.config.intra_op_threads > 0:
             opts.intra_op_num_threads = self.config.intra_op_threads
+        for key, value in self.config.session_config:
+            opts.add_session_config_entry(key, value)
         try:
             session = ort.InferenceSession(str(self.config.model_file), opts, providers=wanted)
         except Exception as exc:  # corrupt file, unsupported opset, provider failure
@@ -110,4 +112,5 @@ class OnnxRuntimeBackend(Backend):
             "backend": "onnxruntime",
             "providers": self.providers,
             "intra_op_threads": self.config.intra_op_threads,
+            "session_config": dict(self.config.session_config),
         }

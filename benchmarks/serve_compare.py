@@ -1,0 +1,176 @@
+"""The serve-vs-in-process comparison's arithmetic and printout (see serve_vs_inprocess.py).
+
+Each server slice is compared with the mean of the in-process slices just before and
+after it; a pair whose two in-process slices disagree by more than STABLE_TOLERANCE
+straddles a change of the host's speed and is left out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LATENCY_TARGET_MS = 1.0
+THROUGHPUT_TARGET = 0.90
+STABLE_TOLERANCE = 0.15  # in-process before/after a server slice must agree this well
+NOISY_PCT = 10.0  # other processes' CPU (% of one core) above which a figure is flagged
+
+
+def median_of_kept(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.median(kept)) if kept else None
+
+
+def paired(
+    slices: list[dict], ref_key: str, server_value, combine
+) -> tuple[list[float], list[float], int]:
+    """(figures of stable pairs, of all pairs, number unstable) for one level's slices.
+
+    A pair is stable when the in-process slices before and after the server
+    slice agree within STABLE_TOLERANCE: the host did not change speed meanwhile.
+    """
+    stable, every = [], []
+    for sl in slices:
+        before, after = sl["before"][ref_key], sl["after"][ref_key]
+        reference = (before + after) / 2
+        value = server_value(sl["server"])
+        if value is None:
+            continue
+        figure = combine(value, reference)
+        every.append(figure)
+        if abs(before - after) <= STABLE_TOLERANCE * reference:
+            stable.append(figure)
+    return stable, every, len(every) - len(stable)
+
+
+def summarize_variant(variant: str, rounds: list[dict[int, dict]], best: int) -> dict:
+    """Medians over the stable pairs of each level (over all pairs when none is stable)."""
+    out: dict = {"server_args": variant, "rounds": len(rounds), "best_inprocess_batch": best}
+    if not rounds:
+        return out
+    levels = list(rounds[0])
+    top = max(levels)
+
+    def slices(n: int) -> list[dict]:
+        return [levels_[n] for levels_ in rounds]
+
+    def median_of(n: int, get) -> float | None:
+        return median_of_kept([get(sl["server"]) for sl in slices(n)])
+
+    noisy = [
+        f"round {r + 1} c={n} {part}"
+        for r, levels_ in enumerate(rounds)
+        for n, sl in levels_.items()
+        for part, row in (("server", sl["server"]), ("in-process", sl["before"]))
+        if (row.get("other_cpu_pct") or 0) > NOISY_PCT
+    ]
+    stable, every, unstable = paired(
+        slices(top), "throughput", lambda row: row["throughput"], lambda v, ref: v / ref
+    )
+    ratios = stable or every
+    out.update(
+        {
+            "best_inprocess_throughput": median_of_kept(
+                [(sl["before"]["throughput"] + sl["after"]["throughput"]) / 2 for sl in slices(top)]
+            ),
+            "concurrency": top,
+            "server_throughput": median_of(top, lambda row: row["throughput"]),
+            "throughput_ratio": median_of_kept(ratios),
+            "throughput_ratio_range": [min(ratios), max(ratios)],
+            "throughput_pairs": {"stable": len(stable), "unstable": unstable},
+            "throughput_target_met": (median_of_kept(ratios) or 0) >= THROUGHPUT_TARGET,
+            "batching_efficiency": median_of(
+                top, lambda row: (row["server"] or {}).get("batching_efficiency")
+            ),
+            "levels": {
+                str(n): {
+                    "p50_ms": median_of(n, lambda row: (row["latency"] or {}).get("p50_ms")),
+                    "p99_ms": median_of(n, lambda row: (row["latency"] or {}).get("p99_ms")),
+                    "throughput": median_of(n, lambda row: row["throughput"]),
+                    "errors": sum(sl["server"]["error_count"] for sl in slices(n)),
+                    **{
+                        key: median_of(n, lambda row, k=key: (row["server"] or {}).get(k))
+                        for key in (
+                            "batching_efficiency",
+                            "queue_ms_mean",
+                            "compute_ms_mean",
+                            "request_ms_mean",
+                            "compute_busy_pct",
+                        )
+                    },
+                    "client_cpu_pct": median_of(n, lambda row: row["client_cpu_pct"]),
+                    "server_cpu_pct": median_of(n, lambda row: row["server_cpu_pct"]),
+                    "other_cpu_pct": median_of(n, lambda row: row.get("other_cpu_pct")),
+                }
+                for n in levels
+            },
+            "noisy": noisy,  # slices during which other processes took > NOISY_PCT of a core
+        }
+    )
+    if 1 in levels:
+        stable, every, unstable = paired(
+            slices(1),
+            "p50_ms",
+            lambda row: (row["latency"] or {}).get("p50_ms"),
+            lambda v, ref: v - ref,
+        )
+        diffs = stable or every
+        if diffs:
+            out["inprocess_b1_p50_ms"] = median_of_kept(
+                [(sl["before"]["p50_ms"] + sl["after"]["p50_ms"]) / 2 for sl in slices(1)]
+            )
+            out["server_single_p50_ms"] = out["levels"]["1"]["p50_ms"]
+            out["p50_overhead_ms"] = median_of_kept(diffs)
+            out["p50_overhead_range_ms"] = [min(diffs), max(diffs)]
+            out["latency_pairs"] = {"stable": len(stable), "unstable": unstable}
+            out["latency_target_met"] = out["p50_overhead_ms"] <= LATENCY_TARGET_MS
+    return out
+
+
+def _pairs(count: dict) -> str:
+    if count["stable"]:
+        return f"{count['stable']} stable pairs, {count['unstable']} left out"
+    return f"{count['unstable']} pairs, NONE stable"
+
+
+def report(summary: dict) -> None:
+    print(
+        f"\nserver args: {summary['server_args'] or '(defaults)'};"
+        f" inputs: {summary.get('inputs', 'raw')}"
+    )
+    if summary["rounds"] == 0:
+        print("  no rounds")
+        return
+    if "p50_overhead_ms" in summary:
+        ok = "met" if summary["latency_target_met"] else "MISSED"
+        lo, hi = summary["p50_overhead_range_ms"]
+        print(
+            f"  in-process batch-1 p50   {summary['inprocess_b1_p50_ms']:8.2f} ms\n"
+            f"  server single-stream p50 {summary['server_single_p50_ms']:8.2f} ms\n"
+            f"  difference               {summary['p50_overhead_ms']:+8.2f} ms"
+            f" (median of {_pairs(summary['latency_pairs'])}, range {lo:+.2f}..{hi:+.2f};"
+            f" target <= +{LATENCY_TARGET_MS} ms: {ok})"
+        )
+    ok = "met" if summary["throughput_target_met"] else "MISSED"
+    lo, hi = summary["throughput_ratio_range"]
+    top = summary["levels"][str(summary["concurrency"])]
+    print(
+        f"  best in-process          {summary['best_inprocess_throughput']:8.1f} img/s"
+        f" at batch {summary['best_inprocess_batch']}\n"
+        f"  server, {summary['concurrency']} clients       "
+        f"{summary['server_throughput']:8.1f} img/s\n"
+        f"  ratio                    {summary['throughput_ratio']:8.3f}"
+        f"    (median of {_pairs(summary['throughput_pairs'])}, range {lo:.3f}..{hi:.3f};"
+        f" target >= {THROUGHPUT_TARGET}: {ok})\n"
+        f"  batching efficiency      {summary['batching_efficiency'] or 0:8.2f} images/batch"
+        f" (queue {top['queue_ms_mean'] or 0:.2f} ms, compute {top['compute_ms_mean'] or 0:.2f}"
+        f" ms per batch, server e2e {top['request_ms_mean'] or 0:.2f} ms)\n"
+        "  client CPU               "
+        + ", ".join(f"c={k}: {v['client_cpu_pct']:.1f}%" for k, v in summary["levels"].items())
+        + "\n  server CPU               "
+        + ", ".join(f"c={k}: {v['server_cpu_pct'] or 0:.0f}%" for k, v in summary["levels"].items())
+    )
+    if summary["noisy"]:
+        print(
+            f"  WARNING: other processes took > {NOISY_PCT:.0f}% of a core during "
+            + ", ".join(summary["noisy"])
+        )

@@ -1,0 +1,188 @@
+"""Triton's system shared-memory extension: tensors passed through POSIX shared memory.
+
+A client on the same host registers a region (a ``/dev/shm`` object, an offset and a
+size), then names it in an input's or output's parameters (``shared_memory_region``,
+``shared_memory_byte_size``, ``shared_memory_offset``) instead of sending the bytes.
+Why it exists here: over Python gRPC, a 602 KB FP32 image costs about 1.9 ms of round
+trip and 1 ms of server CPU; through shared memory the request is a few hundred bytes.
+tritonclient's ``utils.shared_memory`` and perf_analyzer's ``--shared-memory system``
+work unchanged.
+
+Inputs are copied out of the region before they are queued, so a client may rewrite
+or unregister its region as soon as the call returns, and an unregister never pulls
+memory from under a running batch.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from server.errors import AlreadyExists, InvalidArgument, NotFound, shown
+
+SHM_DIR = Path("/dev/shm")
+# POSIX shared-memory names: one leading slash, then a file name (no further slash).
+_KEY = re.compile(r"^/[A-Za-z0-9_.-]{1,250}$")
+PARAM_REGION = "shared_memory_region"
+PARAM_SIZE = "shared_memory_byte_size"
+PARAM_OFFSET = "shared_memory_offset"
+
+
+@dataclass(frozen=True)
+class ShmRef:
+    """Where one tensor lives: a registered region, an offset into it and a byte size."""
+
+    region: str
+    offset: int
+    byte_size: int
+
+
+@dataclass
+class Region:
+    name: str
+    key: str
+    offset: int  # of the region within the shared-memory object
+    byte_size: int
+    _map: mmap.mmap
+
+    def view(self, offset: int, size: int, what: str) -> memoryview:
+        if offset < 0 or size < 0 or offset + size > self.byte_size:
+            raise InvalidArgument(
+                f"{what}: bytes [{offset}, {offset + size}) are outside shared memory region "
+                f"{shown(self.name)} of {self.byte_size} bytes"
+            )
+        start = self.offset + offset
+        return memoryview(self._map)[start : start + size]
+
+
+def shm_ref(parameters: Mapping[str, Any], what: str) -> ShmRef | None:
+    """The shared-memory location a tensor's parameters name, or None when they name none."""
+    if PARAM_REGION not in parameters:
+        for key in (PARAM_SIZE, PARAM_OFFSET):
+            if key in parameters:
+                raise InvalidArgument(f"{what}: parameter {key} given without {PARAM_REGION}")
+        return None
+    region = parameters[PARAM_REGION].string_param
+    if not region:
+        raise InvalidArgument(f"{what}: {PARAM_REGION} must be a non-empty string parameter")
+    if PARAM_SIZE not in parameters:
+        raise InvalidArgument(f"{what}: {PARAM_REGION} needs {PARAM_SIZE} (int64)")
+    size = parameters[PARAM_SIZE].int64_param
+    offset = parameters[PARAM_OFFSET].int64_param if PARAM_OFFSET in parameters else 0
+    if size < 0 or offset < 0:
+        raise InvalidArgument(
+            f"{what}: {PARAM_SIZE} {size} and {PARAM_OFFSET} {offset} must not be negative"
+        )
+    return ShmRef(region, offset, size)
+
+
+class SharedMemoryManager:
+    """The registered system shared-memory regions of one server."""
+
+    def __init__(self, enabled: bool = True, shm_dir: Path = SHM_DIR) -> None:
+        self.enabled = enabled
+        self.shm_dir = shm_dir
+        self._regions: dict[str, Region] = {}
+        self._lock = threading.Lock()
+
+    def _check_enabled(self) -> None:
+        if not self.enabled:
+            raise InvalidArgument(
+                "system shared memory is disabled on this server (--no-shared-memory): "
+                "send the tensor bytes in the request"
+            )
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self._check_enabled()
+        if not name:
+            raise InvalidArgument("shared memory region name must not be empty")
+        if not _KEY.match(key):
+            raise InvalidArgument(
+                f"shared memory key {shown(key)} is not a POSIX shared-memory name "
+                "('/' followed by letters, digits, '_', '.' or '-')"
+            )
+        if offset < 0 or byte_size <= 0:
+            raise InvalidArgument(
+                f"shared memory region {shown(name)}: offset {offset} must be >= 0 and "
+                f"byte_size {byte_size} > 0"
+            )
+        path = self.shm_dir / key[1:]
+        with self._lock:
+            if name in self._regions:
+                raise AlreadyExists(
+                    f"shared memory region {shown(name)} is already registered; unregister it first"
+                )
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                raise NotFound(f"shared memory key {shown(key)} does not exist") from None
+            except OSError as exc:
+                raise InvalidArgument(f"cannot open shared memory key {shown(key)}: {exc}") from exc
+            try:
+                size = os.fstat(fd).st_size
+                if offset + byte_size > size:
+                    raise InvalidArgument(
+                        f"shared memory region {shown(name)}: offset {offset} + byte_size "
+                        f"{byte_size} exceeds the {size} bytes of key {shown(key)}"
+                    )
+                mapped = mmap.mmap(fd, offset + byte_size)
+            finally:
+                os.close(fd)
+            self._regions[name] = Region(name, key, offset, byte_size, mapped)
+
+    def unregister(self, name: str) -> None:
+        """Forget ``name``, or every region when it is empty; unknown names are no error."""
+        with self._lock:
+            names = [name] if name else list(self._regions)
+            for n in names:
+                region = self._regions.pop(n, None)
+                if region is not None:
+                    region._map.close()
+
+    def status(self, name: str) -> list[Region]:
+        with self._lock:
+            if not name:
+                return list(self._regions.values())
+            if name not in self._regions:
+                raise NotFound(f"shared memory region {shown(name)} is not registered")
+            return [self._regions[name]]
+
+    def _region(self, ref: ShmRef, what: str) -> Region:
+        self._check_enabled()
+        region = self._regions.get(ref.region)
+        if region is None:
+            raise InvalidArgument(
+                f"{what}: shared memory region {shown(ref.region)} is not registered"
+            )
+        return region
+
+    def read(self, ref: ShmRef, what: str) -> bytes:
+        """A copy of the tensor bytes ``ref`` points at."""
+        with self._lock:
+            return bytes(self._region(ref, what).view(ref.offset, ref.byte_size, what))
+
+    def check_room(self, ref: ShmRef, needed: int, what: str) -> None:
+        """Fail before compute when an output cannot fit where the client asked for it."""
+        with self._lock:
+            self._region(ref, what).view(ref.offset, ref.byte_size, what)
+        if needed > ref.byte_size:
+            raise InvalidArgument(
+                f"{what}: needs {needed} bytes, {PARAM_SIZE} gives {ref.byte_size}"
+            )
+
+    def write(self, ref: ShmRef, data: bytes, what: str) -> None:
+        if len(data) > ref.byte_size:
+            raise InvalidArgument(
+                f"{what}: needs {len(data)} bytes, {PARAM_SIZE} gives {ref.byte_size}"
+            )
+        with self._lock:
+            self._region(ref, what).view(ref.offset, len(data), what)[:] = data
+
+    def close(self) -> None:
+        self.unregister("")

@@ -1,0 +1,70 @@
+"""ONNX Runtime session config entries: from config.pbtxt parameters and the command line
+into a real InferenceSession."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.__main__ import parse_args
+from server.backends.base import create_backend
+from server.models import ServerOptions, _backend_config
+from server.repository import load_spec
+
+PARAMS = """
+parameters {
+  key: "onnxruntime.session.intra_op.allow_spinning"
+  value { string_value: "0" }
+}
+parameters {
+  key: "onnxruntime.session.dynamic_block_base"
+  value { string_value: "4" }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def lenet(serve_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("ortcfg")
+    shutil.copytree(serve_repo / "lenet5", repo / "lenet5")
+    config = repo / "lenet5" / "config.pbtxt"
+    config.write_text(config.read_text() + PARAMS)
+    return repo
+
+
+def test_config_parameters_and_command_line_reach_the_session(lenet: Path) -> None:
+    spec = load_spec(lenet / "lenet5")
+    opts = ServerOptions(
+        repository=lenet, onnxruntime_config=(("session.intra_op.allow_spinning", "1"),)
+    )
+    cfg = _backend_config(spec, 1, opts)
+    assert cfg.session_config == (
+        ("session.dynamic_block_base", "4"),
+        ("session.intra_op.allow_spinning", "0"),
+        ("session.intra_op.allow_spinning", "1"),  # the command line comes last and wins
+    )
+    backend = create_backend(cfg)
+    backend.load()
+    session_entries = backend._session.get_session_options().get_session_config_entry
+    assert session_entries("session.intra_op.allow_spinning") == "1"
+    assert session_entries("session.dynamic_block_base") == "4"
+    assert backend.describe()["session_config"]["session.dynamic_block_base"] == "4"
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    assert backend.infer(x).shape == (2, 10)
+
+
+def test_command_line_entries_are_key_value_pairs(lenet: Path, capsys) -> None:
+    opts = parse_args(
+        ["--model-repository", str(lenet), "--onnxruntime-config", " session.a = 1 ",
+         "--instance-count", "2"]
+    )  # fmt: skip
+    assert opts.models.onnxruntime_config == (("session.a", "1"),)
+    assert opts.models.instance_count == 2
+    for bad in (["--onnxruntime-config", "novalue"], ["--instance-count", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--model-repository", str(lenet), *bad])
+    err = capsys.readouterr().err
+    assert "expected KEY=VALUE, got 'novalue'" in err and "--instance-count 0" in err
