@@ -38,7 +38,7 @@ from server.repository import Preprocess
 _INT8_METHOD = {
     "tool": "onnxruntime.quantization.quantize_static",
     "format": "QDQ",
-    "weights": "int8, symmetric, per channel",
+    "weights": "int8, symmetric, per channel, 7-bit range (no saturation on non-VNNI CPUs)",
     "activations": "uint8, asymmetric, per tensor",
     "calibration_method": "minmax",
 }
@@ -190,8 +190,10 @@ def _onnxruntime(
 
     converted = version_dir / f".model.{opts.precision}.onnx"
     if opts.precision == "int8":
-        quantize_int8(onnx_path, converted, images.x)
-        report["method"] = _INT8_METHOD
+        quantize_int8(onnx_path, converted, images.x, full_range=opts.int8_full_range)
+        report["method"] = dict(_INT8_METHOD)
+        if opts.int8_full_range:
+            report["method"]["weights"] = "int8, symmetric, per channel, full range (VNNI only)"
     elif opts.precision == "fp16":
         convert_fp16(onnx_path, converted)
         report["method"] = {"tool": "onnxruntime.transformers.float16", "io": "float32 kept"}

@@ -38,6 +38,7 @@ class PrecisionOptions:
     calibration: str | None = None  # a folder of JPEG/PNG images, or "samples"
     calibration_limit: int = 256  # at most this many images (evenly spread over the folder)
     min_agreement: float = MIN_AGREEMENT
+    int8_full_range: bool = False  # 8-bit weights: only safe on VNNI CPUs (exporter/quantize.py)
     workspace_mib: int = 4096  # TensorRT builder workspace
     timing_cache: str | None = None  # None: one per TensorRT version and GPU in the cache dir
 

@@ -10,6 +10,15 @@ explicit quantization. Activations are unsigned and asymmetric by default
 (U8S8, ONNX Runtime's recommended format on x86 CPUs); TensorRT needs signed,
 symmetric activations, which ``symmetric_activations=True`` gives.
 
+Weights use 7 of their 8 bits by default (``reduce_range``). x86 CPUs without
+VNNI (AVX2, and AVX-512 before Cascade Lake) multiply UINT8 by INT8 with an
+instruction that sums pairs into a saturating 16-bit register: full-range
+weights overflow it, and the same file then answers differently there than on a
+VNNI CPU. Measured on the pretrained efficientnet_lite0 under QEMU emulating a
+Haswell: full range changed chelsea.png's top-1 (282 -> 285, max rel err 0.29)
+where 7-bit weights kept all six photos (0.086; 0.057 full range on VNNI).
+``full_range=True`` is for files that only ever run on VNNI CPUs or GPUs.
+
 FP16 uses ONNX Runtime's own float16 converter (``onnxruntime.transformers.
 float16``, shipped inside the pinned onnxruntime package: no extra
 dependency) with ``keep_io_types=True``: the graph computes in FP16 but its
@@ -100,6 +109,7 @@ def quantize_int8(
     *,
     method: CalibrationMethod = "minmax",
     symmetric_activations: bool = False,
+    full_range: bool = False,
 ) -> Path:
     """Write a static INT8 QDQ copy of ``onnx_path`` calibrated on ``calibration``."""
     from onnxruntime.quantization import (
@@ -129,6 +139,7 @@ def quantize_int8(
             activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
+            reduce_range=not full_range,
             extra_options={"ActivationSymmetric": symmetric_activations},
         )
     return out_path

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.serving import ServerProcess, start_server, tensor_request
 from tests.stress import metric, percentile, report, rss_mib, wait_for
 
@@ -122,19 +123,27 @@ def test_expired_and_cancelled_requests_are_dropped_before_compute(
     )
     try:
         stub = srv.stub()
-        # 1024x1024: the ~22 heavy requests queued ahead take seconds even on a quiet, fast
-        # host, so the 0.5 s deadlines pass while the small requests wait.
+        # 1024x1024: the 12 or more heavy requests queued ahead take seconds even on a quiet,
+        # fast host, so the 0.5 s deadlines pass while the small requests wait.
         heavy = tensor_request("mobilenet_v2", np.zeros((1, 3, 1024, 1024), np.float32))
         small = tensor_request("mobilenet_v2", np.zeros((1, 3, 32, 32), np.float32))
 
         def arrived() -> float:  # requests the server has taken in: in handlers or answered
             return metric(srv, "inference_in_flight") + metric(srv, "inference_requests_total")
 
+        # The small requests travel on a connection of their own: behind 300 MB of heavy
+        # requests still in transit on the shared one, they could miss their deadline before
+        # reaching the server (gRPC then drops them itself), and the cancelled ones could
+        # find the queue already drained.
+        own = grpc.insecure_channel(srv.url, options=[("grpc.use_local_subchannel_pool", 1)])
+        small_stub = pb_grpc.GRPCInferenceServiceStub(own)
         with ThreadPoolExecutor(24) as pool:
             done = [pool.submit(stub.ModelInfer, heavy, timeout=120) for _ in range(24)]
-            assert wait_for(lambda: metric(srv, "inference_in_flight") >= 16)
-            late = [stub.ModelInfer.future(small, timeout=0.5) for _ in range(4)]
-            cancelled = [stub.ModelInfer.future(small, timeout=120) for _ in range(4)]
+            assert wait_for(lambda: arrived() >= 24), arrived()  # every heavy one is in
+            queued = metric(srv, "inference_in_flight")
+            assert queued >= 12, f"only {queued} heavy requests left: too few to outlast 0.5 s"
+            late = [small_stub.ModelInfer.future(small, timeout=0.5) for _ in range(4)]
+            cancelled = [small_stub.ModelInfer.future(small, timeout=120) for _ in range(4)]
             assert wait_for(lambda: arrived() >= 32), arrived()  # all 8 are queued
             for call in cancelled:
                 call.cancel()
@@ -144,6 +153,7 @@ def test_expired_and_cancelled_requests_are_dropped_before_compute(
                 assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             for future in done:
                 future.result()
+        own.close()
         stats = _stats(srv)
         assert stats.inference_count == stats.execution_count == 24  # only the heavy ones ran
         assert wait_for(lambda: metric(srv, "inference_dropped_total") == 8), metric(
