@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="system: pass the input tensor through POSIX shared memory (Triton's\n"
         "extension, as perf_analyzer --shared-memory system); client and server on one host",
     )
+    p.add_argument(
+        "--streaming",
+        action="store_true",
+        help="closed loop over ModelStreamInfer: one open stream per worker (perf_analyzer\n"
+        "--streaming); the per-request --timeout does not apply to streams",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="per-request deadline (s)")
     p.add_argument("--start-server", action="store_true", help="start a server on --repository")
     p.add_argument("--repository", type=Path, default=default_repository())
@@ -103,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("give --images or --sample-images, not both")
     if a.shared_memory == "system" and (a.images or a.sample_images):
         p.error("--shared-memory system carries FP32 tensors; encoded images go in the request")
+    if a.streaming and a.rate is not None:
+        p.error("--streaming drives closed-loop levels (--concurrency); --rate is unary only")
     if a.seconds <= 0 or a.warmup < 0:
         p.error("--seconds must be > 0 and --warmup >= 0")
     a.start_server = a.start_server or a.compare_batching
@@ -168,7 +176,14 @@ def _sweep_requests(
     for n in a.levels:
         rows.append(
             run_closed_loop(
-                url, requests, n, a.seconds, a.warmup, shared_channel=a.shared_channel, **common
+                url,
+                requests,
+                n,
+                a.seconds,
+                a.warmup,
+                shared_channel=a.shared_channel,
+                streaming=a.streaming,
+                **common,
             )
         )
         print(f"  c={n}: {rows[-1]['throughput']:.1f} img/s", flush=True)
@@ -219,12 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     inputs = "encoded images" if (a.images or a.sample_images) else "raw FP32 tensors"
     if a.shared_memory == "system":
         inputs = "FP32 tensors in system shared memory"
+    if a.streaming:
+        inputs += ", ModelStreamInfer"
     load_report.table(rows, title=f"{a.model}, {inputs}, batch {a.batch}")
     meta = {
         "model": a.model,
         "url": None if a.start_server else a.url,
         "batch": a.batch,
         "inputs": inputs,
+        "streaming": a.streaming,
         "seconds": a.seconds,
         "warmup": a.warmup,
         "machine": machine(),

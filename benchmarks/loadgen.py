@@ -8,7 +8,11 @@ parsed, so the client costs little CPU on a machine it shares with the
 server. Each level gets an uncounted warm-up, then a timed window; a request
 counts when it was sent inside the window and (closed loop) answered inside
 it. The server's metrics and CPU counters are read at both ends of the
-window. This module never imports torch, ONNX Runtime or tritonclient.
+window. With ``streaming``, each closed-loop worker keeps one ModelStreamInfer
+stream open and sends its next request when the previous answer arrives, as
+perf_analyzer's ``--streaming`` does; a stream has one deadline for its whole
+life, so the per-request timeout does not apply there. This module never
+imports torch, ONNX Runtime or tritonclient.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ from dataclasses import asdict, dataclass, field
 import grpc
 import numpy as np
 
-from benchmarks.infer_requests import CHANNEL_OPTIONS, INFER_METHOD
+from benchmarks.infer_requests import CHANNEL_OPTIONS, INFER_METHOD, STREAM_METHOD
 from benchmarks.machine import machine_cpu_seconds, process_cpu_seconds
 from benchmarks.server_metrics import metrics_delta, parse_metrics, scrape, server_figures
 from benchmarks.stats import summarize
 
 Requests = bytes | Sequence[bytes]
+# A ModelStreamInferResponse is serialized in field order, so an answer that starts with
+# field 1 (error_message, a length-delimited string: tag byte 0x0A) is a failed request.
+_STREAM_ERROR_TAG = b"\x0a"
 
 
 def poisson_schedule(rate: float, duration: float, seed: int = 0) -> np.ndarray:
@@ -145,10 +152,36 @@ async def _closed_loop(
     probe: _Probe,
     shared_channel: bool,
     timeout: float,
+    streaming: bool,
 ) -> dict:
     channels = _channels(url, 1 if shared_channel else concurrency)
     window = _Window()
     try:
+
+        async def stream_worker(i: int) -> None:
+            opener = channels[i % len(channels)].stream_stream(
+                STREAM_METHOD, request_serializer=None, response_deserializer=None
+            )
+            n, clock, record = len(requests), time.perf_counter, window.record
+            k, call = i, opener()
+            try:
+                while (sent := clock()) < window.end:
+                    try:
+                        await call.write(requests[k % n])
+                        answer = await call.read()
+                        code = None
+                        if answer is grpc.aio.EOF:
+                            code, call = "STREAM_ENDED", opener()
+                        elif answer[:1] == _STREAM_ERROR_TAG:
+                            code = "STREAM_ERROR"
+                    except grpc.aio.AioRpcError as exc:
+                        code, call = exc.code().name, opener()
+                    record(sent, clock(), code, True)
+                    k += 1
+                    if code is not None:
+                        await asyncio.sleep(0.001)
+            finally:
+                call.cancel()
 
         async def worker(i: int) -> None:
             call = channels[i % len(channels)].unary_unary(INFER_METHOD, request_serializer=None)
@@ -168,7 +201,8 @@ async def _closed_loop(
                 if code is not None:
                     await asyncio.sleep(0.001)  # no hot spin against a refusing server
 
-        tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+        run = stream_worker if streaming else worker
+        tasks = [asyncio.create_task(run(i)) for i in range(concurrency)]
         await asyncio.sleep(warmup)
         before = await probe.take()
         cpu0 = time.process_time()
@@ -182,7 +216,12 @@ async def _closed_loop(
         for channel in channels:
             await channel.close()
     result = _summary("closed", window, seconds, batch_size, cpu1 - cpu0, probe, before, after)
-    return {"concurrency": concurrency, "channels": len(channels), **result}
+    return {
+        "concurrency": concurrency,
+        "channels": len(channels),
+        "streaming": streaming,
+        **result,
+    }
 
 
 async def _open_loop(
@@ -280,6 +319,7 @@ def run_closed_loop(
     server_pid: int | None = None,
     shared_channel: bool = False,
     timeout: float = 60.0,
+    streaming: bool = False,
 ) -> dict:
     """``concurrency`` workers back to back for ``warmup`` + ``seconds``; one result dict.
 
@@ -301,6 +341,7 @@ def run_closed_loop(
             probe,
             shared_channel,
             timeout,
+            streaming,
         )
     )
 

@@ -265,7 +265,7 @@ def serve_vs_inprocess_section(path: Path | None) -> list[str]:
         body.append(
             [
                 f"`{s['server_args']}`" if s.get("server_args") else "(defaults)",
-                {"shm": "shared memory"}.get(s.get("inputs", "raw"), "in the request"),
+                _INPUTS.get(s.get("inputs", "raw"), s.get("inputs", "raw")),
                 f"{_f(s.get('best_inprocess_throughput'), '.1f')} "
                 f"(b={s.get('best_inprocess_batch')})",
                 f"{_f(s.get('server_throughput'), '.1f')} ({s.get('concurrency')} clients)",
@@ -287,6 +287,14 @@ def serve_vs_inprocess_section(path: Path | None) -> list[str]:
         "single-stream p50 overhead",
     ]
     return lines + _table(header, body) + [""]
+
+
+_INPUTS = {  # serve_vs_inprocess.py --inputs: how the tensor travels, and over which RPC
+    "raw": "in the request",
+    "shm": "shared memory",
+    "stream-raw": "in the request, streamed",
+    "stream-shm": "shared memory, streamed",
+}
 
 
 def markdown(rows: list[dict], meta: dict, charts: list[Path], serve: Path | None) -> str:

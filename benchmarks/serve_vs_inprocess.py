@@ -9,11 +9,12 @@
 2. In process: one ONNX Runtime session (intra_op_num_threads = --threads);
    --sweep-passes interleaved passes over --batch-sizes find the batch size of
    best median throughput (images/s over the timed runs).
-3. For each --server-args variant and each of --inputs (tensors in the request,
-   or in system shared memory): start ``python -m server`` with the same threads;
-   then --rounds rounds, each running, for every --concurrency level, in
-   process / benchmarks/load.py's closed loop / in process again (batch 1
-   around single stream, the best batch around the others); stop it with
+3. For each --server-args variant and each of --inputs (tensors in the request
+   or in system shared memory, over unary ModelInfer or ModelStreamInfer): start
+   ``python -m server`` with the same threads; then --rounds rounds, each
+   running, for every --concurrency level, in process / benchmarks/load.py's
+   closed loop / in process again (batch 1 around single stream, the best
+   batch around the others); stop it with
    SIGTERM.
 
 Why the sandwiches: on this shared 2-core VM the same ONNX Runtime session
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import os
 import shlex
@@ -45,16 +45,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import load  # noqa: E402
 from benchmarks.infer_requests import shared_memory_request  # noqa: E402
+from benchmarks.inprocess_session import InProcess, ensure_exported, inproc_line, input_shape  # noqa: E402
 from benchmarks.latency import machine  # noqa: E402
 from benchmarks.serve_compare import NOISY_PCT, median_of_kept, report, summarize_variant  # noqa: E402
-from benchmarks.stats import summarize  # noqa: E402
 from server.launch import Launched, launch  # noqa: E402
 
 
@@ -77,99 +75,6 @@ def wait_quiet(timeout: float, threshold: float = NOISY_PCT) -> float | None:
         print(f"  waiting: other processes use {other:.0f}% of a core", flush=True)
         other = other_cpu_pct(5.0)
     return other
-
-
-# --- in process ---------------------------------------------------------------
-
-
-def ensure_exported(repository: Path, model: str) -> Path:
-    """The newest model.onnx of ``model``, exporting it first when there is none."""
-    model_dir = repository / model
-    versions = sorted(int(p.name) for p in model_dir.glob("[0-9]*") if (p / "model.onnx").is_file())
-    if not versions:
-        from exporter.pipeline import ExportRequest, export_model
-
-        print(f"exporting {model} into {repository} ...", flush=True)
-        export_model(ExportRequest(model=model, repository=repository))
-        versions = sorted(
-            int(p.name) for p in model_dir.glob("[0-9]*") if (p / "model.onnx").is_file()
-        )
-    return model_dir / str(versions[-1]) / "model.onnx"
-
-
-def input_shape(repository: Path, model: str) -> tuple[int, ...]:
-    """One image's shape from config.pbtxt; dynamic dims take preprocess.crop_size."""
-    from google.protobuf import text_format
-
-    from protos import model_config_pb2 as mc
-
-    config = text_format.Parse((repository / model / "config.pbtxt").read_text(), mc.ModelConfig())
-    dims = list(config.input[0].dims)
-    if any(d < 0 for d in dims):
-        crop = int(config.parameters["preprocess.crop_size"].string_value)
-        dims = [crop if d < 0 else d for d in dims]
-    return tuple(dims)
-
-
-class InProcess:
-    """One ONNX Runtime session, intra-op threads = ``threads``, as the server's backend."""
-
-    def __init__(self, onnx_path: Path, shape: tuple[int, ...], threads: int) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1  # as the server's backend
-        self.session = ort.InferenceSession(
-            str(onnx_path), opts, providers=["CPUExecutionProvider"]
-        )
-        self.name = self.session.get_inputs()[0].name
-        self.shape = shape
-        self.threads = threads
-
-    def measure(self, batch: int, seconds: float, warmup_runs: int = 3) -> dict:
-        """p50 latency and images/s at ``batch`` over ``seconds`` (at least 10 runs)."""
-        x = np.random.default_rng(0).standard_normal((batch, *self.shape), dtype=np.float32)
-        feed = {self.name: x}
-        for _ in range(warmup_runs):
-            self.session.run(None, feed)
-        times: list[float] = []
-        own0, all0 = time.process_time(), load.machine_cpu_seconds()
-        started = time.perf_counter()
-        while len(times) < 10 or time.perf_counter() - started < seconds:
-            t0 = time.perf_counter()
-            self.session.run(None, feed)
-            times.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - started
-        own1, all1 = time.process_time(), load.machine_cpu_seconds()
-        stats = summarize(times, batch)
-        other = None
-        if all0 is not None and all1 is not None:  # CPU other processes took meanwhile
-            other = 100 * ((all1 - all0) - (own1 - own0)) / elapsed
-        return {
-            "batch": batch,
-            "threads": self.threads,
-            "runs": stats.runs,
-            "p50_ms": stats.p50_ms,
-            "p90_ms": stats.p90_ms,
-            "p99_ms": stats.p99_ms,
-            "mean_ms": stats.mean_ms,
-            "throughput": batch * len(times) / elapsed,
-            "own_cpu_pct": 100 * (own1 - own0) / elapsed,
-            "other_cpu_pct": other,
-        }
-
-    def close(self) -> None:
-        del self.session
-        gc.collect()
-
-
-def _inproc_line(row: dict) -> str:
-    return (
-        f"in process b={row['batch']:<2} p50 {row['p50_ms']:7.2f} ms"
-        f" {row['throughput']:6.1f} img/s ({row['runs']} runs,"
-        f" others {row['other_cpu_pct'] or 0:.0f}%)"
-    )
 
 
 def _server_line(row: dict) -> str:
@@ -242,6 +147,9 @@ def profile_top(prof: Path, out: Path, lines: int = 40) -> str:
     return buf.getvalue()
 
 
+MODES = ("raw", "shm", "stream-raw", "stream-shm")
+
+
 def run_variant(
     args: argparse.Namespace,
     index: int,
@@ -253,7 +161,8 @@ def run_variant(
     """Start one server; rounds of [in-process, server level, in-process] per level.
 
     ``mode``: "raw" sends the tensor in each request; "shm" passes it through system
-    shared memory (Triton's extension), as a client on the same host would.
+    shared memory (Triton's extension), as a client on the same host would; the
+    "stream-" forms send the same requests over ModelStreamInfer, one stream per client.
     """
     env, extra = split_variant(variant)
     tag = f"{index}-{mode}"
@@ -270,14 +179,14 @@ def run_variant(
 
     def reference(batch: int) -> dict:
         row = inproc.measure(batch, args.inproc_seconds)
-        print("    " + _inproc_line(row), flush=True)
+        print("    " + inproc_line(row), flush=True)
         return row
 
     rounds: list[dict[int, dict]] = []
     try:
         info = load.model_info(server.url, args.model)
         with contextlib.ExitStack() as stack:
-            if mode == "shm":
+            if mode.endswith("shm"):
                 request = stack.enter_context(shared_memory_request(server.url, info, 1))
             else:
                 request = load.tensor_request(info, 1)
@@ -298,6 +207,7 @@ def run_variant(
                         model=args.model,
                         server_pid=server.proc.pid,
                         shared_channel=args.shared_channel,
+                        streaming=mode.startswith("stream"),
                     )
                     print("    " + _server_line(row), flush=True)
                     levels[n] = {"server": row, "before": before, "after": reference(batch)}
@@ -343,8 +253,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--inputs",
         default="raw,shm",
-        help="how requests carry the tensor, each its own server: raw (in the message)\n"
-        "and/or shm (system shared memory, Triton's extension)",
+        help="how requests carry the tensor, each its own server: raw (in the message),\n"
+        "shm (system shared memory, Triton's extension), and the same over ModelStreamInfer:\n"
+        f"{', '.join(MODES)}",
     )
     p.add_argument("--profile", action="store_true", help="run the server under cProfile")
     p.add_argument(
@@ -364,8 +275,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.batch_sizes = [1, *a.batch_sizes]
     a.variants = a.server_args or [""]
     a.inputs = [m.strip() for m in a.inputs.split(",") if m.strip()]
-    if not a.inputs or set(a.inputs) - {"raw", "shm"}:
-        p.error(f"--inputs {a.inputs}: choose from raw, shm")
+    if not a.inputs or set(a.inputs) - set(MODES):
+        p.error(f"--inputs {a.inputs}: choose from {', '.join(MODES)}")
     for variant in a.variants:
         split_variant(variant)  # fail on a bad one now, not after minutes of timing
     return a
@@ -385,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.sweep_passes):  # interleaved passes: a slow phase hits every size
         for batch in args.batch_sizes:
             passes[batch].append(inproc.measure(batch, args.inproc_seconds))
-            print("  " + _inproc_line(passes[batch][-1]), flush=True)
+            print("  " + inproc_line(passes[batch][-1]), flush=True)
     sweep = [
         {
             "batch": b,

@@ -188,7 +188,7 @@ class GRPCInferenceServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ModelStreamInfer(self, request_iterator, context):
-        """Bidirectional streaming inference (declared; we answer UNIMPLEMENTED).
+        """Bidirectional streaming inference: one ModelStreamInferResponse per request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -120,7 +120,7 @@ class InferenceServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, finish what was accepted, release everything."""
-        self.servicer.shutting_down = True
+        self.servicer.stop_streams()
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         if self._grpc is not None:

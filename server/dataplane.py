@@ -179,8 +179,10 @@ class DataPlane:
         return np.stack(rows)
 
     async def _run(self, served: ServedVersion, array: np.ndarray, deadline: float | None):
+        future = None
         try:
-            return await served.batcher.submit(array, deadline)
+            future = served.batcher.submit_future(array, deadline)
+            return await asyncio.wrap_future(future)
         except batching.QueueFullError as exc:
             raise ResourceExhausted(str(exc)) from exc
         except batching.DeadlineExceededError as exc:
@@ -191,9 +193,10 @@ class DataPlane:
         except batching.RequestTooLargeError as exc:
             raise InvalidArgument(str(exc)) from exc
         except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes too
-            late = deadline is not None and time.monotonic() >= deadline - 0.005
-            served.metrics.dropped("deadline" if late else "cancelled").inc()
-            raise
+            if future is not None and (future.cancel() or future.cancelled()):
+                late = deadline is not None and time.monotonic() >= deadline - 0.005
+                served.metrics.dropped("deadline" if late else "cancelled").inc()
+            raise  # a request already computing is not dropped: its batch runs to the end
         except InferenceError:
             raise
         except Exception as exc:  # the backend failed this batch

@@ -54,3 +54,13 @@ def shown(text: str, limit: int = 64) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def clip(message: str, limit: int = 2000) -> str:
+    """Status messages travel as metadata (8 KiB limit) where every byte outside printable
+    ASCII takes three: past it the caller would get a transport error instead of ours."""
+    if len(message) <= limit and message.isascii() and message.isprintable():
+        return message
+    text = message[:limit].encode("ascii", "backslashreplace").decode()
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return text if len(text) <= limit and len(message) <= limit else f"{text[:limit]}... (cut)"

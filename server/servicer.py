@@ -18,8 +18,9 @@ import grpc
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server.dataplane import DataPlane
-from server.errors import InferenceError, Unimplemented
+from server.errors import InferenceError, Unimplemented, clip
 from server.models import ModelManager
+from server.streaming import InferStream
 
 log = logging.getLogger(__name__)
 
@@ -30,28 +31,18 @@ def _rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]
         try:
             return await method(self, request, context)
         except InferenceError as exc:
-            code, message = exc.code, _clip(str(exc))
+            code, message = exc.code, clip(str(exc))
         except (grpc.aio.AbortError, NotImplementedError):
             raise
         except Exception as exc:
             log.exception("%s failed", method.__name__)
-            code, message = grpc.StatusCode.INTERNAL, _clip(f"{type(exc).__name__}: {exc}")
+            code, message = grpc.StatusCode.INTERNAL, clip(f"{type(exc).__name__}: {exc}")
         # Aborting outside the except, without the request: grpc keeps the aborted call's
         # frames in a reference cycle until the GC runs, and they would hold its megabytes.
         del request
         await context.abort(code, message)
 
     return wrapper
-
-
-def _clip(message: str, limit: int = 2000) -> str:
-    """Status messages travel as metadata (8 KiB limit) where every byte outside printable
-    ASCII takes three: past it the caller would get a transport error instead of ours."""
-    if len(message) <= limit and message.isascii() and message.isprintable():
-        return message
-    text = message[:limit].encode("ascii", "backslashreplace").decode()
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-    return text if len(text) <= limit and len(message) <= limit else f"{text[:limit]}... (cut)"
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -64,6 +55,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.plane = plane
         self.manager = manager
         self.shutting_down = False
+        self.streams: set[InferStream] = set()
 
     @_rpc
     async def ServerLive(self, request, context):
@@ -141,9 +133,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def ModelStreamInfer(self, request_iterator, context):
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "ModelStreamInfer is not supported: use ModelInfer"
-        )
+        """Triton's streaming inference (server/streaming.py): one answer per request."""
+        if self.shutting_down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        stream = InferStream(self.plane.infer, _deadline(context))
+        self.streams.add(stream)
+        try:
+            async for answer in stream.responses(request_iterator):
+                yield answer
+        except InferenceError as exc:  # only the shutdown's UNAVAILABLE ends a stream
+            await context.abort(exc.code, clip(str(exc)))
+        finally:
+            self.streams.discard(stream)
+
+    def stop_streams(self) -> None:
+        """Shutdown: open streams read no more requests and end once they are answered."""
+        self.shutting_down = True
+        for stream in list(self.streams):
+            stream.stop_reading()
 
 
 def _unimplemented(name: str) -> Callable[..., Awaitable[Any]]:

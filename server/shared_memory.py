@@ -171,18 +171,17 @@ class SharedMemoryManager:
         """Fail before compute when an output cannot fit where the client asked for it."""
         with self._lock:
             self._region(ref, what).view(ref.offset, ref.byte_size, what)
-        if needed > ref.byte_size:
-            raise InvalidArgument(
-                f"{what}: needs {needed} bytes, {PARAM_SIZE} gives {ref.byte_size}"
-            )
+        _fits(ref, needed, what)
 
     def write(self, ref: ShmRef, data: bytes, what: str) -> None:
-        if len(data) > ref.byte_size:
-            raise InvalidArgument(
-                f"{what}: needs {len(data)} bytes, {PARAM_SIZE} gives {ref.byte_size}"
-            )
+        _fits(ref, len(data), what)  # a classification's strings are only sized now
         with self._lock:
             self._region(ref, what).view(ref.offset, len(data), what)[:] = data
 
     def close(self) -> None:
         self.unregister("")
+
+
+def _fits(ref: ShmRef, needed: int, what: str) -> None:
+    if needed > ref.byte_size:
+        raise InvalidArgument(f"{what}: needs {needed} bytes, {PARAM_SIZE} gives {ref.byte_size}")

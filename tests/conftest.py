@@ -1,12 +1,33 @@
-"""Shared fixtures: real photographs, a fresh checkpoint cache, one pretrained export."""
+"""Shared fixtures: real photographs, a fresh checkpoint cache, one pretrained export,
+and one tritonclient session against a real server.
+
+The tritonclient session is session-scoped because two modules
+(test_tritonclient.py, test_tritonclient_control.py) assert on one report, and
+running it costs a server start and a child interpreter. tritonclient cannot be
+imported in this process (its generated protobuf modules and ours define the
+same ``inference.*`` names: see test_protocol.py), so the child runs
+``tests/triton_session.py``, which uses only tritonclient, numpy and Pillow, and
+prints what it observed as JSON.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from exporter.samples import EXPECTED, photo_paths
+from tests.triton_helpers import LENET, LITE0, ROOT
+
+TRITON_SESSION = Path(__file__).with_name("triton_session.py")
+TRITON_DIGIT_ROWS = slice(0, 1800, 150)  # 12 digits spread over the set
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,3 +69,80 @@ def serve_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("lenet5", "mobilenet_v2"):
         export_model(ExportRequest(model=name, repository=path), progress=lambda _: None)
     return path
+
+
+# ------------------------------------------------------------------ tritonclient session
+
+
+@pytest.fixture(scope="session")
+def triton_repository(tmp_path_factory: pytest.TempPathFactory, lite0_repo: Path) -> Path:
+    """efficientnet_lite0 (the session-wide pretrained export) and a freshly trained lenet5."""
+    from exporter.pipeline import ExportRequest, export_model
+
+    repo = tmp_path_factory.mktemp("triton-repo")
+    shutil.copytree(lite0_repo / LITE0, repo / LITE0)
+    export_model(ExportRequest(model=LENET, repository=repo), progress=lambda _: None)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton_server(
+    triton_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """``python -m server`` on ports the OS picks; its URL."""
+    from tests.serving import start_server
+
+    srv = start_server(triton_repository, log_dir=tmp_path_factory.mktemp("triton-server"))
+    yield srv.url
+    code = srv.terminate(timeout=60)
+    assert code == 0, f"exit code {code} after SIGTERM:\n{srv.output()[-4000:]}"
+
+
+@pytest.fixture(scope="session")
+def triton_digits() -> tuple[np.ndarray, np.ndarray]:
+    """lenet5 inputs as its config describes them: grey 32x32, (x/255 - 0.5) / 0.5; labels."""
+    from exporter.digits import digit_images
+
+    images, labels = digit_images()
+    x = (images[TRITON_DIGIT_ROWS].astype(np.float32) / 255.0 - 0.5) / 0.5
+    return np.ascontiguousarray(x[:, None]), labels[TRITON_DIGIT_ROWS]
+
+
+@pytest.fixture(scope="session")
+def triton_report(
+    triton_server: str,
+    triton_digits: tuple[np.ndarray, np.ndarray],
+    photos: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Any]:
+    """Run the tritonclient session once per pytest run against the server; its JSON report."""
+    folder = tmp_path_factory.mktemp("triton-session")
+    np.save(folder / "digits.npy", triton_digits[0])
+    plan = {
+        "url": triton_server,
+        "digits": str(folder / "digits.npy"),
+        "photos": {name: str(path) for name, path in photos.items()},
+    }
+    (folder / "plan.json").write_text(json.dumps(plan))
+    proc = subprocess.run(
+        [sys.executable, str(TRITON_SESSION), str(folder / "plan.json")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def lenet_reference(triton_repository: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """lenet5's exported ONNX model run in this process: x -> logits."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(
+        str(triton_repository / LENET / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: np.asarray(x, dtype=np.float32)})[0]

@@ -68,9 +68,12 @@ def check_consistent(result: dict, batch: int = 1) -> None:
     assert result["server_cpu_pct"] is not None and result["server_cpu_pct"] > 0
 
 
-@pytest.mark.parametrize("concurrency, shared", [(1, False), (4, False), (4, True)])
+@pytest.mark.parametrize(
+    "concurrency, shared, streaming",
+    [(1, False, False), (4, False, False), (4, True, False), (1, False, True), (4, True, True)],
+)
 def test_closed_loop_against_a_real_server(
-    server: ServerProcess, request_bytes: bytes, concurrency: int, shared: bool
+    server: ServerProcess, request_bytes: bytes, concurrency: int, shared: bool, streaming: bool
 ) -> None:
     result = loadgen.run_closed_loop(
         server.url,
@@ -82,10 +85,24 @@ def test_closed_loop_against_a_real_server(
         model=MODEL,
         server_pid=server.proc.pid,
         shared_channel=shared,
+        streaming=streaming,
     )
     assert result["mode"] == "closed" and result["concurrency"] == concurrency
+    assert result["streaming"] is streaming
     assert result["channels"] == (1 if shared else concurrency)
     check_consistent(result)
+
+
+def test_streaming_counts_failed_requests_and_keeps_the_stream(server: ServerProcess) -> None:
+    """A stream answers a bad request with error_message and stays open: each is an error."""
+    bad = pb.ModelInferRequest(model_name="no_such_model")
+    bad.inputs.add(name="input", datatype="FP32", shape=[1, 1, 32, 32])
+    bad.raw_input_contents.append(bytes(4096))
+    result = loadgen.run_closed_loop(
+        server.url, bad.SerializeToString(), 2, seconds=0.5, warmup=0.1, streaming=True
+    )
+    assert result["requests"] == 0 and result["error_count"] > 0
+    assert set(result["errors"]) == {"STREAM_ERROR"}
 
 
 def test_open_loop_at_a_low_rate(server: ServerProcess, request_bytes: bytes) -> None:

@@ -3,7 +3,7 @@
 Regions are real POSIX shared memory (``multiprocessing.shared_memory``, the same
 /dev/shm objects tritonclient's ``utils.shared_memory`` creates); logits are checked
 against ONNX Runtime in this process. tritonclient's own shared-memory calls are
-exercised in test_tritonclient.py.
+exercised in test_tritonclient_control.py.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """One tritonclient session against a running server; prints what it saw as JSON.
 
-Run by tests/test_tritonclient.py in a child interpreter, because tritonclient's
-generated protobuf modules and ours define the same ``inference.*`` names and
-cannot share a process. Everything here is what a Triton user would write with
-``tritonclient.grpc`` unchanged: no import from this project (no ``protos``, no
-``server``, no torch), only tritonclient, numpy, Pillow and the standard library.
+Run by the ``triton_report`` fixture (tests/conftest.py) in a child interpreter,
+because tritonclient's generated protobuf modules and ours define the same
+``inference.*`` names and cannot share a process. Everything here is what a
+Triton user would write with ``tritonclient.grpc`` unchanged: no import from
+this project (no ``protos``, no ``server``, no torch), only tritonclient, numpy,
+Pillow and the standard library.
 
     python tests/triton_session.py PLAN.json
 
@@ -29,6 +30,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from PIL import Image
 from triton_shm import shm_session
+from triton_stream import stream_session
 from tritonclient.utils import InferenceServerException
 
 LENET = "lenet5"
@@ -292,32 +294,7 @@ def error_session(
         "cuda_shared_memory": lambda: client.get_cuda_shared_memory_status(),
     }
     out.update({name: attempt(call) for name, call in others.items()})
-    out["stream"] = stream_error(client, x)
     return out
-
-
-def stream_error(client: grpcclient.InferenceServerClient, x: Any) -> dict[str, Any]:
-    """ModelStreamInfer is refused; tritonclient reports it through the stream callback."""
-    errors: list[InferenceServerException] = []
-    done = threading.Event()
-
-    def callback(result: Any, error: Any) -> None:
-        if error is not None:
-            errors.append(error)
-        done.set()
-
-    client.start_stream(callback=callback)
-    try:
-        try:
-            client.async_stream_infer(LENET, [x])
-        except InferenceServerException:
-            pass  # the stream had already failed; the reason comes through the callback
-        done.wait(10)
-    finally:
-        client.stop_stream()
-    if not errors:
-        return {"ok": True}
-    return {"ok": False, "status": errors[0].status(), "message": errors[0].message()}
 
 
 def lifecycle(client: grpcclient.InferenceServerClient, digits: np.ndarray) -> dict[str, Any]:
@@ -356,6 +333,7 @@ def main(plan_path: str) -> None:
         report["lite0"] = lite0_session(client, photos, params)
         jpeg = next(Path(p).read_bytes() for p in photos.values() if p.endswith(".jpg"))
         report["errors"] = error_session(client, digits, jpeg)
+        report["stream"] = stream_session(client, digits)
         report["lifecycle"] = lifecycle(client, digits)
         report["shared_memory"] = shm_session(client, digits)
     report["seconds"] = time.perf_counter() - started
