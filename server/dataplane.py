@@ -193,7 +193,7 @@ class DataPlane:
         except batching.RequestTooLargeError as exc:
             raise InvalidArgument(str(exc)) from exc
         except asyncio.CancelledError:  # gRPC cancels the handler when the deadline passes too
-            if future is not None and (future.cancel() or future.cancelled()):
+            if future is not None and future.cancel():  # True: it was still queued
                 late = deadline is not None and time.monotonic() >= deadline - 0.005
                 served.metrics.dropped("deadline" if late else "cancelled").inc()
             raise  # a request already computing is not dropped: its batch runs to the end

@@ -46,6 +46,20 @@ class Stream:
         return got
 
 
+HEAVY = np.zeros((1, 3, 1024, 1024), np.float32)  # slow enough to still be queued
+
+
+def _send_heavy(srv: ServerProcess, stream: Stream, n: int, must_hold: int) -> float:
+    """Send ``n`` heavy requests, ids h0..; once all arrived, how many the server holds."""
+    for i in range(n):
+        stream.send(tensor_request("mobilenet_v2", HEAVY), f"h{i}")
+    arrived = ("inference_in_flight", "inference_requests_total")
+    assert wait_for(lambda: sum(metric(srv, name) for name in arrived) >= n)
+    held = metric(srv, "inference_in_flight")
+    assert held >= must_hold, f"only {held} of {n} requests still held: too few to test"
+    return held
+
+
 @pytest.fixture(scope="module")
 def server(serve_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     srv = start_server(
@@ -119,14 +133,8 @@ def test_a_cancelled_stream_drops_its_queued_requests(serve_repo: Path, tmp_path
         log_dir=tmp_path,
     )
     try:
-        big = np.zeros((1, 3, 1024, 1024), np.float32)
         stream = Stream(srv)
-        for i in range(12):
-            stream.send(tensor_request("mobilenet_v2", big), f"h{i}")
-        arrived = ("inference_in_flight", "inference_requests_total")
-        assert wait_for(lambda: sum(metric(srv, name) for name in arrived) >= 12)
-        held = metric(srv, "inference_in_flight")
-        assert held >= 6, f"only {held} requests still held: too few to cancel"
+        held = _send_heavy(srv, stream, 12, must_hold=6)
         stream.call.cancel()
         stats = pb.ModelStatisticsRequest(name="mobilenet_v2")
 
@@ -140,7 +148,7 @@ def test_a_cancelled_stream_drops_its_queued_requests(serve_repo: Path, tmp_path
         # Those answered before the cancel, and the one running then; the rest dropped.
         assert computed() <= 12 - held + 1 and dropped() >= held - 1
         # ...and the server goes on serving.
-        answer = srv.stub().ModelInfer(tensor_request("mobilenet_v2", big), timeout=60)
+        answer = srv.stub().ModelInfer(tensor_request("mobilenet_v2", HEAVY), timeout=60)
         assert logits_of(answer).shape == (1, 1000)
     finally:
         assert srv.terminate() == 0, srv.output()[-2000:]
@@ -155,13 +163,7 @@ def test_sigterm_answers_what_the_stream_sent_then_ends_it_unavailable(
         log_dir=tmp_path,
     )
     stream = Stream(srv)
-    big = np.zeros((1, 3, 1024, 1024), np.float32)  # slow enough to still be queued
-    for i in range(6):
-        stream.send(tensor_request("mobilenet_v2", big), f"h{i}")
-    arrived = ("inference_in_flight", "inference_requests_total")
-    assert wait_for(lambda: sum(metric(srv, name) for name in arrived) >= 6)
-    held = metric(srv, "inference_in_flight")
-    assert held >= 3, f"only {held} requests still held: SIGTERM would find too little"
+    _send_heavy(srv, stream, 6, must_hold=3)
     srv.proc.send_signal(signal.SIGTERM)
     answers: list[pb.ModelStreamInferResponse] = []
     with pytest.raises(grpc.RpcError):  # the stream's status, after every answer
