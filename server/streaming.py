@@ -45,9 +45,10 @@ class InferStream:
 
     def stop_reading(self) -> None:
         """Server shutdown: read no more requests; those already read are still answered."""
-        if self._reader is not None and not self._reader.done():
-            self._stopped = True
-            self._reader.cancel()
+        if self._reader is None or not self._reader.done():  # not when the client had closed
+            self._stopped = True  # a reader not yet started reads nothing
+            if self._reader is not None:
+                self._reader.cancel()
 
     async def responses(
         self, requests: AsyncIterator[pb.ModelInferRequest]
@@ -55,6 +56,8 @@ class InferStream:
         """Answers as they complete; ends when the client has closed its side and every
         request is answered. Cancelling this (the client went away) cancels them all."""
         self._reader = asyncio.create_task(self._read(requests))
+        # A reader cancelled before its first step never runs its own wake-up below.
+        self._reader.add_done_callback(lambda t: t.cancelled() and self._answers.put_nowait(None))
         try:
             while (answer := await self._answers.get()) is not None:
                 yield answer

@@ -185,3 +185,35 @@ def test_the_stream_deadline_bounds_its_requests(server: ServerProcess) -> None:
         stream.answers(1)  # nothing more is sent: the call's deadline ends it
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     stream.close()
+
+
+def test_a_stream_stopped_before_its_reader_runs_reads_nothing_and_ends() -> None:
+    """Shutdown racing a stream's start: it must end UNAVAILABLE at once, not hang."""
+    import asyncio
+
+    from server.errors import Unavailable
+    from server.streaming import InferStream
+
+    read: list[int] = []
+
+    async def requests():
+        read.append(1)
+        yield pb.ModelInferRequest(id="never")
+
+    async def never_called(request, deadline):
+        raise AssertionError("a stopped stream computed a request")
+
+    async def run(stop_before_start: bool) -> list:
+        stream = InferStream(never_called, None)
+        if stop_before_start:
+            stream.stop_reading()
+        answers = stream.responses(requests())
+        first = asyncio.ensure_future(answers.__anext__())
+        if not stop_before_start:
+            stream.stop_reading()  # the reader exists but has not taken a step yet
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(first, timeout=5)
+        return read
+
+    assert asyncio.run(run(True)) == []
+    assert asyncio.run(run(False)) == []
