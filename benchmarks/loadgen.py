@@ -27,7 +27,7 @@ import grpc
 import numpy as np
 
 from benchmarks.infer_requests import CHANNEL_OPTIONS, INFER_METHOD, STREAM_METHOD
-from benchmarks.machine import machine_cpu_seconds, process_cpu_seconds
+from benchmarks.machine import machine_cpu_seconds, process_cpu_seconds, thread_cpu_seconds
 from benchmarks.server_metrics import metrics_delta, parse_metrics, scrape, server_figures
 from benchmarks.stats import summarize
 
@@ -84,11 +84,14 @@ class _Probe:
                 metrics = parse_metrics(scrape(self.metrics_url), self.model)
             except Exception as exc:  # a level's figures must not die with the endpoint
                 self.error = f"{type(exc).__name__}: {exc}"
-        cpu = process_cpu_seconds(self.server_pid) if self.server_pid else None
-        return time.perf_counter(), metrics, cpu, machine_cpu_seconds()
+        pid = self.server_pid
+        cpu = process_cpu_seconds(pid) if pid else None
+        loop = thread_cpu_seconds(pid, pid) if pid else None
+        return time.perf_counter(), metrics, cpu, loop, machine_cpu_seconds()
 
     async def take(self) -> tuple:
-        """(perf_counter, metrics or None, server CPU s or None, machine CPU s or None)"""
+        """(perf_counter, metrics, server CPU s, its main thread's CPU s, machine CPU s);
+        each but the first None where unavailable."""
         return await asyncio.to_thread(self._take)
 
 
@@ -126,11 +129,14 @@ def _summary(
         "client_cpu_pct": 100 * client_cpu_s / window_s,
         "latency": asdict(summarize(window.latencies, batch_size)) if requests else None,
     }
-    (t0, m0, c0, all0), (t1, m1, c1, all1) = before, after
+    (t0, m0, c0, loop0, all0), (t1, m1, c1, loop1, all1) = before, after
     result["server"] = (
         server_figures(metrics_delta(m0, m1), t1 - t0) if m0 is not None and m1 else None
     )
     result["server_cpu_pct"] = 100 * (c1 - c0) / (t1 - t0) if c0 is not None and c1 else None
+    result["server_loop_cpu_pct"] = (
+        100 * (loop1 - loop0) / (t1 - t0) if loop0 is not None and loop1 is not None else None
+    )
     if all0 is not None and all1 is not None:
         result["machine_cpu_pct"] = 100 * (all1 - all0) / (t1 - t0)
         if result["server_cpu_pct"] is not None:

@@ -131,8 +131,21 @@ def describe(meta: dict) -> str:
 
 def process_cpu_seconds(pid: int) -> float | None:
     """user+system CPU seconds of another process (Linux), None where unreadable."""
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float | None:
+    """user+system CPU seconds of one thread of another process (Linux), else None.
+
+    ``tid == pid`` is the main thread: the server's asyncio event loop, which does
+    all per-request Python work, so its share is the request-handling cost.
+    """
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/task/{tid}/stat"))
+
+
+def _stat_cpu_seconds(path: Path) -> float | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = path.read_text()
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[1].split()

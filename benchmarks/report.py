@@ -9,6 +9,9 @@ import json
 from pathlib import Path
 
 from benchmarks.machine import MEMORY_METHOD, describe
+from benchmarks.md_table import fmt as _f
+from benchmarks.md_table import table as _table
+from benchmarks.serve_section import serve_vs_inprocess_section
 
 NAMES = {
     "torch": "PyTorch",
@@ -104,10 +107,6 @@ def write(rows: list[dict], out: Path, meta: dict, charts: list[Path] | None = N
 # --- Markdown ---------------------------------------------------------------------
 
 
-def _f(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
-    return "-" if value is None else f"{format(value, spec)}{suffix}"
-
-
 def _ms(row: dict | None) -> str:
     if row is None:
         return "-"
@@ -116,12 +115,6 @@ def _ms(row: dict | None) -> str:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _table(header: list[str], body: list[list[str]], right_from: int = 1) -> list[str]:
-    align = ["---" if i < right_from else "---:" for i in range(len(header))]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    return lines + ["| " + " | ".join(row) + " |" for row in body]
 
 
 def _facts(rows: list[dict], model: str) -> dict:
@@ -239,62 +232,6 @@ def skipped_table(rows: list[dict]) -> list[str]:
         for (b, p, s, reason), ms in groups.items()
     ]
     return _table(["backend", "status", "reason", "models"], body, right_from=99)
-
-
-def serve_vs_inprocess_section(path: Path | None) -> list[str]:
-    """The server against in-process ONNX Runtime (benchmarks/serve_vs_inprocess.py)."""
-    if path is None or not path.is_file():
-        return []
-    data = json.loads(path.read_text())
-    lines = [
-        "## Server vs in-process ONNX Runtime",
-        "",
-        f"From `{path.name}` ({data.get('model')}, {data.get('threads')} threads, measured "
-        f"{(data.get('machine') or {}).get('date', '')} on {describe(data.get('machine') or {})})"
-        ": the server's throughput at the highest "
-        "concurrency against the best in-process batch, in paired rounds "
-        "(benchmarks/serve_vs_inprocess.py); target ≥ 0.90×.",
-        "",
-    ]
-    body = []
-    for s in data.get("summary") or []:
-        if not s.get("rounds"):
-            continue
-        lo, hi = s.get("throughput_ratio_range") or (None, None)
-        pairs = s.get("throughput_pairs") or {}
-        body.append(
-            [
-                f"`{s['server_args']}`" if s.get("server_args") else "(defaults)",
-                _INPUTS.get(s.get("inputs", "raw"), s.get("inputs", "raw")),
-                f"{_f(s.get('best_inprocess_throughput'), '.1f')} "
-                f"(b={s.get('best_inprocess_batch')})",
-                f"{_f(s.get('server_throughput'), '.1f')} ({s.get('concurrency')} clients)",
-                f"{_f(s.get('throughput_ratio'), '.3f')}× ({_f(lo, '.2f')}–{_f(hi, '.2f')}, "
-                f"{pairs.get('stable', 0)} stable pairs)",
-                "met" if s.get("throughput_target_met") else "MISSED",
-                _f(s.get("batching_efficiency"), ".2f"),
-                _f(s.get("p50_overhead_ms"), "+.2f", " ms"),
-            ]
-        )
-    header = [
-        "server args",
-        "tensors",
-        "in-process img/s",
-        "server img/s",
-        "ratio",
-        "≥ 0.90×",
-        "images/batch",
-        "single-stream p50 overhead",
-    ]
-    return lines + _table(header, body) + [""]
-
-
-_INPUTS = {  # serve_vs_inprocess.py --inputs: how the tensor travels, and over which RPC
-    "raw": "in the request",
-    "shm": "shared memory",
-    "stream-raw": "in the request, streamed",
-    "stream-shm": "shared memory, streamed",
-}
 
 
 def markdown(rows: list[dict], meta: dict, charts: list[Path], serve: Path | None) -> str:

@@ -7,7 +7,11 @@ straddles a change of the host's speed and is left out.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+from benchmarks.md_table import fmt
 
 LATENCY_TARGET_MS = 1.0
 THROUGHPUT_TARGET = 0.90
@@ -42,8 +46,60 @@ def paired(
     return stable, every, len(every) - len(stable)
 
 
-def summarize_variant(variant: str, rounds: list[dict[int, dict]], best: int) -> dict:
+BOTH_SIDES = ("before", "after")  # the in-process slices around a server slice
+
+
+def cpu_per_image(slices: list[dict], cores: int) -> dict[str, float | None]:
+    """Where the machine's CPU goes, in CPU milliseconds per image (medians over slices).
+
+    ``inprocess``: ONNX Runtime alone. ``server`` splits into its event-loop thread
+    (every request's Python work) and the rest (compute threads and gRPC's core
+    threads); ``compute_over_inprocess`` is that rest against ``inprocess``: how much
+    more CPU the same inferences cost when they share the cores with request handling
+    and the client. ``idle_pct``: the machine's unused CPU, % of all its cores.
+    """
+
+    def per_image(pct: float | None, throughput: float) -> float | None:
+        return None if pct is None or not throughput else 10 * pct / throughput
+
+    def med(get) -> float | None:
+        return median_of_kept([get(sl) for sl in slices])
+
+    def ref(sl: dict) -> float | None:
+        a, b = (per_image(sl[k].get("own_cpu_pct"), sl[k]["throughput"]) for k in BOTH_SIDES)
+        return None if a is None or b is None else (a + b) / 2
+
+    def srv(key: str):
+        return lambda sl: per_image(sl["server"].get(key), sl["server"]["throughput"])
+
+    def rest(sl: dict) -> float | None:
+        total, loop = srv("server_cpu_pct")(sl), srv("server_loop_cpu_pct")(sl)
+        return None if total is None or loop is None else total - loop
+
+    def over(sl: dict) -> float | None:
+        r, base = rest(sl), ref(sl)
+        return None if r is None or not base else r / base - 1
+
+    def idle(sl: dict) -> float | None:
+        used = sl["server"].get("machine_cpu_pct")
+        return None if used is None else max(0.0, 100.0 - used / cores)
+
+    return {
+        "inprocess_ms": med(ref),
+        "server_ms": med(srv("server_cpu_pct")),
+        "server_loop_ms": med(srv("server_loop_cpu_pct")),
+        "server_other_threads_ms": med(rest),
+        "compute_over_inprocess": med(over),
+        "client_ms": med(srv("client_cpu_pct")),
+        "idle_pct": med(idle),
+    }
+
+
+def summarize_variant(
+    variant: str, rounds: list[dict[int, dict]], best: int, cores: int | None = None
+) -> dict:
     """Medians over the stable pairs of each level (over all pairs when none is stable)."""
+    cores = cores or os.cpu_count() or 1
     out: dict = {"server_args": variant, "rounds": len(rounds), "best_inprocess_batch": best}
     if not rounds:
         return out
@@ -97,13 +153,21 @@ def summarize_variant(variant: str, rounds: list[dict[int, dict]], best: int) ->
                             "compute_busy_pct",
                         )
                     },
-                    "client_cpu_pct": median_of(n, lambda row: row["client_cpu_pct"]),
-                    "server_cpu_pct": median_of(n, lambda row: row["server_cpu_pct"]),
-                    "other_cpu_pct": median_of(n, lambda row: row.get("other_cpu_pct")),
+                    **{
+                        key: median_of(n, lambda row, k=key: row.get(k))
+                        for key in (
+                            "client_cpu_pct",
+                            "server_cpu_pct",
+                            "server_loop_cpu_pct",
+                            "other_cpu_pct",
+                            "machine_cpu_pct",
+                        )
+                    },
                 }
                 for n in levels
             },
             "noisy": noisy,  # slices during which other processes took > NOISY_PCT of a core
+            "cpu_per_image": cpu_per_image(slices(top), cores),
         }
     )
     if 1 in levels:
@@ -169,6 +233,16 @@ def report(summary: dict) -> None:
         + "\n  server CPU               "
         + ", ".join(f"c={k}: {v['server_cpu_pct'] or 0:.0f}%" for k, v in summary["levels"].items())
     )
+    cpu = summary.get("cpu_per_image") or {}
+    if cpu.get("server_loop_ms") is not None and cpu.get("inprocess_ms") is not None:
+        over = cpu["compute_over_inprocess"]
+        print(
+            f"  CPU per image, c={summary['concurrency']}: in-process {cpu['inprocess_ms']:.2f} ms;"
+            f" server {cpu['server_ms']:.2f} ms = event loop {fmt(cpu['server_loop_ms'])}"
+            f" + compute and gRPC threads {fmt(cpu['server_other_threads_ms'])}"
+            f" ({fmt(None if over is None else 100 * over, '+.0f')}% over in-process);"
+            f" client {fmt(cpu['client_ms'])} ms; machine idle {fmt(cpu['idle_pct'], '.0f')}%"
+        )
     if summary["noisy"]:
         print(
             f"  WARNING: other processes took > {NOISY_PCT:.0f}% of a core during "

@@ -192,6 +192,13 @@ def test_serve_vs_inprocess_section(tmp_path: Path) -> None:
     text = "\n".join(report.serve_vs_inprocess_section(path))
     assert f"{summary['throughput_ratio']:.3f}×" in text and "(8 clients)" in text
     assert "| (defaults) |" in text and "| met |" in text and summary["throughput_target_met"]
+    assert "CPU milliseconds per image" not in text  # rows without CPU figures: no such table
+    cpu = {"inprocess_ms": 8.0, "server_ms": 9.5, "server_loop_ms": 1.25,
+           "server_other_threads_ms": 8.25, "compute_over_inprocess": 0.03125,
+           "client_ms": 0.5, "idle_pct": 4.0}  # fmt: skip
+    path.write_text(json.dumps({"summary": [{**summary, "cpu_per_image": cpu}]}))
+    text = "\n".join(report.serve_vs_inprocess_section(path))
+    assert "| (defaults) | in the request | 8.00 | 9.50 | 1.25 | 8.25 (+3%) | 0.50 | 4% |" in text
     assert report.serve_vs_inprocess_section(tmp_path / "absent.json") == []
 
 

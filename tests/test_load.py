@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,8 @@ def check_consistent(result: dict, batch: int = 1) -> None:
     assert srv["batching_efficiency"] >= 1
     assert srv["queue_ms_mean"] >= 0 and srv["compute_ms_mean"] > 0
     assert result["server_cpu_pct"] is not None and result["server_cpu_pct"] > 0
+    # the event loop is one of the server's threads (5 points: one clock tick of slack)
+    assert 0 <= result["server_loop_cpu_pct"] <= result["server_cpu_pct"] + 5
 
 
 @pytest.mark.parametrize(
@@ -326,6 +329,12 @@ def test_requests_are_serialized_once_with_the_right_payload() -> None:
 def test_cpu_counters_and_flatten() -> None:
     assert machine.process_cpu_seconds(os.getpid()) >= 0
     assert machine.process_cpu_seconds(2**22 + 12345) is None  # above Linux's pid_max
+    spent = time.process_time()
+    while time.process_time() - spent < 0.05:  # this (main) thread burns 50 ms of CPU
+        pass
+    main = machine.thread_cpu_seconds(os.getpid(), os.getpid())
+    assert 0.05 <= main <= machine.process_cpu_seconds(os.getpid()) + 0.02
+    assert machine.thread_cpu_seconds(os.getpid(), 2**22 + 12345) is None
     assert machine.machine_cpu_seconds() > 0
     flat = load_report.flatten({"a": 1, "b": {"c": 2, "d": {"e": 3}}})
     assert flat == {"a": 1, "b.c": 2, "b.d.e": 3}
@@ -346,7 +355,7 @@ def test_pairs_straddling_a_speed_change_are_left_out() -> None:
     from benchmarks.serve_compare import paired, summarize_variant
 
     def inproc(p50: float, thr: float) -> dict:
-        return {"p50_ms": p50, "throughput": thr, "other_cpu_pct": 0.0}
+        return {"p50_ms": p50, "throughput": thr, "other_cpu_pct": 0.0, "own_cpu_pct": 199.0}
 
     def server(p50: float, thr: float) -> dict:
         return {
@@ -355,6 +364,8 @@ def test_pairs_straddling_a_speed_change_are_left_out() -> None:
             "error_count": 0,
             "client_cpu_pct": 5.0,
             "server_cpu_pct": 180.0,
+            "server_loop_cpu_pct": 30.0,
+            "machine_cpu_pct": 190.0,
             "other_cpu_pct": 0.0,
             "server": {"batching_efficiency": 4.0, "compute_ms_mean": 10.0},
         }
@@ -375,10 +386,19 @@ def test_pairs_straddling_a_speed_change_are_left_out() -> None:
         [r[1] for r in rounds], "p50_ms", lambda s: s["latency"]["p50_ms"], lambda v, r: v - r
     )
     assert stable == pytest.approx([1.5, 0.9]) and len(every) == 3 and unstable == 1
-    summary = summarize_variant("--x 1", rounds, best=4)
+    summary = summarize_variant("--x 1", rounds, best=4, cores=2)
     assert summary["p50_overhead_ms"] == pytest.approx(1.2)  # median of the 2 stable pairs
     assert summary["latency_pairs"] == {"stable": 2, "unstable": 1}
     assert summary["throughput_ratio"] == pytest.approx((200 / 250 + 180 / 240) / 2)
     assert summary["concurrency"] == 8 and summary["batching_efficiency"] == 4.0
     assert not summary["latency_target_met"] and not summary["throughput_target_met"]
     assert summary["noisy"] == []
+    # CPU per image at c=8: 10 x %core / img/s; in-process slices ran at 199% of a core
+    cpu = summary["cpu_per_image"]
+    assert cpu["inprocess_ms"] == pytest.approx(1990 / 240)  # 1990/250, mean of /250 /140, /240
+    assert cpu["server_ms"] == pytest.approx(1800 / 180)  # 180% at 200, 150, 180 img/s
+    assert cpu["server_loop_ms"] == pytest.approx(300 / 180)
+    assert cpu["server_other_threads_ms"] == pytest.approx(1500 / 180)
+    assert cpu["compute_over_inprocess"] == pytest.approx((1500 / 200) / (1990 / 250) - 1)
+    assert cpu["client_ms"] == pytest.approx(50 / 180)
+    assert cpu["idle_pct"] == pytest.approx(5.0)  # 190% of 2 cores used
