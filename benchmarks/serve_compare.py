@@ -17,6 +17,8 @@ LATENCY_TARGET_MS = 1.0
 THROUGHPUT_TARGET = 0.90
 STABLE_TOLERANCE = 0.15  # in-process before/after a server slice must agree this well
 NOISY_PCT = 10.0  # other processes' CPU (% of one core) above which a figure is flagged
+BOTH_SIDES = ("before", "after")  # the in-process slices around a server slice
+OWN_SIDES = ("layout_before", "layout_after")  # the same, in the server's own layout
 
 
 def median_of_kept(values: list[float | None]) -> float | None:
@@ -25,16 +27,17 @@ def median_of_kept(values: list[float | None]) -> float | None:
 
 
 def paired(
-    slices: list[dict], ref_key: str, server_value, combine
+    slices: list[dict], ref_key: str, server_value, combine, sides: tuple[str, str] = BOTH_SIDES
 ) -> tuple[list[float], list[float], int]:
     """(figures of stable pairs, of all pairs, number unstable) for one level's slices.
 
     A pair is stable when the in-process slices before and after the server
-    slice agree within STABLE_TOLERANCE: the host did not change speed meanwhile.
+    slice (``sides``: their keys) agree within STABLE_TOLERANCE: the host did not
+    change speed meanwhile.
     """
     stable, every = [], []
     for sl in slices:
-        before, after = sl["before"][ref_key], sl["after"][ref_key]
+        before, after = sl[sides[0]][ref_key], sl[sides[1]][ref_key]
         reference = (before + after) / 2
         value = server_value(sl["server"])
         if value is None:
@@ -44,9 +47,6 @@ def paired(
         if abs(before - after) <= STABLE_TOLERANCE * reference:
             stable.append(figure)
     return stable, every, len(every) - len(stable)
-
-
-BOTH_SIDES = ("before", "after")  # the in-process slices around a server slice
 
 
 def cpu_per_image(slices: list[dict], cores: int) -> dict[str, float | None]:
@@ -170,6 +170,8 @@ def summarize_variant(
             "cpu_per_image": cpu_per_image(slices(top), cores),
         }
     )
+    if all(OWN_SIDES[0] in sl for sl in slices(top)):
+        out["own_layout"] = _ratio_figures(slices(top), OWN_SIDES)
     if 1 in levels:
         stable, every, unstable = paired(
             slices(1),
@@ -188,6 +190,24 @@ def summarize_variant(
             out["latency_pairs"] = {"stable": len(stable), "unstable": unstable}
             out["latency_target_met"] = out["p50_overhead_ms"] <= LATENCY_TARGET_MS
     return out
+
+
+def _ratio_figures(slices: list[dict], sides: tuple[str, str]) -> dict:
+    """Server throughput against the in-process slices named by ``sides``."""
+    stable, every, unstable = paired(
+        slices, "throughput", lambda row: row["throughput"], lambda v, ref: v / ref, sides
+    )
+    ratios = stable or every
+    ratio = median_of_kept(ratios)
+    return {
+        "throughput": median_of_kept(
+            [(sl[sides[0]]["throughput"] + sl[sides[1]]["throughput"]) / 2 for sl in slices]
+        ),
+        "ratio": ratio,
+        "ratio_range": [min(ratios), max(ratios)] if ratios else None,
+        "pairs": {"stable": len(stable), "unstable": unstable},
+        "target_met": (ratio or 0) >= THROUGHPUT_TARGET,
+    }
 
 
 def _pairs(count: dict) -> str:
@@ -233,6 +253,15 @@ def report(summary: dict) -> None:
         + "\n  server CPU               "
         + ", ".join(f"c={k}: {v['server_cpu_pct'] or 0:.0f}%" for k, v in summary["levels"].items())
     )
+    own = summary.get("own_layout")
+    if own and own.get("ratio") is not None:
+        lo, hi = own["ratio_range"]
+        print(
+            f"  same layout in process   {own['throughput']:8.1f} img/s"
+            f" ({own.get('name')}, batch {own.get('best_batch')}): ratio {own['ratio']:.3f}"
+            f" (median of {_pairs(own['pairs'])}, range {lo:.3f}..{hi:.3f};"
+            f" >= {THROUGHPUT_TARGET}: {'met' if own['target_met'] else 'MISSED'})"
+        )
     cpu = summary.get("cpu_per_image") or {}
     if cpu.get("server_loop_ms") is not None and cpu.get("inprocess_ms") is not None:
         over = cpu["compute_over_inprocess"]

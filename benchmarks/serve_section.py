@@ -21,8 +21,9 @@ def serve_vs_inprocess_section(path: Path | None) -> list[str]:
         f"From `{path.name}` ({data.get('model')}, {data.get('threads')} threads, measured "
         f"{(data.get('machine') or {}).get('date', '')} on {describe(data.get('machine') or {})})"
         ": the server's throughput at the highest "
-        "concurrency against the best in-process batch, in paired rounds "
-        "(benchmarks/serve_vs_inprocess.py); target ≥ 0.90×.",
+        "concurrency against the best in-process batch of one session, in paired rounds "
+        "(benchmarks/serve_vs_inprocess.py); target ≥ 0.90×. A server with several model "
+        "instances is also compared with that many sessions in process.",
         "",
     ]
     body = []
@@ -42,6 +43,7 @@ def serve_vs_inprocess_section(path: Path | None) -> list[str]:
                 f"{pairs.get('stable', 0)} stable pairs)",
                 "met" if s.get("throughput_target_met") else "MISSED",
                 _f(s.get("batching_efficiency"), ".2f"),
+                _own_layout(s.get("own_layout")),
                 _f(s.get("p50_overhead_ms"), "+.2f", " ms"),
             ]
         )
@@ -53,9 +55,21 @@ def serve_vs_inprocess_section(path: Path | None) -> list[str]:
         "ratio",
         "≥ 0.90×",
         "images/batch",
+        "vs its own layout in process",
         "single-stream p50 overhead",
     ]
     return lines + _table(header, body) + [""] + _cpu_section(data)
+
+
+def _own_layout(own: dict | None) -> str:
+    """The ratio against the server's instances x threads run in process ("-": the same
+    layout as the baseline, or results from before this comparison existed)."""
+    if not own or own.get("ratio") is None:
+        return "-"
+    return (
+        f"{own['ratio']:.3f}× ({own.get('name')} at b={own.get('best_batch')}, "
+        f"{_f(own.get('throughput'), '.1f')} img/s)"
+    )
 
 
 def _cpu_section(data: dict) -> list[str]:

@@ -16,6 +16,10 @@
    closed loop / in process again (batch 1 around single stream, the best
    batch around the others); stop it with
    SIGTERM.
+4. A variant whose server runs another layout than one session of --threads
+   (``--instance-count 2 --intra-op-threads 1``) is also compared with that
+   layout in process: as many sessions, each in its own thread, swept over
+   --batch-sizes once, its best batch sandwiching the highest concurrency too.
 
 Why the sandwiches: on this shared 2-core VM the same ONNX Runtime session
 switches between two speeds (batch-1 p50 about 4.1 ms or about 7.2 ms) every
@@ -50,9 +54,16 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import load  # noqa: E402
 from benchmarks.infer_requests import shared_memory_request  # noqa: E402
-from benchmarks.inprocess_session import InProcess, ensure_exported, inproc_line, input_shape  # noqa: E402
+from benchmarks.inprocess_session import (  # noqa: E402
+    InProcess,
+    ensure_exported,
+    inproc_line,
+    input_shape,
+    instance_count,
+    sweep,
+)
 from benchmarks.latency import machine  # noqa: E402
-from benchmarks.serve_compare import NOISY_PCT, median_of_kept, report, summarize_variant  # noqa: E402
+from benchmarks.serve_compare import NOISY_PCT, report, summarize_variant  # noqa: E402
 from server.launch import Launched, launch  # noqa: E402
 
 
@@ -111,6 +122,16 @@ def split_variant(text: str) -> tuple[dict[str, str], list[str]]:
     return env, words
 
 
+def layout_of(flags: list[str], instances: int, threads: int) -> tuple[int, int]:
+    """(model instances, intra-op threads each) a server started with ``flags`` runs:
+    its ``--instance-count``/``--intra-op-threads`` where given, else the defaults."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--instance-count", type=int, default=instances)
+    parser.add_argument("--intra-op-threads", type=int, default=threads)
+    known, _ = parser.parse_known_args(flags)
+    return known.instance_count, known.intra_op_threads
+
+
 def start_server(
     repository: Path,
     model: str,
@@ -157,12 +178,15 @@ def run_variant(
     inproc: InProcess,
     best: int,
     mode: str = "raw",
+    own_layout: tuple[InProcess, int] | None = None,
 ) -> dict:
     """Start one server; rounds of [in-process, server level, in-process] per level.
 
     ``mode``: "raw" sends the tensor in each request; "shm" passes it through system
     shared memory (Triton's extension), as a client on the same host would; the
     "stream-" forms send the same requests over ModelStreamInfer, one stream per client.
+    ``own_layout``: the server's instances x threads in process, at its best batch, which
+    then also sandwiches the highest concurrency (``layout_before``/``layout_after``).
     """
     env, extra = split_variant(variant)
     tag = f"{index}-{mode}"
@@ -177,8 +201,8 @@ def run_variant(
         env=env,
     )
 
-    def reference(batch: int) -> dict:
-        row = inproc.measure(batch, args.inproc_seconds)
+    def reference(batch: int, session: InProcess = inproc) -> dict:
+        row = session.measure(batch, args.inproc_seconds)
         print("    " + inproc_line(row), flush=True)
         return row
 
@@ -197,6 +221,8 @@ def run_variant(
                 for n in args.concurrency:
                     batch = 1 if n == 1 else best  # single stream vs batch 1, else vs the best
                     before = reference(batch)
+                    own = own_layout if n == max(args.concurrency) and n > 1 else None
+                    own_before = reference(own[1], own[0]) if own else None
                     row = load.run_closed_loop(
                         server.url,
                         request,
@@ -210,7 +236,11 @@ def run_variant(
                         streaming=mode.startswith("stream"),
                     )
                     print("    " + _server_line(row), flush=True)
-                    levels[n] = {"server": row, "before": before, "after": reference(batch)}
+                    levels[n] = {"server": row, "before": before}
+                    if own:
+                        levels[n]["layout_before"] = own_before
+                        levels[n]["layout_after"] = reference(own[1], own[0])
+                    levels[n]["after"] = reference(batch)
                 rounds.append(levels)
     finally:
         rc = server.terminate()
@@ -224,6 +254,9 @@ def run_variant(
     }
     result["summary"] = summarize_variant(variant, rounds, best)
     result["summary"]["inputs"] = mode
+    if own_layout is not None and "own_layout" in result["summary"]:
+        result["summary"]["own_layout"]["name"] = own_layout[0].layout
+        result["summary"]["own_layout"]["best_batch"] = own_layout[1]
     if profile is not None and profile.is_file():
         result["profile"] = str(profile)
         profile_top(profile, args.out / f"server-{tag}.profile.txt")
@@ -292,33 +325,29 @@ def main(argv: list[str] | None = None) -> int:
     inproc = InProcess(onnx_path, shape, args.threads)
     print("in process, batch sweep:", flush=True)
     wait_quiet(args.quiet_wait)
-    passes: dict[int, list[dict]] = {b: [] for b in args.batch_sizes}
-    for _ in range(args.sweep_passes):  # interleaved passes: a slow phase hits every size
-        for batch in args.batch_sizes:
-            passes[batch].append(inproc.measure(batch, args.inproc_seconds))
-            print("  " + inproc_line(passes[batch][-1]), flush=True)
-    sweep = [
-        {
-            "batch": b,
-            "p50_ms": median_of_kept([r["p50_ms"] for r in rows]),
-            "throughput": median_of_kept([r["throughput"] for r in rows]),
-            "passes": rows,
-        }
-        for b, rows in passes.items()
-    ]
-    best = max(sweep, key=lambda r: r["throughput"])["batch"]
-    print(
-        "  median throughput: "
-        + ", ".join(f"b={r['batch']} {r['throughput']:.1f}" for r in sweep)
-        + f" img/s -> best batch {best}",
-        flush=True,
-    )
+    rows, best = sweep(inproc, args.batch_sizes, args.sweep_passes, args.inproc_seconds)
+    default_instances = instance_count(args.repository, args.model)
+    layouts: dict[tuple[int, int], tuple[InProcess, int]] = {}  # the servers' own, swept once
+    sweeps = {inproc.layout: rows}
     variants = []
     for i, variant in enumerate(args.variants):
+        layout = layout_of(split_variant(variant)[1], default_instances, args.threads)
+        if layout != (1, args.threads) and layout not in layouts:
+            print(f"in process as the server runs it ({layout[0]}x{layout[1]}):", flush=True)
+            wait_quiet(args.quiet_wait)
+            own = InProcess(onnx_path, shape, layout[1], sessions=layout[0])
+            own_rows, own_best = sweep(
+                own, args.batch_sizes, args.sweep_passes, args.inproc_seconds
+            )
+            layouts[layout], sweeps[own.layout] = (own, own_best), own_rows
         for mode in args.inputs:
             print(f"server {i}: {variant or '(defaults)'}, {mode} inputs", flush=True)
             wait_quiet(args.quiet_wait)
-            variants.append(run_variant(args, i, variant, inproc, best, mode))
+            variants.append(
+                run_variant(args, i, variant, inproc, best, mode, own_layout=layouts.get(layout))
+            )
+    for own, _ in layouts.values():
+        own.close()
     inproc.close()
     for v in variants:
         report(v["summary"])
@@ -327,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": meta,
         "model": args.model,
         "threads": args.threads,
-        "inprocess_sweep": sweep,
+        "inprocess_sweep": rows,
+        "inprocess_sweeps": sweeps,  # per layout (sessions x threads), the servers' own too
         "variants": variants,
         "summary": [v["summary"] for v in variants],
     }

@@ -199,6 +199,11 @@ def test_serve_vs_inprocess_section(tmp_path: Path) -> None:
     path.write_text(json.dumps({"summary": [{**summary, "cpu_per_image": cpu}]}))
     text = "\n".join(report.serve_vs_inprocess_section(path))
     assert "| (defaults) | in the request | 8.00 | 9.50 | 1.25 | 8.25 (+3%) | 0.50 | 4% |" in text
+    assert "| 3.50 | - | +1.00 ms |" in text  # no own layout: the baseline's
+    own = {"name": "2x1", "best_batch": 2, "throughput": 300.0, "ratio": 0.95}
+    path.write_text(json.dumps({"summary": [{**summary, "own_layout": own}]}))
+    text = "\n".join(report.serve_vs_inprocess_section(path))
+    assert "| 3.50 | 0.950× (2x1 at b=2, 300.0 img/s) | +1.00 ms |" in text
     assert report.serve_vs_inprocess_section(tmp_path / "absent.json") == []
 
 

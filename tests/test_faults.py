@@ -216,11 +216,14 @@ def test_memory_comes_back_after_load_unload_cycles(
 def test_sigterm_grace_period_bounds_the_shutdown(
     serve_repo: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """A backlog of ~2 s and --grace-seconds 0.5: the server answers what it can, cuts
-    the rest short with a clean status (never hangs, never INTERNAL) and exits 0."""
+    """A backlog of 24+ heavy requests (0.7 s or more) and --grace-seconds 0.5: the server
+    answers what it can, cuts the rest short with a clean status (never hangs, never
+    INTERNAL) and exits 0. 64 are sent: on a fast host 32 were computed about as fast as
+    they arrived, and the backlog never reached 24."""
     srv = start_server(
         serve_repo,
         *("--model", "mobilenet_v2", "--max-batch-size", "1", "--grace-seconds", "0.5"),
+        *("--intra-op-threads", "1"),  # compute slower than 32 x 3 MB arrive, on any host
         log_dir=tmp_path,
     )
     stub = srv.stub()
@@ -233,8 +236,8 @@ def test_sigterm_grace_period_bounds_the_shutdown(
         except grpc.RpcError as exc:
             return exc.code().name
 
-    with ThreadPoolExecutor(32) as pool:
-        results = pool.map(call, range(32))
+    with ThreadPoolExecutor(64) as pool:
+        results = pool.map(call, range(64))
         assert wait_for(lambda: metric(srv, "inference_in_flight") >= 24)
         started = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
@@ -243,7 +246,7 @@ def test_sigterm_grace_period_bounds_the_shutdown(
         outcomes = Counter(results)
     assert code == 0, srv.output()[-2000:]
     assert set(outcomes) <= {"OK", "CANCELLED", "UNAVAILABLE"}, outcomes
-    assert outcomes["OK"] < 32  # the grace period, not the backlog, decided the end
+    assert outcomes["OK"] < 64  # the grace period, not the backlog, decided the end
     assert took < 0.5 + 10, took  # grace + closing the model
     report(
         request.config,

@@ -386,7 +386,13 @@ def test_pairs_straddling_a_speed_change_are_left_out() -> None:
         [r[1] for r in rounds], "p50_ms", lambda s: s["latency"]["p50_ms"], lambda v, r: v - r
     )
     assert stable == pytest.approx([1.5, 0.9]) and len(every) == 3 and unstable == 1
+    for r, own in zip(rounds, [(260, 262), (255, 150), (250, 250)], strict=True):
+        r[8]["layout_before"], r[8]["layout_after"] = (inproc(10.0, t) for t in own)
     summary = summarize_variant("--x 1", rounds, best=4, cores=2)
+    own = summary["own_layout"]  # round 2 straddles a speed change here too: left out
+    assert own["ratio"] == pytest.approx((200 / 261 + 180 / 250) / 2)
+    assert own["pairs"] == {"stable": 2, "unstable": 1} and not own["target_met"]
+    assert own["throughput"] == pytest.approx(250)  # median of 261, 202.5, 250
     assert summary["p50_overhead_ms"] == pytest.approx(1.2)  # median of the 2 stable pairs
     assert summary["latency_pairs"] == {"stable": 2, "unstable": 1}
     assert summary["throughput_ratio"] == pytest.approx((200 / 250 + 180 / 240) / 2)
@@ -402,3 +408,34 @@ def test_pairs_straddling_a_speed_change_are_left_out() -> None:
     assert cpu["compute_over_inprocess"] == pytest.approx((1500 / 200) / (1990 / 250) - 1)
     assert cpu["client_ms"] == pytest.approx(50 / 180)
     assert cpu["idle_pct"] == pytest.approx(5.0)  # 190% of 2 cores used
+
+
+def test_serve_vs_inprocess_end_to_end_with_the_servers_own_layout(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The whole comparison on LeNet, briefly: a default server, and one with two
+    single-thread instances, which is also measured as two sessions in process."""
+    from benchmarks import serve_vs_inprocess
+
+    out = tmp_path / "svi"
+    argv = ["--repository", str(repo), "--model", MODEL, "--out", str(out), "--threads", "2",
+            "--batch-sizes", "1,2", "--inproc-seconds", "0.2", "--sweep-passes", "1",
+            "--concurrency", "1,4", "--rounds", "1", "--seconds", "0.6", "--warmup", "0.2",
+            "--quiet-wait", "0", "--inputs", "stream-shm", "--server-args", "",
+            "--server-args", "--instance-count 2 --intra-op-threads 1"]  # fmt: skip
+    assert serve_vs_inprocess.main(argv) == 0
+    data = json.loads((out / "serve_vs_inprocess.json").read_text())
+    assert set(data["inprocess_sweeps"]) == {"1x2", "2x1"}
+    two = data["inprocess_sweeps"]["2x1"][0]["passes"][0]
+    assert two["sessions"] == 2 and two["threads"] == 1 and two["runs"] >= 20
+    default, layout = data["summary"]
+    assert "own_layout" not in default  # the baseline's own layout: nothing more to compare
+    own = layout["own_layout"]
+    assert own["name"] == "2x1" and own["best_batch"] in (1, 2) and own["throughput"] > 0
+    assert own["ratio"] > 0 and sum(own["pairs"].values()) == 1
+    top = data["variants"][1]["rounds"][0]["4"]
+    assert top["layout_before"]["sessions"] == 2 and top["before"]["sessions"] == 1
+    for summary in data["summary"]:
+        assert summary["levels"]["4"]["errors"] == 0 and summary["throughput_ratio"] > 0
+        cpu = summary["cpu_per_image"]
+        assert cpu["inprocess_ms"] > 0 and 0 <= cpu["server_loop_ms"] <= cpu["server_ms"]
