@@ -56,7 +56,9 @@ def cpu_per_image(slices: list[dict], cores: int) -> dict[str, float | None]:
     (every request's Python work) and the rest (compute threads and gRPC's core
     threads); ``compute_over_inprocess`` is that rest against ``inprocess``: how much
     more CPU the same inferences cost when they share the cores with request handling
-    and the client. ``idle_pct``: the machine's unused CPU, % of all its cores.
+    and the client; ``own_layout``/``compute_over_own_layout``: the same against the
+    server's own layout in process, where it was measured. ``idle_pct``: the machine's
+    unused CPU, % of all its cores.
     """
 
     def per_image(pct: float | None, throughput: float) -> float | None:
@@ -65,8 +67,10 @@ def cpu_per_image(slices: list[dict], cores: int) -> dict[str, float | None]:
     def med(get) -> float | None:
         return median_of_kept([get(sl) for sl in slices])
 
-    def ref(sl: dict) -> float | None:
-        a, b = (per_image(sl[k].get("own_cpu_pct"), sl[k]["throughput"]) for k in BOTH_SIDES)
+    def ref(sl: dict, sides: tuple[str, str] = BOTH_SIDES) -> float | None:
+        if sides[0] not in sl:
+            return None
+        a, b = (per_image(sl[k].get("own_cpu_pct"), sl[k]["throughput"]) for k in sides)
         return None if a is None or b is None else (a + b) / 2
 
     def srv(key: str):
@@ -76,8 +80,8 @@ def cpu_per_image(slices: list[dict], cores: int) -> dict[str, float | None]:
         total, loop = srv("server_cpu_pct")(sl), srv("server_loop_cpu_pct")(sl)
         return None if total is None or loop is None else total - loop
 
-    def over(sl: dict) -> float | None:
-        r, base = rest(sl), ref(sl)
+    def over(sl: dict, sides: tuple[str, str] = BOTH_SIDES) -> float | None:
+        r, base = rest(sl), ref(sl, sides)
         return None if r is None or not base else r / base - 1
 
     def idle(sl: dict) -> float | None:
@@ -90,6 +94,9 @@ def cpu_per_image(slices: list[dict], cores: int) -> dict[str, float | None]:
         "server_loop_ms": med(srv("server_loop_cpu_pct")),
         "server_other_threads_ms": med(rest),
         "compute_over_inprocess": med(over),
+        # the same against the server's own instances x threads in process, where measured
+        "own_layout_ms": med(lambda sl: ref(sl, OWN_SIDES)),
+        "compute_over_own_layout": med(lambda sl: over(sl, OWN_SIDES)),
         "client_ms": med(srv("client_cpu_pct")),
         "idle_pct": med(idle),
     }

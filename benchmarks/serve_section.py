@@ -79,7 +79,7 @@ def _cpu_section(data: dict) -> list[str]:
         cpu = s.get("cpu_per_image") or {}
         if cpu.get("server_loop_ms") is None:
             continue  # results from before this breakdown existed, or without /proc
-        over = cpu.get("compute_over_inprocess")
+        over, own_over = cpu.get("compute_over_inprocess"), cpu.get("compute_over_own_layout")
         body.append(
             [
                 f"`{s['server_args']}`" if s.get("server_args") else "(defaults)",
@@ -88,7 +88,9 @@ def _cpu_section(data: dict) -> list[str]:
                 _f(cpu.get("server_ms")),
                 _f(cpu.get("server_loop_ms")),
                 f"{_f(cpu.get('server_other_threads_ms'))}"
-                f" ({_f(None if over is None else 100 * over, '+.0f', '%')})",
+                f" ({_f(None if over is None else 100 * over, '+.0f', '%')}"
+                + ("" if own_over is None else f"; {100 * own_over:+.0f}% vs its own layout")
+                + ")",
                 _f(cpu.get("client_ms")),
                 _f(cpu.get("idle_pct"), ".0f", "%"),
             ]

@@ -393,6 +393,11 @@ def test_pairs_straddling_a_speed_change_are_left_out() -> None:
     assert own["ratio"] == pytest.approx((200 / 261 + 180 / 250) / 2)
     assert own["pairs"] == {"stable": 2, "unstable": 1} and not own["target_met"]
     assert own["throughput"] == pytest.approx(250)  # median of 261, 202.5, 250
+    # ... and the compute CPU against it (in-process slices at 199% of a core)
+    assert summary["cpu_per_image"]["own_layout_ms"] == pytest.approx(1990 / 250)
+    assert summary["cpu_per_image"]["compute_over_own_layout"] == pytest.approx(
+        (1500 / 200) / ((1990 / 260 + 1990 / 262) / 2) - 1
+    )
     assert summary["p50_overhead_ms"] == pytest.approx(1.2)  # median of the 2 stable pairs
     assert summary["latency_pairs"] == {"stable": 2, "unstable": 1}
     assert summary["throughput_ratio"] == pytest.approx((200 / 250 + 180 / 240) / 2)
