@@ -310,8 +310,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.inputs = [m.strip() for m in a.inputs.split(",") if m.strip()]
     if not a.inputs or set(a.inputs) - set(MODES):
         p.error(f"--inputs {a.inputs}: choose from {', '.join(MODES)}")
-    for variant in a.variants:
-        split_variant(variant)  # fail on a bad one now, not after minutes of timing
+    for variant in a.variants:  # fail on a bad one now, not after minutes of timing
+        instances, threads = layout_of(split_variant(variant)[1], 1, a.threads)
+        if instances < 1 or threads < 1:
+            p.error(
+                f"--server-args {variant!r}: --instance-count {instances} and "
+                f"--intra-op-threads {threads} must both be >= 1"
+            )
     return a
 
 

@@ -25,13 +25,12 @@ cancel and queue-delay expiry):
    ``max_queue_delay_us`` after the oldest queued request's arrival.
 5. ``enabled=False``: every request is its own batch, dispatched at once.
 
-Why workers form their own batches: with the scheduler on the event loop the
-next dispatch waited behind the responses of the batch just finished (the
-instance sat idle ~10% of the time here). Callers wait on a
-``concurrent.futures.Future``: ``submit_future`` (any thread) or ``submit``.
-
-One output row per input row is checked; an error fails exactly the requests of
-its batch. Results are views into the batch output (no copy).
+Workers form their own batches: with the scheduler on the event loop the next
+dispatch waited behind the responses of the batch just finished (the instance
+sat idle ~10% of the time here). Callers wait on a ``concurrent.futures.Future``
+(``submit_future``, any thread) or ``submit``. One output row per input row is
+checked; an error fails exactly the requests of its batch. Results are views
+into the batch output (no copy).
 """
 
 from __future__ import annotations
@@ -390,12 +389,9 @@ class DynamicBatcher:
         try:
             if req.future.cancelled():
                 return
-            if req.future.running():
-                req.future.set_exception(exc)
-            elif req.future.set_running_or_notify_cancel():
-                req.future.set_exception(exc)
-            else:
-                return
+            if not (req.future.running() or req.future.set_running_or_notify_cancel()):
+                return  # cancelled meanwhile
+            req.future.set_exception(exc)
         except concurrent.futures.InvalidStateError:
             return  # answered meanwhile
         with self._lock:

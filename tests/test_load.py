@@ -351,6 +351,20 @@ def test_server_variants_split_environment_from_flags() -> None:
         split_variant("1BAD=2 --x")
 
 
+@pytest.mark.parametrize(
+    "variant, named",
+    [("--instance-count 0", "--instance-count 0"), ("--intra-op-threads x", "invalid int")],
+)
+def test_a_bad_server_layout_is_refused_before_any_timing(variant: str, named: str, capsys) -> None:
+    from benchmarks.serve_vs_inprocess import layout_of, parse_args
+
+    assert layout_of(["--instance-count", "2", "--intra-op-threads=1", "--x"], 1, 2) == (2, 1)
+    assert layout_of([], 3, 2) == (3, 2)
+    with pytest.raises(SystemExit):
+        parse_args(["--repository", "r", "--server-args", variant])
+    assert named in capsys.readouterr().err
+
+
 def test_pairs_straddling_a_speed_change_are_left_out() -> None:
     from benchmarks.serve_compare import paired, summarize_variant
 
