@@ -126,21 +126,16 @@ def summarize_variant(
         for part, row in (("server", sl["server"]), ("in-process", sl["before"]))
         if (row.get("other_cpu_pct") or 0) > NOISY_PCT
     ]
-    stable, every, unstable = paired(
-        slices(top), "throughput", lambda row: row["throughput"], lambda v, ref: v / ref
-    )
-    ratios = stable or every
+    base = _ratio_figures(slices(top), BOTH_SIDES)
     out.update(
         {
-            "best_inprocess_throughput": median_of_kept(
-                [(sl["before"]["throughput"] + sl["after"]["throughput"]) / 2 for sl in slices(top)]
-            ),
+            "best_inprocess_throughput": base["throughput"],
             "concurrency": top,
             "server_throughput": median_of(top, lambda row: row["throughput"]),
-            "throughput_ratio": median_of_kept(ratios),
-            "throughput_ratio_range": [min(ratios), max(ratios)],
-            "throughput_pairs": {"stable": len(stable), "unstable": unstable},
-            "throughput_target_met": (median_of_kept(ratios) or 0) >= THROUGHPUT_TARGET,
+            "throughput_ratio": base["ratio"],
+            "throughput_ratio_range": base["ratio_range"],
+            "throughput_pairs": base["pairs"],
+            "throughput_target_met": base["target_met"],
             "batching_efficiency": median_of(
                 top, lambda row: (row["server"] or {}).get("batching_efficiency")
             ),
@@ -200,7 +195,8 @@ def summarize_variant(
 
 
 def _ratio_figures(slices: list[dict], sides: tuple[str, str]) -> dict:
-    """Server throughput against the in-process slices named by ``sides``."""
+    """Server throughput against the in-process slices named by ``sides`` (the one-session
+    baseline, or the server's own layout): medians over the stable pairs."""
     stable, every, unstable = paired(
         slices, "throughput", lambda row: row["throughput"], lambda v, ref: v / ref, sides
     )
