@@ -34,8 +34,7 @@ def serve_vs_inprocess_section(path: Path | None) -> list[str]:
         pairs = s.get("throughput_pairs") or {}
         body.append(
             [
-                f"`{s['server_args']}`" if s.get("server_args") else "(defaults)",
-                _INPUTS.get(s.get("inputs", "raw"), s.get("inputs", "raw")),
+                *_labels(s),
                 f"{_f(s.get('best_inprocess_throughput'), '.1f')} "
                 f"(b={s.get('best_inprocess_batch')})",
                 f"{_f(s.get('server_throughput'), '.1f')} ({s.get('concurrency')} clients)",
@@ -61,6 +60,13 @@ def serve_vs_inprocess_section(path: Path | None) -> list[str]:
     return lines + _table(header, body) + [""] + _cpu_section(data)
 
 
+def _labels(summary: dict) -> list[str]:
+    """A variant's first two cells: its server flags and how its tensors travelled."""
+    inputs = summary.get("inputs", "raw")
+    args = summary.get("server_args")
+    return [f"`{args}`" if args else "(defaults)", _INPUTS.get(inputs, inputs)]
+
+
 def _own_layout(own: dict | None) -> str:
     """The ratio against the server's instances x threads run in process ("-": the same
     layout as the baseline, or results from before this comparison existed)."""
@@ -82,8 +88,7 @@ def _cpu_section(data: dict) -> list[str]:
         over, own_over = cpu.get("compute_over_inprocess"), cpu.get("compute_over_own_layout")
         body.append(
             [
-                f"`{s['server_args']}`" if s.get("server_args") else "(defaults)",
-                _INPUTS.get(s.get("inputs", "raw"), s.get("inputs", "raw")),
+                *_labels(s),
                 _f(cpu.get("inprocess_ms")),
                 _f(cpu.get("server_ms")),
                 _f(cpu.get("server_loop_ms")),
