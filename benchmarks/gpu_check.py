@@ -93,8 +93,8 @@ def serve_and_compare(models: list[str], repository: Path, out: Path) -> list[di
     from exporter.calibration import sample_photos
     from exporter.optimize import ort_logits
     from exporter.precision import compare
+    from modelrepo.spec import load_spec
     from server.launch import launch
-    from server.repository import load_spec
 
     rows = []
     try:

@@ -31,7 +31,7 @@ class EvalSet:
 
 
 def _spec(subject: Subject):
-    from server.repository import load_spec
+    from modelrepo.spec import load_spec
 
     return load_spec(subject.dir)
 
@@ -63,7 +63,7 @@ def eval_set(subject: Subject) -> EvalSet:
     if labels != "imagenet" or subject.input_size[0] != 3:
         return _random(subject, 8, f"no real images for label set {labels!r}")
     from exporter.samples import EXPECTED, photo_paths
-    from server.preprocess import preprocess_batch
+    from imaging.preprocess import preprocess_batch
 
     paths = {k: v for k, v in photo_paths().items() if k in EXPECTED}
     if not paths:
@@ -98,7 +98,7 @@ def calibration(subject: Subject, count: int = CALIBRATION_IMAGES) -> np.ndarray
     import skimage
 
     from exporter.samples import EXPECTED
-    from server.preprocess import ImageDecodeError, preprocess
+    from imaging.preprocess import ImageDecodeError, preprocess
 
     pre = _spec(subject).preprocess
     data_dir = Path(skimage.__file__).parent / "data"

@@ -17,6 +17,8 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter/ exporter/
+COPY modelrepo/ modelrepo/
+COPY imaging/ imaging/
 COPY server/ server/
 COPY protos/ protos/
 COPY client/ client/

@@ -22,6 +22,8 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY modelrepo/ modelrepo/
+COPY imaging/ imaging/
 COPY server/ server/
 COPY protos/ protos/
 COPY client/ client/

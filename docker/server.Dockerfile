@@ -13,6 +13,8 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Only what the server package needs: the exporter (and torch) stay out.
 COPY pyproject.toml README.md ./
+COPY modelrepo/ modelrepo/
+COPY imaging/ imaging/
 COPY server/ server/
 COPY protos/ protos/
 COPY client/ client/

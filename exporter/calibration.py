@@ -2,7 +2,7 @@
 
 A folder of JPEG/PNG files (searched recursively, so an ImageNet-style
 ``class/image.jpg`` layout works) is decoded and transformed by the server's
-own ``server.preprocess`` with the ``Preprocess`` read from the model's
+own ``imaging.preprocess`` with the ``Preprocess`` read from the model's
 config.pbtxt parameters: calibration sees exactly the tensors the served
 model will see. ``samples`` names the photos bundled with scikit-image and
 scikit-learn; digit models fall back to held-out digits. Every set carries a
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from server.preprocess import ImageDecodeError, preprocess
-from server.repository import Preprocess
+from imaging.preprocess import ImageDecodeError, preprocess
+from modelrepo.spec import Preprocess
 
 SAMPLES = "samples"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

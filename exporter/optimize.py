@@ -33,7 +33,7 @@ from exporter.precision import (
 )
 from exporter.repository import ServingCfg
 from exporter.weights import file_sha256
-from server.repository import Preprocess
+from modelrepo.spec import Preprocess
 
 _INT8_METHOD = {
     "tool": "onnxruntime.quantization.quantize_static",

@@ -235,7 +235,7 @@ def _precision_stage(
     if opts.is_default:
         return {"precision": "fp32", "backend": "onnxruntime"}, None
     from exporter import optimize
-    from server.repository import preprocess_from
+    from modelrepo.spec import preprocess_from
 
     result = optimize.apply(
         version_dir,

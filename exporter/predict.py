@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from server.preprocess import preprocess_batch
-from server.repository import ModelSpec, load_spec
+from imaging.preprocess import preprocess_batch
+from modelrepo.spec import ModelSpec, load_spec
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from imaging.preprocess import ImageDecodeError, preprocess
 from protos import grpc_service_pb2 as pb
 from server import batching, tensors
 from server.errors import (
@@ -25,7 +26,6 @@ from server.errors import (
     shown,
 )
 from server.models import ModelManager, ServedVersion, check_name, version_number
-from server.preprocess import ImageDecodeError, preprocess
 from server.shared_memory import (
     PARAM_OFFSET,
     PARAM_REGION,

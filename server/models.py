@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from modelrepo.spec import ModelConfigError, ModelSpec, load_spec
 from protos import model_config_pb2 as mc
 from server.backends import Backend, BackendConfig, create_backend
 from server.batching import BatchingConfig, DynamicBatcher
 from server.errors import InvalidArgument, NotFound, Unavailable, shown
 from server.metrics import Metrics, ModelMetrics
-from server.repository import ModelConfigError, ModelSpec, load_spec
 
 log = logging.getLogger(__name__)
 

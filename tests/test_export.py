@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from exporter.pipeline import ExportRequest, export_model
-from server.repository import load_spec
+from modelrepo.spec import load_spec
 
 # One member per family, at a reduced resolution where the architecture allows
 # (None: the model's own size). The largest at full size are `heavy`.

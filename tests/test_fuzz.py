@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from imaging.preprocess import decode
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from server.preprocess import decode
 from tests.serving import ServerProcess, digits, start_server, tensor_request
 from tests.stress import (
     ValidStream,

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelrepo.spec import load_spec
 from server.__main__ import parse_args
 from server.backends.base import create_backend
 from server.models import ServerOptions, _backend_config
-from server.repository import load_spec
 
 PARAMS = """
 parameters {

@@ -27,12 +27,12 @@ from exporter.precision import PrecisionOptions, compare
 from exporter.repository import to_pbtxt
 from exporter.samples import EXPECTED
 from exporter.tensorrt import calibration_batch, engine_config, profile_shapes
+from imaging.preprocess import preprocess
+from modelrepo.spec import Preprocess, load_spec
 from protos import grpc_service_pb2 as pb
 from server.backends import BackendConfig, BackendError, create_backend
 from server.backends.tensorrt import compatibility_problem
 from server.gpu import unavailable_reason
-from server.preprocess import preprocess
-from server.repository import Preprocess, load_spec
 from tests.serving import ROOT, logits_of, start_server, tensor_request
 
 NO_GPU = unavailable_reason()  # these tests check what a machine without a GPU answers

