@@ -12,9 +12,10 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+from modelrepo import keys
+from modelrepo.keys import CONFIG_FILE
 from protos import model_config_pb2 as mc
 
-CONFIG_FILE = "config.pbtxt"
 _MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 
 
@@ -55,6 +56,11 @@ class ModelSpec:
     def max_batch_size(self) -> int:
         return self.config.max_batch_size
 
+    @property
+    def image_dims(self) -> tuple[int, ...]:
+        """One image's input shape; dynamic dimensions take the crop size."""
+        return fixed_dims(self.input_dims, self.preprocess.crop_size)
+
     def version_dir(self, version: int | None = None) -> Path:
         """The folder of ``version`` (latest when None)."""
         if not self.versions:
@@ -69,6 +75,17 @@ class ModelSpec:
     def model_file(self, version: int | None = None) -> Path:
         filename = self.config.default_model_filename or _MODEL_FILES.get(self.platform, "")
         return self.version_dir(version) / filename
+
+
+def fixed_dims(dims: tuple[int, ...] | list[int], crop_size: int) -> tuple[int, ...]:
+    """``dims`` with every dynamic (-1) dimension set to ``crop_size``: the image size the
+    server decodes to, so a tensor of that shape is what an encoded image becomes."""
+    return tuple(crop_size if d < 0 else int(d) for d in dims)
+
+
+def image_dims(config: mc.ModelConfig) -> tuple[int, ...]:
+    """One image's input shape from ``config`` (dynamic dimensions take the crop size)."""
+    return fixed_dims(tuple(config.input[0].dims), preprocess_from(config).crop_size)
 
 
 def parse_config(path: Path) -> mc.ModelConfig:
@@ -97,16 +114,20 @@ def _floats(text: str, key: str) -> tuple[float, ...]:
         raise ModelConfigError(f"parameter {key}='{text}' is not a comma-separated list") from exc
 
 
+def _joined(values: tuple[float, ...]) -> str:
+    return ",".join(str(v) for v in values)
+
+
 def preprocess_from(config: mc.ModelConfig) -> Preprocess:
     base = Preprocess()
     try:
         pre = Preprocess(
-            color_mode=_param(config, "preprocess.color_mode", base.color_mode),
-            resize_size=int(_param(config, "preprocess.resize_size", str(base.resize_size))),
-            crop_size=int(_param(config, "preprocess.crop_size", str(base.crop_size))),
-            interpolation=_param(config, "preprocess.interpolation", base.interpolation),
-            mean=_floats(_param(config, "preprocess.mean", "0.485,0.456,0.406"), "mean"),
-            std=_floats(_param(config, "preprocess.std", "0.229,0.224,0.225"), "std"),
+            color_mode=_param(config, keys.COLOR_MODE, base.color_mode),
+            resize_size=int(_param(config, keys.RESIZE_SIZE, str(base.resize_size))),
+            crop_size=int(_param(config, keys.CROP_SIZE, str(base.crop_size))),
+            interpolation=_param(config, keys.INTERPOLATION, base.interpolation),
+            mean=_floats(_param(config, keys.MEAN, _joined(base.mean)), "mean"),
+            std=_floats(_param(config, keys.STD, _joined(base.std)), "std"),
         )
     except ValueError as exc:
         raise ModelConfigError(f"model '{config.name}': bad preprocess parameter: {exc}") from exc
@@ -145,13 +166,4 @@ def load_spec(model_dir: Path) -> ModelSpec:
         versions=versions,
         labels=labels,
         preprocess=preprocess_from(config),
-    )
-
-
-def model_names(repository: Path) -> list[str]:
-    """Model folders in ``repository`` (hidden staging folders excluded)."""
-    return sorted(
-        p.name
-        for p in Path(repository).iterdir()
-        if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_FILE).is_file()
     )

@@ -101,11 +101,13 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         allow_cpu_fallback=a.allow_cpu_fallback,
         intra_op_threads=a.intra_op_threads,
         batching=not a.no_batching,
-        max_batch_size=a.max_batch_size,
-        max_queue_delay_us=a.max_queue_delay_us,
-        preferred_batch_sizes=tuple(a.preferred_batch_size) if a.preferred_batch_size else None,
-        max_queue_size=a.max_queue_size,
-        instance_count=a.instance_count,
+        serving_overrides=(
+            ("max_batch_size", a.max_batch_size),
+            ("max_queue_delay_us", a.max_queue_delay_us),
+            ("preferred_batch_sizes", tuple(a.preferred_batch_size or ()) or None),
+            ("max_queue_size", a.max_queue_size),
+            ("instance_count", a.instance_count),
+        ),
         warmup=not a.no_warmup,
         onnxruntime_config=tuple(a.onnxruntime_config),
     )

@@ -23,7 +23,7 @@ cancel and queue-delay expiry):
 4. Otherwise (the queue formed while every instance was busy and the batch is
    still small) it waits for more requests, but no longer than
    ``max_queue_delay_us`` after the oldest queued request's arrival.
-5. ``enabled=False``: every request is its own batch, dispatched at once.
+5. ``dynamic_batching=False``: every request is its own batch, dispatched at once.
 
 Workers form their own batches: with the scheduler on the event loop the next
 dispatch waited behind the responses of the batch just finished (the instance
@@ -48,11 +48,11 @@ from typing import Protocol
 
 import numpy as np
 
+from modelrepo.serving import ServingConfig
 from server.batching_types import (
     BatcherClosedError,
     BatcherError,
     BatcherStats,
-    BatchingConfig,
     BatchSizeMismatchError,
     DeadlineExceededError,
     QueueFullError,
@@ -64,7 +64,6 @@ __all__ = [
     "BatcherClosedError",
     "BatcherError",
     "BatcherStats",
-    "BatchingConfig",
     "BatchSizeMismatchError",
     "DeadlineExceededError",
     "DynamicBatcher",
@@ -109,7 +108,7 @@ class DynamicBatcher:
     def __init__(
         self,
         run_batch: Callable[[np.ndarray], np.ndarray],
-        config: BatchingConfig,
+        config: ServingConfig,
         name: str = "",
         observer: BatchObserver | None = None,
     ) -> None:
@@ -330,8 +329,8 @@ class DynamicBatcher:
             return [], 0.0
         head = self._pending[0]
         batch: list[_Request] = []
-        rows, full = 0, not cfg.enabled
-        for req in self._pending if cfg.enabled else [head]:
+        rows, full = 0, not cfg.dynamic_batching
+        for req in self._pending if cfg.dynamic_batching else [head]:
             x, h = req.inputs, head.inputs
             if (
                 rows + req.rows > cfg.max_batch_size

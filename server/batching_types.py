@@ -1,7 +1,7 @@
-"""The batcher's configuration, counters and errors (Triton's dynamic_batching terms).
+"""The batcher's counters and errors (its configuration is ``modelrepo.serving.ServingConfig``).
 
-Kept apart from the mechanics in ``server/batching.py`` so that the server's
-configuration code and the error mapping read them without the thread logic.
+Kept apart from the mechanics in ``server/batching.py`` so that the error mapping
+reads them without the thread logic.
 """
 
 from __future__ import annotations
@@ -31,39 +31,6 @@ class BatcherClosedError(BatcherError):
 
 class BatchSizeMismatchError(BatcherError):
     """``run_batch`` returned a different number of rows than it was given."""
-
-
-@dataclass(frozen=True)
-class BatchingConfig:
-    """Triton's ``dynamic_batching`` + ``instance_group`` in one place."""
-
-    max_batch_size: int = 8
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_us: int = 0
-    max_queue_size: int = 64  # rows (images) waiting, not requests
-    instance_count: int = 1
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        for size in self.preferred_batch_sizes:
-            if not 1 <= size <= self.max_batch_size:
-                raise ValueError(
-                    f"preferred batch size {size} must be in 1..{self.max_batch_size}"
-                    " (max_batch_size)"
-                )
-        if self.max_queue_delay_us < 0:
-            raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
-        if self.max_queue_size < 1:
-            raise ValueError(f"max_queue_size must be >= 1 row, got {self.max_queue_size}")
-        if self.instance_count < 1:
-            raise ValueError(f"instance_count must be >= 1, got {self.instance_count}")
-
-    @property
-    def target_batch_size(self) -> int:
-        """The size worth waiting for: the largest preferred, else the maximum."""
-        return max(self.preferred_batch_sizes, default=self.max_batch_size)
 
 
 @dataclass

@@ -24,17 +24,18 @@ from typing import Any
 
 import numpy as np
 
+from modelrepo import keys
+from modelrepo.files import model_folders
+from modelrepo.serving import ServingConfig, read_serving
 from modelrepo.spec import ModelConfigError, ModelSpec, load_spec
-from protos import model_config_pb2 as mc
 from server.backends import Backend, BackendConfig, create_backend
-from server.batching import BatchingConfig, DynamicBatcher
+from server.batching import DynamicBatcher
 from server.errors import InvalidArgument, NotFound, Unavailable, shown
 from server.metrics import Metrics, ModelMetrics
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_KIND = {mc.ModelInstanceGroup.KIND_GPU: "gpu", mc.ModelInstanceGroup.KIND_CPU: "cpu"}
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,8 @@ class ServerOptions:
     allow_cpu_fallback: bool = False
     intra_op_threads: int = 0  # 0: config parameter or runtime default
     batching: bool = True
-    max_batch_size: int | None = None  # command-line overrides of config.pbtxt
-    max_queue_delay_us: int | None = None
-    preferred_batch_sizes: tuple[int, ...] | None = None
-    max_queue_size: int | None = None
-    instance_count: int | None = None  # overrides instance_group counts
-    default_queue_size: int = 256  # rows, where the config sets no bound
+    # Command-line overrides of config.pbtxt: ServingConfig field -> value (see read_serving).
+    serving_overrides: tuple[tuple[str, Any], ...] = ()
     retire_timeout_s: float = 30.0  # how long a replaced/unloaded version waits for its requests
     warmup: bool = True
     # ONNX Runtime session config entries for every model; config.pbtxt parameters
@@ -100,64 +97,37 @@ def version_number(text: str) -> int | None:
     return None
 
 
-def _param_int(spec: ModelSpec, key: str) -> int:
-    params = spec.config.parameters
-    try:
-        return int(params[key].string_value) if key in params else 0
-    except ValueError as exc:
-        raise Unavailable(f"model '{spec.name}': parameter {key} is not an integer") from exc
-
-
-def batching_config(spec: ModelSpec, opts: ServerOptions) -> BatchingConfig:
-    cfg = spec.config
-    dyn = cfg.dynamic_batching if cfg.HasField("dynamic_batching") else None
-    max_batch = opts.max_batch_size or max(cfg.max_batch_size, 1)
-    preferred = opts.preferred_batch_sizes
-    if preferred is None:
-        preferred = tuple(b for b in (dyn.preferred_batch_size if dyn else ()) if b <= max_batch)
-    delay = opts.max_queue_delay_us
-    if delay is None:
-        delay = dyn.max_queue_delay_microseconds if dyn else 0
-    queue_size = (
-        opts.max_queue_size
-        or (dyn.default_queue_policy.max_queue_size if dyn else 0)
-        or opts.default_queue_size
-    )
-    instances = opts.instance_count or sum(g.count or 1 for g in cfg.instance_group) or 1
-    return BatchingConfig(
-        max_batch_size=max_batch,
-        preferred_batch_sizes=preferred,
-        max_queue_delay_us=delay,
-        max_queue_size=max(queue_size, max_batch),
-        instance_count=instances,
-        enabled=opts.batching and dyn is not None and cfg.max_batch_size > 0,
+def batching_config(spec: ModelSpec, opts: ServerOptions) -> ServingConfig:
+    """``spec``'s serving configuration with the command line's overrides applied."""
+    return read_serving(
+        spec.config,
+        **dict(opts.serving_overrides),
+        intra_op_threads=opts.intra_op_threads or None,
+        dynamic_batching=None if opts.batching else False,
     )
 
 
-def _backend_config(spec: ModelSpec, version: int, opts: ServerOptions) -> BackendConfig:
-    groups = spec.config.instance_group
-    kind = _KIND.get(groups[0].kind, "auto") if groups else "auto"
+def _backend_config(
+    spec: ModelSpec, version: int, opts: ServerOptions, serving: ServingConfig
+) -> BackendConfig:
     accel = spec.config.optimization.execution_accelerators.gpu_execution_accelerator
     return BackendConfig(
         model_file=spec.model_file(version),
         platform=spec.platform,
-        instance_kind=kind,
+        instance_kind=serving.instance_kind,
         allow_cpu_fallback=opts.allow_cpu_fallback,
-        intra_op_threads=opts.intra_op_threads or _param_int(spec, "intra_op_thread_count"),
+        intra_op_threads=serving.intra_op_threads,
         use_tensorrt_ep=any(a.name == "tensorrt" for a in accel),
         session_config=(*_session_params(spec), *opts.onnxruntime_config),
     )
 
 
-ORT_PARAM_PREFIX = "onnxruntime."
-
-
 def _session_params(spec: ModelSpec) -> list[tuple[str, str]]:
     """config.pbtxt parameters "onnxruntime.<key>" as ONNX Runtime session config entries."""
     return [
-        (key.removeprefix(ORT_PARAM_PREFIX), param.string_value)
+        (key.removeprefix(keys.ONNXRUNTIME_PREFIX), param.string_value)
         for key, param in sorted(spec.config.parameters.items())
-        if key.startswith(ORT_PARAM_PREFIX)
+        if key.startswith(keys.ONNXRUNTIME_PREFIX)
     ]
 
 
@@ -176,12 +146,6 @@ def _versions_to_serve(spec: ModelSpec) -> list[int]:
         return wanted
     n = policy.latest.num_versions if choice == "latest" else 1
     return list(spec.versions[-max(n, 1) :])
-
-
-def warmup_shape(spec: ModelSpec) -> tuple[int, ...]:
-    """One image's input shape; dynamic H/W take the configured crop size."""
-    crop = spec.preprocess.crop_size
-    return tuple(crop if d < 0 else d for d in spec.input_dims)
 
 
 class ModelManager:
@@ -205,8 +169,7 @@ class ModelManager:
             listener(name, ready)
 
     def names_in_repository(self) -> list[str]:
-        root = self.opts.repository
-        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return model_folders(self.opts.repository)
 
     async def load_all(self) -> None:
         names = list(self.opts.models) or self.names_in_repository()
@@ -218,7 +181,7 @@ class ModelManager:
 
     async def load(self, name: str) -> None:
         check_name(name)
-        if not (self.opts.repository / name / "config.pbtxt").is_file() and (
+        if not (self.opts.repository / name / keys.CONFIG_FILE).is_file() and (
             name not in self.entries
         ):  # no lasting state for names that are not models
             raise NotFound(f"no model '{name}' in repository {self.opts.repository}")
@@ -245,7 +208,7 @@ class ModelManager:
 
     def _build(self, name: str) -> dict[int, ServedVersion]:
         model_dir = self.opts.repository / name
-        if not (model_dir / "config.pbtxt").is_file():
+        if not (model_dir / keys.CONFIG_FILE).is_file():
             raise NotFound(f"no model '{name}' in repository {self.opts.repository}")
         spec = load_spec(model_dir)
         if not spec.versions:
@@ -257,7 +220,7 @@ class ModelManager:
             bcfg = batching_config(spec, self.opts)
             backends = []
             for _ in range(bcfg.instance_count):
-                backend = create_backend(_backend_config(spec, version, self.opts))
+                backend = create_backend(_backend_config(spec, version, self.opts, bcfg))
                 backend.load()
                 backends.append(backend)
             if self.opts.warmup:
@@ -275,9 +238,9 @@ class ModelManager:
         return served
 
     @staticmethod
-    def _warm_up(spec: ModelSpec, backends: list[Backend], bcfg: BatchingConfig) -> None:
+    def _warm_up(spec: ModelSpec, backends: list[Backend], bcfg: ServingConfig) -> None:
         """Run every preferred batch size once per instance, before reporting ready."""
-        shape = warmup_shape(spec)
+        shape = spec.image_dims
         for size in sorted({1, *bcfg.preferred_batch_sizes}):
             x = np.zeros((size, *shape), dtype=np.float32)
             for backend in backends:

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from server.batching import BatchingConfig, DynamicBatcher
+from modelrepo.serving import ServingConfig
+from server.batching import DynamicBatcher
 
 WIDTH = 3
 
@@ -75,9 +76,14 @@ async def until(predicate: Callable[[], bool], what: str = "condition") -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def batching(**config: Any) -> ServingConfig:
+    """A batcher configuration that waits for nothing unless a test says so."""
+    return ServingConfig(**{"preferred_batch_sizes": (), "max_queue_delay_us": 0, **config})
+
+
 async def started(model: Callable[[np.ndarray], np.ndarray], **config: Any) -> DynamicBatcher:
     config.setdefault("max_batch_size", 4)
-    batcher = DynamicBatcher(model, BatchingConfig(**config), name="m")
+    batcher = DynamicBatcher(model, batching(**config), name="m")
     batcher.start()
     return batcher
 

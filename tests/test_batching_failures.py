@@ -11,13 +11,13 @@ import pytest
 
 from server.batching import (
     BatcherClosedError,
-    BatchingConfig,
     BatchSizeMismatchError,
     DeadlineExceededError,
     DynamicBatcher,
 )
 from tests.batcher_kit import (
     Model,
+    batching,
     expected,
     occupy,
     queued,
@@ -186,7 +186,7 @@ def test_stop_without_drain_fails_queued_requests() -> None:
 
 def test_submit_before_start_is_refused() -> None:
     async def main() -> None:
-        b = DynamicBatcher(expected, BatchingConfig(), name="m")
+        b = DynamicBatcher(expected, batching(max_batch_size=8), name="m")
         assert not b.accepting
         with pytest.raises(BatcherClosedError, match="'m' is not accepting"):
             await b.submit(rows(1))
@@ -203,7 +203,7 @@ def test_observer_sees_every_batch() -> None:
 
     async def main() -> None:
         model = Model(hold=True)
-        b = DynamicBatcher(model, BatchingConfig(max_batch_size=4), name="m", observer=Observer())
+        b = DynamicBatcher(model, batching(max_batch_size=4), name="m", observer=Observer())
         b.start()
         first = await occupy(b, model)
         tasks = submit_all(b, {1: 2, 2: 1})
@@ -220,7 +220,7 @@ def test_observer_sees_every_batch() -> None:
 def test_threads_submit_and_cancel_without_an_event_loop() -> None:
     """submit_future serves callers on plain threads; a cancelled queued one never runs."""
     model = Model(hold=True)
-    b = DynamicBatcher(model, BatchingConfig(max_batch_size=4), name="m")
+    b = DynamicBatcher(model, batching(max_batch_size=4), name="m")
     b.start()
     first = b.submit_future(rows(0))
     give_up = time.monotonic() + 20

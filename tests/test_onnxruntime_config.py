@@ -12,7 +12,7 @@ import pytest
 from modelrepo.spec import load_spec
 from server.__main__ import parse_args
 from server.backends.base import create_backend
-from server.models import ServerOptions, _backend_config
+from server.models import ServerOptions, _backend_config, batching_config
 
 PARAMS = """
 parameters {
@@ -40,7 +40,7 @@ def test_config_parameters_and_command_line_reach_the_session(lenet: Path) -> No
     opts = ServerOptions(
         repository=lenet, onnxruntime_config=(("session.intra_op.allow_spinning", "1"),)
     )
-    cfg = _backend_config(spec, 1, opts)
+    cfg = _backend_config(spec, 1, opts, batching_config(spec, opts))
     assert cfg.session_config == (
         ("session.dynamic_block_base", "4"),
         ("session.intra_op.allow_spinning", "0"),
@@ -62,7 +62,7 @@ def test_command_line_entries_are_key_value_pairs(lenet: Path, capsys) -> None:
          "--instance-count", "2"]
     )  # fmt: skip
     assert opts.models.onnxruntime_config == (("session.a", "1"),)
-    assert opts.models.instance_count == 2
+    assert ("instance_count", 2) in opts.models.serving_overrides
     for bad in (["--onnxruntime-config", "novalue"], ["--instance-count", "0"]):
         with pytest.raises(SystemExit):
             parse_args(["--model-repository", str(lenet), *bad])
