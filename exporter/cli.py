@@ -15,7 +15,7 @@ from exporter.calibration import SAMPLES, CalibrationError, image_files
 from exporter.onnx import OnnxOptions, ParityError
 from exporter.precision import PRECISIONS, RUNTIMES, PrecisionError, PrecisionOptions
 from exporter.registry import UnknownModelError, aliases, get_cfg, list_models, resolve_name
-from exporter.repository import RepositoryError, ServingCfg
+from exporter.triton_config import RepositoryError, ServingCfg
 from exporter.tensorrt import TensorRTBuildError
 from exporter.weights import WeightsError
 

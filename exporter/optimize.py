@@ -31,7 +31,7 @@ from exporter.precision import (
     PrecisionOptions,
     compare,
 )
-from exporter.repository import ServingCfg
+from exporter.triton_config import ServingCfg
 from exporter.weights import file_sha256
 from modelrepo.spec import Preprocess
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter import onnx as onnx_export
-from exporter import repository as repo
+from exporter import triton_config as repo
 from exporter.config import ModelCfg
 from exporter.labels import labels_for
 from exporter.macs import count_macs, count_params

@@ -24,7 +24,7 @@ from PIL import Image
 from exporter import calibration, quantize
 from exporter.cli import main as exporter_main
 from exporter.precision import PrecisionOptions, compare
-from exporter.repository import to_pbtxt
+from exporter.triton_config import to_pbtxt
 from exporter.samples import EXPECTED
 from exporter.tensorrt import calibration_batch, engine_config, profile_shapes
 from imaging.preprocess import preprocess

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import text_format
 
 from exporter.config import ModelCfg
-from exporter.repository import ServingCfg, model_config, to_pbtxt
+from exporter.triton_config import ServingCfg, model_config, to_pbtxt
 from modelrepo.spec import ModelConfigError, load_spec, model_names
 from protos import model_config_pb2 as mc
 

@@ -18,7 +18,7 @@ from benchmarks import tune
 from benchmarks.tuning import config as tconfig
 from benchmarks.tuning.candidates import Candidate
 from benchmarks.tuning.live import apply_and_verify
-from exporter.repository import ServingCfg
+from exporter.triton_config import ServingCfg
 from modelrepo.spec import load_spec, parse_config
 
 MODEL = "lenet5"
