@@ -40,7 +40,6 @@ from benchmarks.machine import machine  # noqa: E402
 from benchmarks.tuning import config as tconfig  # noqa: E402
 from benchmarks.tuning import report  # noqa: E402
 from benchmarks.tuning.candidates import (  # noqa: E402
-    Candidate,
     Pruning,
     TargetUnreachable,
     space_from_curve,
@@ -48,6 +47,8 @@ from benchmarks.tuning.candidates import (  # noqa: E402
 from benchmarks.tuning.measure import MeasurePlan, ProbeMeasure  # noqa: E402
 from benchmarks.tuning.progress import RichProgress  # noqa: E402
 from benchmarks.tuning.search import SearchResult, SearchSettings, search  # noqa: E402
+from modelrepo.files import read_config  # noqa: E402
+from modelrepo.serving import ServingConfig, read_serving  # noqa: E402
 
 
 def _ints(text: str, flag: str, p: argparse.ArgumentParser) -> tuple[int, ...]:
@@ -103,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def _serve_and_search(a, subject, space, default: Candidate, progress, deadline: float):
+def _serve_and_search(a, subject, space, default: ServingConfig, progress, deadline: float):
     from benchmarks.infer_requests import model_info, tensor_request
     from benchmarks.tuning.live import LiveProbe, Windows
     from server.launch import launch
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         console = progress.console
         subject = served_subject(a.model, a.repository, progress.log)
         a.model = subject.name  # an alias (mobilenet) names the exported folder now
-        default = tconfig.candidate_from(tconfig.read_config(subject.dir))
+        default = read_serving(read_config(subject.dir))
         cores = machine_cores()
         threads = sorted({cores, 1})
         progress.log(

@@ -15,9 +15,11 @@ from exporter.calibration import SAMPLES, CalibrationError, image_files
 from exporter.onnx import OnnxOptions, ParityError
 from exporter.precision import PRECISIONS, RUNTIMES, PrecisionError, PrecisionOptions
 from exporter.registry import UnknownModelError, aliases, get_cfg, list_models, resolve_name
-from exporter.triton_config import RepositoryError, ServingCfg
 from exporter.tensorrt import TensorRTBuildError
 from exporter.weights import WeightsError
+from modelrepo import keys
+from modelrepo.files import RepositoryError
+from modelrepo.serving import DEFAULT, KINDS, ServingConfig
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -80,7 +82,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _request(args: argparse.Namespace, model: str):
     from exporter.pipeline import ExportRequest
 
-    serving = ServingCfg(
+    serving = ServingConfig(
         max_batch_size=args.max_batch_size,
         preferred_batch_sizes=tuple(args.preferred_batch_size),
         max_queue_delay_us=args.max_queue_delay_us,
@@ -159,8 +161,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         Path(args.repository), args.model, [Path(p) for p in args.images], args.top_k, args.version
     )
     trained = (
-        spec.config.parameters["weights.trained"].string_value
-        if ("weights.trained" in spec.config.parameters)
+        spec.config.parameters[keys.WEIGHTS_TRAINED].string_value
+        if (keys.WEIGHTS_TRAINED in spec.config.parameters)
         else "unknown"
     )
     if trained == "false":
@@ -196,11 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--preferred-batch-size", type=int, nargs="+", default=[4, 8])
-    p.add_argument("--max-queue-delay-us", type=int, default=1000)
-    p.add_argument("--instances", type=int, default=1)
-    p.add_argument("--instance-kind", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--max-batch-size", type=int, default=DEFAULT.max_batch_size)
+    p.add_argument(
+        "--preferred-batch-size", type=int, nargs="+", default=list(DEFAULT.preferred_batch_sizes)
+    )
+    p.add_argument("--max-queue-delay-us", type=int, default=DEFAULT.max_queue_delay_us)
+    p.add_argument("--instances", type=int, default=DEFAULT.instance_count)
+    p.add_argument("--instance-kind", choices=tuple(KINDS), default=DEFAULT.instance_kind)
     g = p.add_argument_group("precision and runtime")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32")
     g.add_argument(

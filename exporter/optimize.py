@@ -31,8 +31,8 @@ from exporter.precision import (
     PrecisionOptions,
     compare,
 )
-from exporter.triton_config import ServingCfg
 from exporter.weights import file_sha256
+from modelrepo.serving import ServingConfig
 from modelrepo.spec import Preprocess
 
 _INT8_METHOD = {
@@ -104,7 +104,7 @@ def apply(
     onnx_path: Path,
     cfg: ModelCfg,
     pre: Preprocess,
-    serving: ServingCfg,
+    serving: ServingConfig,
     opts: PrecisionOptions,
     input_chw: tuple[int, int, int],
     *,
@@ -135,7 +135,7 @@ def _tensorrt(
     version_dir: Path,
     onnx_path: Path,
     cfg: ModelCfg,
-    serving: ServingCfg,
+    serving: ServingConfig,
     opts: PrecisionOptions,
     input_chw: tuple[int, int, int],
     images: calib.ImageSet,

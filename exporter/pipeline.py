@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from exporter import onnx as onnx_export
-from exporter import triton_config as repo
 from exporter.config import ModelCfg
 from exporter.labels import labels_for
 from exporter.macs import count_macs, count_params
 from exporter.precision import PrecisionError, PrecisionOptions
 from exporter.registry import get_cfg
+from exporter.triton_config import model_config
 from exporter.weights import Provenance, file_sha256, load_with_weights
+from modelrepo import files, keys
+from modelrepo.serving import ServingConfig
 
 Progress = Callable[[str], None]
 
@@ -38,7 +40,7 @@ class ExportRequest:
     version: int | None = None  # None: next free version
     input_size: int | None = None  # H=W to export at; None: the model's own
     onnx: onnx_export.OnnxOptions = field(default_factory=onnx_export.OnnxOptions)
-    serving: repo.ServingCfg = field(default_factory=repo.ServingCfg)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     precision: PrecisionOptions = field(default_factory=PrecisionOptions)
 
 
@@ -73,17 +75,17 @@ def _export_size(cfg: ModelCfg, requested: int | None) -> tuple[int, int, int]:
 def _config_parameters(cfg: ModelCfg, prov: Provenance) -> dict[str, str]:
     """Preprocessing and provenance, as config.pbtxt string parameters."""
     return {
-        "preprocess.color_mode": "L" if cfg.channels == 1 else "RGB",
-        "preprocess.resize_size": str(cfg.resize_size),
-        "preprocess.crop_size": str(cfg.crop_size),
-        "preprocess.interpolation": cfg.interpolation,
-        "preprocess.mean": ",".join(f"{m:.6g}" for m in cfg.mean),
-        "preprocess.std": ",".join(f"{s:.6g}" for s in cfg.std),
-        "model.family": cfg.family,
-        "model.source": cfg.source,
-        "weights.kind": prov.kind,
-        "weights.trained": "true" if prov.trained else "false",
-        "weights.description": prov.description,
+        keys.COLOR_MODE: "L" if cfg.channels == 1 else "RGB",
+        keys.RESIZE_SIZE: str(cfg.resize_size),
+        keys.CROP_SIZE: str(cfg.crop_size),
+        keys.INTERPOLATION: cfg.interpolation,
+        keys.MEAN: ",".join(f"{m:.6g}" for m in cfg.mean),
+        keys.STD: ",".join(f"{s:.6g}" for s in cfg.std),
+        keys.MODEL_FAMILY: cfg.family,
+        keys.MODEL_SOURCE: cfg.source,
+        keys.WEIGHTS_KIND: prov.kind,
+        keys.WEIGHTS_TRAINED: "true" if prov.trained else "false",
+        keys.WEIGHTS_DESCRIPTION: prov.description,
     }
 
 
@@ -106,9 +108,9 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
     cfg = get_cfg(request.model)
     _check_tensorrt(request)
     export_size = _export_size(cfg, request.input_size)
-    repository = repo.check_writable(request.repository)
+    repository = files.check_writable(request.repository)
     model_dir = repository / cfg.name
-    version = repo.choose_version(model_dir, request.version)
+    version = files.choose_version(model_dir, request.version)
     dynamic_hw = not cfg.fixed_input_size
 
     def stage(msg: str) -> None:
@@ -122,7 +124,7 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
     macs = count_macs(model, cfg.input_size)
     stage(f"{params / 1e6:.2f}M params, {macs / 1e9:.3f} GMACs at {cfg.input_size}")
 
-    with repo.staging(repository) as scratch:
+    with files.staging(repository) as scratch:
         version_dir = scratch / str(version)
         version_dir.mkdir()
         onnx_path = version_dir / "model.onnx"
@@ -158,7 +160,7 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
             f"parity vs PyTorch: max rel err {max(r.max_rel_err for r in reports):.2e}, "
             f"top-1 agreement {min(r.top1_agreement for r in reports):.0%}"
         )
-        config = repo.model_config(
+        config = model_config(
             cfg,
             request.serving,
             input_hw=(export_size[1], export_size[2]),
@@ -206,8 +208,8 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
             "accuracy": prov.metrics,
             "libraries": _library_versions(),
         }
-        (version_dir / "export.json").write_text(json.dumps(report, indent=2) + "\n")
-        target = repo.commit(
+        (version_dir / keys.EXPORT_REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        target = files.commit(
             repository,
             cfg.name,
             version,
@@ -231,7 +233,7 @@ def _precision_stage(
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Apply --precision/--backend to the staged FP32 ONNX and to ``config`` (in place)."""
     opts = request.precision
-    config.parameters["model.precision"].string_value = opts.precision
+    config.parameters[keys.MODEL_PRECISION].string_value = opts.precision
     if opts.is_default:
         return {"precision": "fp32", "backend": "onnxruntime"}, None
     from exporter import optimize

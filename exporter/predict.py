@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from imaging.preprocess import preprocess_batch
-from modelrepo.spec import ModelSpec, load_spec
+from modelrepo.spec import CONFIG_FILE, ModelSpec, load_spec
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def predict(
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     model_dir = Path(repository) / model
-    if not (model_dir / "config.pbtxt").is_file():
+    if not (model_dir / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"no model '{model}' in repository {repository}")
     spec = load_spec(model_dir)
     if spec.platform != "onnxruntime_onnx":

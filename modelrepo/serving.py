@@ -17,8 +17,9 @@ Reading a config.pbtxt follows protobuf's (and Triton's) meaning of an absent
 field, which is zero: no ``dynamic_batching`` block (or ``max_batch_size: 0``)
 means every request runs alone, an absent delay means 0, absent preferred sizes
 mean "fill to max_batch_size". The one exception is the queue bound, where zero
-means unbounded to Triton: the server bounds it to the default above (64 images),
-and never below ``max_batch_size``.
+means unbounded to Triton: the server bounds it to the default above (64 images).
+A queue never holds less than one full batch: ``max_queue_size`` is raised to
+``max_batch_size`` where it is smaller.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class ServingConfig:
             )
         if self.instance_kind not in KINDS:
             raise ValueError(f"instance kind '{self.instance_kind}': choose from {list(KINDS)}")
+        # A queue always holds one full batch (else max_batch_size could never form).
+        object.__setattr__(self, "max_queue_size", max(self.max_queue_size, self.max_batch_size))
         # Triton treats the preferred sizes as a set; one spelling keeps equal configs equal.
         object.__setattr__(
             self, "preferred_batch_sizes", tuple(sorted(set(self.preferred_batch_sizes)))
@@ -141,8 +144,7 @@ def read_serving(config: mc.ModelConfig, **overrides: Any) -> ServingConfig:
         "dynamic_batching": dyn is not None and config.max_batch_size > 0,
         **given,
     }
-    queue = values["max_queue_size"] or DEFAULT.max_queue_size
-    values["max_queue_size"] = max(queue, values["max_batch_size"])
+    values["max_queue_size"] = values["max_queue_size"] or DEFAULT.max_queue_size
     return ServingConfig(**values)
 
 

@@ -24,9 +24,9 @@ from PIL import Image
 from exporter import calibration, quantize
 from exporter.cli import main as exporter_main
 from exporter.precision import PrecisionOptions, compare
-from exporter.triton_config import to_pbtxt
 from exporter.samples import EXPECTED
 from exporter.tensorrt import calibration_batch, engine_config, profile_shapes
+from modelrepo.files import to_pbtxt
 from imaging.preprocess import preprocess
 from modelrepo.spec import Preprocess, load_spec
 from protos import grpc_service_pb2 as pb

@@ -11,8 +11,10 @@ import pytest
 from google.protobuf import text_format
 
 from exporter.config import ModelCfg
-from exporter.triton_config import ServingCfg, model_config, to_pbtxt
-from modelrepo.spec import ModelConfigError, load_spec, model_names
+from exporter.triton_config import model_config
+from modelrepo.files import model_folders, to_pbtxt
+from modelrepo.serving import ServingConfig
+from modelrepo.spec import ModelConfigError, load_spec
 from protos import model_config_pb2 as mc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +24,7 @@ def _config(**serving: object) -> mc.ModelConfig:
     cfg = ModelCfg(name="toy", family="Toy", year=2024, source="ours")
     return model_config(
         cfg,
-        ServingCfg(**serving),
+        ServingConfig(**serving),
         input_hw=(224, 224),
         dynamic_hw=False,
         parameters={"preprocess.crop_size": "224"},
@@ -73,21 +75,6 @@ optimization { execution_accelerators { gpu_execution_accelerator : [ { name : "
     )
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"max_batch_size": 0}, "max_batch_size 0"),
-        ({"preferred_batch_sizes": (32,)}, "preferred batch sizes [32]"),
-        ({"instance_count": 0}, "instance_count 0"),
-        ({"instance_kind": "tpu"}, "instance kind 'tpu'"),
-    ],
-)
-def test_serving_cfg_validation(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError) as err:
-        ServingCfg(**kwargs)
-    assert message in str(err.value)
-
-
 def test_broken_config_names_file_and_line(tmp_path: Path) -> None:
     model = tmp_path / "broken"
     (model / "1").mkdir(parents=True)
@@ -109,7 +96,7 @@ def test_hidden_staging_folders_are_not_models(tmp_path: Path) -> None:
     for name in ("toy", ".staging-x"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.pbtxt").write_text(to_pbtxt(_config()))
-    assert model_names(tmp_path) == ["toy"]
+    assert model_folders(tmp_path) == ["toy"]
 
 
 # The same protoc invocations as `make proto`.

@@ -16,9 +16,10 @@ import pytest
 
 from benchmarks import tune
 from benchmarks.tuning import config as tconfig
-from benchmarks.tuning.candidates import Candidate
 from benchmarks.tuning.live import apply_and_verify
-from exporter.triton_config import ServingCfg
+from modelrepo import keys
+from modelrepo.files import read_config
+from modelrepo.serving import ServingConfig, read_serving
 from modelrepo.spec import load_spec, parse_config
 
 MODEL = "lenet5"
@@ -32,27 +33,19 @@ def repo(serve_repo: Path, tmp_path: Path) -> Path:
 
 
 def test_the_default_candidate_is_what_the_exporter_wrote(repo: Path) -> None:
-    exported = ServingCfg()
-    default = tconfig.candidate_from(tconfig.read_config(repo / MODEL))
-    assert default == Candidate(
-        exported.max_batch_size,
-        exported.preferred_batch_sizes,
-        exported.max_queue_delay_us,
-        exported.instance_count,
-        0,
-    )
+    assert read_serving(read_config(repo / MODEL)) == ServingConfig()
 
 
 def test_writing_a_candidate_changes_only_the_serving_fields(repo: Path) -> None:
     model_dir = repo / MODEL
     before_text = (model_dir / "config.pbtxt").read_text()
-    before = tconfig.read_config(model_dir)
-    chosen = Candidate(8, (4,), 250, 2, 1)
+    before = read_config(model_dir)
+    chosen = ServingConfig(8, (4,), 250, 2, 1)
     backup = tconfig.apply(model_dir, chosen)
     assert backup.name.startswith("config.pbtxt.bak-") and backup.read_text() == before_text
-    after = tconfig.read_config(model_dir)
-    assert tconfig.candidate_from(after) == chosen
-    assert after.parameters[tconfig.THREADS_PARAM].string_value == "1"
+    after = read_config(model_dir)
+    assert read_serving(after) == chosen
+    assert after.parameters[keys.INTRA_OP_THREADS].string_value == "1"
     for name in ("input", "output", "platform", "version_policy", "default_model_filename"):
         assert getattr(after, name) == getattr(before, name), name
     assert after.instance_group[0].kind == before.instance_group[0].kind
@@ -60,13 +53,13 @@ def test_writing_a_candidate_changes_only_the_serving_fields(repo: Path) -> None
         after.dynamic_batching.default_queue_policy == before.dynamic_batching.default_queue_policy
     )
     kept = {k: v for k, v in before.parameters.items()}
-    assert {k: v for k, v in after.parameters.items() if k != tconfig.THREADS_PARAM} == kept
+    assert {k: v for k, v in after.parameters.items() if k != keys.INTRA_OP_THREADS} == kept
     # The server's own reader accepts it; a second apply keeps both backups apart.
     assert load_spec(model_dir).config.max_batch_size == 8
     second = tconfig.apply(model_dir, chosen.changed(intra_op_threads=0))
     assert second != backup  # and it holds what the first apply wrote
-    assert tconfig.candidate_from(parse_config(second)) == chosen
-    assert tconfig.THREADS_PARAM not in tconfig.read_config(model_dir).parameters
+    assert read_serving(parse_config(second)) == chosen
+    assert keys.INTRA_OP_THREADS not in read_config(model_dir).parameters
     assert len(list(model_dir.glob("config.pbtxt.bak-*"))) == 2
 
 
@@ -74,12 +67,12 @@ def test_a_broken_config_is_refused_before_anything_is_written(repo: Path) -> No
     model_dir = repo / MODEL
     (model_dir / "config.pbtxt").write_text("max_batch_size: [oops\n")
     with pytest.raises(ValueError, match=r"config.pbtxt:1:\d+ .*parse"):
-        tconfig.apply(model_dir, Candidate())
+        tconfig.apply(model_dir, ServingConfig())
     assert not list(model_dir.glob("config.pbtxt.bak-*"))
 
 
 def test_applied_config_is_served_by_a_real_server(repo: Path, tmp_path: Path) -> None:
-    chosen = Candidate(4, (2,), 500, 2, 1)
+    chosen = ServingConfig(4, (2,), 500, 2, 1)
     backup, served = apply_and_verify(repo, MODEL, chosen, tmp_path / "server.log")
     assert served == chosen and backup.is_file()
 
@@ -117,7 +110,7 @@ def test_a_short_real_tuning_run_on_lenet(repo: Path, tmp_path: Path) -> None:
         assert code == 0 and after == before and not backups
     else:  # written, backed up, and a server started on the repository served it
         assert code == 0 and backups and backups[0].read_text() == before
-        written = tconfig.candidate_from(tconfig.read_config(repo / MODEL))
+        written = read_serving(read_config(repo / MODEL))
         assert written.label == data["winner"]["label"]
 
 

@@ -13,7 +13,6 @@ import pytest
 
 from benchmarks.tuning.candidates import (
     DELAYS_US,
-    Candidate,
     Pruning,
     TargetUnreachable,
     curve_continues,
@@ -23,9 +22,10 @@ from benchmarks.tuning.candidates import (
 )
 from benchmarks.tuning.measure import MeasurePlan, ProbeMeasure, measure_candidate
 from benchmarks.tuning.search import SearchSettings, search
+from modelrepo.serving import ServingConfig
 from tests.tune_sim import FakeClock, SimModel, SimProbe, TableMeasure
 
-DEFAULT = Candidate(16, (4, 8), 1000, 1, 0)  # what the exporter writes
+DEFAULT = ServingConfig(16, (4, 8), 1000, 1, 0)  # what the exporter writes
 SIZES = [1, 2, 4, 8, 16]
 
 
@@ -34,12 +34,12 @@ def space_for(model: SimModel, target: float):
     return space_from_curve(curve, target, model.cores, DEFAULT)
 
 
-def full_grid(model: SimModel) -> list[Candidate]:
+def full_grid(model: SimModel) -> list[ServingConfig]:
     """Every candidate a blind grid would measure (the pruning's reference)."""
     splits = [(i, t) for i in (1, 2) for t in (1, 2) if i * t <= model.cores]
     out = []
     for (i, t), b, d in itertools.product(splits, SIZES, DELAYS_US):
-        base = Candidate(b, (), d, i, t)
+        base = ServingConfig(b, (), d, i, t)
         out += [base.changed(preferred_batch_sizes=p) for p in preferred_options(base)]
     return out
 
@@ -102,7 +102,7 @@ def test_the_sweep_stops_when_throughput_stops_improving() -> None:
     model = SimModel()
     probe = SimProbe(model)
     plan = MeasurePlan(50.0, concurrency=(1, 2, 4, 8, 16, 32, 64, 128))
-    trial = measure_candidate(probe, Candidate(8, (), 0, 1, 2), plan)
+    trial = measure_candidate(probe, ServingConfig(8, (), 0, 1, 2), plan)
     levels = [p.level for p in trial.sweep]
     assert len(levels) < len(plan.concurrency)
     last, before = trial.sweep[-1], max(p.throughput for p in trial.sweep[:-1])
@@ -114,7 +114,7 @@ def test_the_sweep_stops_when_throughput_stops_improving() -> None:
 @pytest.mark.parametrize("target", [20.0, 50.0, 200.0])
 def test_bisection_brackets_the_true_server_rate_in_bounded_steps(target: float) -> None:
     model = SimModel()
-    candidate = Candidate(8, (), 0, 1, 2)
+    candidate = ServingConfig(8, (), 0, 1, 2)
     plan = MeasurePlan(target, rate_steps=6)
     trial = measure_candidate(SimProbe(model), candidate, plan)
     true = model.true_rate(candidate, target)
@@ -171,7 +171,7 @@ def test_finalists_are_re_measured_interleaved_and_carry_their_spread() -> None:
 
 def test_candidates_within_noise_go_to_the_default() -> None:
     # Every configuration within 3 %: no real gain, and the default is kept.
-    measure = TableMeasure(lambda c: 100.0 + c.instances + c.max_batch_size / 16)
+    measure = TableMeasure(lambda c: 100.0 + c.instance_count + c.max_batch_size / 16)
     model = SimModel()
     result = search(measure, space_for(model, 40.0), DEFAULT, SearchSettings(40.0))
     assert result.winner is not None and result.winner.candidate == DEFAULT
@@ -181,13 +181,13 @@ def test_candidates_within_noise_go_to_the_default() -> None:
 
 def test_within_noise_the_simpler_config_wins_over_a_slightly_faster_one() -> None:
     # Two instances 2 % faster than one: within noise, so one instance wins.
-    def rate(c: Candidate) -> float:
-        return 50.0 if c == DEFAULT else (153.0 if c.instances == 2 else 150.0)
+    def rate(c: ServingConfig) -> float:
+        return 50.0 if c == DEFAULT else (153.0 if c.instance_count == 2 else 150.0)
 
     measure = TableMeasure(rate)
     result = search(measure, space_for(SimModel(), 40.0), DEFAULT, SearchSettings(40.0))
-    assert result.best.candidate.instances == 2
-    assert result.winner is not None and result.winner.candidate.instances == 1
+    assert result.best.candidate.instance_count == 2
+    assert result.winner is not None and result.winner.candidate.instance_count == 1
     assert result.winner in result.tied and "within" in result.reason
     assert min(result.tied, key=lambda m: simplicity(m.candidate, DEFAULT)) is result.winner
     assert result.significant  # 150 vs the default's 50 is far beyond the noise
@@ -224,9 +224,9 @@ def test_the_budget_stops_exploring_but_keeps_the_re_measurement() -> None:
 
 def test_bad_candidates_and_settings_name_the_allowed_values() -> None:
     with pytest.raises(ValueError, match=r"preferred batch sizes \[32\]: allowed 1..max"):
-        Candidate(16, (32,), 0, 1, 0)
-    with pytest.raises(ValueError, match="instances 0 must be >= 1"):
-        Candidate(instances=0)
+        ServingConfig(16, (32,), 0, 1, 0)
+    with pytest.raises(ValueError, match="instance_count 0 must be >= 1"):
+        ServingConfig(instance_count=0)
     with pytest.raises(ValueError, match="p99 target -1"):
         MeasurePlan(-1)
     with pytest.raises(ValueError, match="budget_s must be > 0"):

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmarks.tuning.candidates import Candidate, CurvePoint
+from benchmarks.tuning.candidates import CurvePoint
 from benchmarks.tuning.measure import Point, Trial
+from modelrepo.serving import ServingConfig
 
 
 class FakeClock:
@@ -38,21 +39,21 @@ class SimModel:
     delay_weight: float = 0.5  # share of the queue delay a request pays
     preferred_weight: float = 0.0  # ms saved per preferred size (0: no effect)
 
-    def threads(self, c: Candidate) -> int:
+    def threads(self, c: ServingConfig) -> int:
         return c.intra_op_threads or self.cores
 
     def compute_ms(self, batch: int, threads: int) -> float:
         return (self.fixed_ms + self.per_image_ms * batch) / threads**self.thread_scaling
 
-    def _share(self, c: Candidate) -> float:
-        return max(1.0, c.instances * self.threads(c) / self.cores)
+    def _share(self, c: ServingConfig) -> float:
+        return max(1.0, c.instance_count * self.threads(c) / self.cores)
 
-    def capacity(self, c: Candidate) -> float:
+    def capacity(self, c: ServingConfig) -> float:
         """Images/s at saturation (every batch full)."""
         b = c.max_batch_size
-        return c.instances * b * 1e3 / (self.compute_ms(b, self.threads(c)) * self._share(c))
+        return c.instance_count * b * 1e3 / (self.compute_ms(b, self.threads(c)) * self._share(c))
 
-    def floor_ms(self, c: Candidate) -> float:
+    def floor_ms(self, c: ServingConfig) -> float:
         """p99 at a vanishing load: wait behind one full batch, then run alone."""
         t, share = self.threads(c), self._share(c)
         return max(
@@ -63,10 +64,10 @@ class SimModel:
             - self.preferred_weight * len(c.preferred_batch_sizes),
         )
 
-    def p99_ms(self, c: Candidate, rate: float, capacity: float) -> float:
+    def p99_ms(self, c: ServingConfig, rate: float, capacity: float) -> float:
         return self.floor_ms(c) / (1 - rate / capacity) if rate < capacity else math.inf
 
-    def true_rate(self, c: Candidate, target_ms: float) -> float:
+    def true_rate(self, c: ServingConfig, target_ms: float) -> float:
         """The rate whose p99 equals the target (0 if even an idle server misses it)."""
         return max(0.0, self.capacity(c) * (1 - self.floor_ms(c) / target_ms))
 
@@ -83,11 +84,11 @@ class SimProbe:
     noise: float = 0.0  # relative standard deviation of capacity per level
     seconds: float = 3.0
     seed: int = 0
-    log: list[tuple[Candidate, str, float]] = field(default_factory=list)
+    log: list[tuple[ServingConfig, str, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
-        self.candidate = Candidate()
+        self.candidate = ServingConfig()
 
     def _capacity(self) -> float:
         return self.model.capacity(self.candidate) * (1 + self.noise * self.rng.standard_normal())
@@ -97,7 +98,7 @@ class SimProbe:
         self.log.append((self.candidate, mode, level))
         return Point(mode=mode, level=level, seconds=self.seconds, **kw)
 
-    def configure(self, candidate: Candidate) -> None:
+    def configure(self, candidate: ServingConfig) -> None:
         self.candidate = candidate
         self.log.append((candidate, "configure", 0))
 
@@ -133,15 +134,15 @@ class SimProbe:
 class TableMeasure:
     """``Measure`` straight from a rate per candidate (for the decision rules)."""
 
-    rate_of: object  # Callable[[Candidate], float]
+    rate_of: object  # Callable[[ServingConfig], float]
     noise: float = 0.0
     seed: int = 0
-    calls: list[Candidate] = field(default_factory=list)
+    calls: list[ServingConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
 
-    def __call__(self, candidate: Candidate) -> Trial:
+    def __call__(self, candidate: ServingConfig) -> Trial:
         self.calls.append(candidate)
         rate = self.rate_of(candidate) * (1 + self.noise * self.rng.standard_normal())
         peak = Point("closed", 8, rate * 1.2, 5.0, 9.0, 100, seconds=1.0)

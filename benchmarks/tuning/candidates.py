@@ -1,6 +1,6 @@
 """Serving configurations the tuner measures, and the pruning that chooses them.
 
-A ``Candidate`` is the tunable half of config.pbtxt. Before any server runs,
+A ``ServingConfig`` is the tunable half of config.pbtxt. Before any server runs,
 ONNX Runtime is timed in process at growing batch sizes (per intra-op thread
 count): that curve prunes the space, so the search measures a handful of
 configurations instead of a grid.
@@ -17,8 +17,9 @@ configurations instead of a grid.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
+
+from modelrepo.serving import ServingConfig
 
 DELAYS_US = (0, 500, 1000, 2000, 4000, 8000, 16000, 32000)
 GRID_BATCH_SIZES = (1, 2, 4, 8, 16)  # what a blind grid would try (for the report)
@@ -29,62 +30,12 @@ class TargetUnreachable(ValueError):
     """No configuration can meet the latency target; the message says why."""
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One serving configuration (the fields config.pbtxt and the server take)."""
-
-    max_batch_size: int = 16
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_us: int = 0
-    instances: int = 1
-    intra_op_threads: int = 0  # 0: ONNX Runtime's default
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size {self.max_batch_size}: must be >= 1")
-        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
-        if bad:
-            raise ValueError(
-                f"preferred batch sizes {bad}: allowed 1..max_batch_size={self.max_batch_size}"
-            )
-        if self.max_queue_delay_us < 0:
-            raise ValueError(f"max_queue_delay_us {self.max_queue_delay_us}: must be >= 0")
-        if self.instances < 1 or self.intra_op_threads < 0:
-            raise ValueError(
-                f"instances {self.instances} must be >= 1 and intra_op_threads "
-                f"{self.intra_op_threads} >= 0 (0 = runtime default)"
-            )
-        object.__setattr__(
-            self, "preferred_batch_sizes", tuple(sorted(set(self.preferred_batch_sizes)))
-        )
-
-    @property
-    def label(self) -> str:
-        pref = ",".join(map(str, self.preferred_batch_sizes)) or "-"
-        threads = self.intra_op_threads or "auto"
-        return (
-            f"max {self.max_batch_size} pref {pref} delay {self.max_queue_delay_us}us "
-            f"{self.instances}x{threads}"
-        )
-
-    def changed(self, **changes: object) -> Candidate:
-        """A copy with ``changes``; preferred sizes above a new maximum are dropped."""
-        merged = {**dataclasses.asdict(self), **changes}
-        merged["preferred_batch_sizes"] = tuple(
-            b for b in merged["preferred_batch_sizes"] if b <= merged["max_batch_size"]
-        )
-        return Candidate(**merged)
-
-    def as_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "label": self.label}
-
-
-def simplicity(candidate: Candidate, default: Candidate) -> tuple:
+def simplicity(candidate: ServingConfig, default: ServingConfig) -> tuple:
     """Sort key, simplest first: the default itself, then fewer instances, a
     smaller queue delay, the default's batching settings, smaller batches."""
     return (
         candidate != default,
-        candidate.instances,
+        candidate.instance_count,
         candidate.max_queue_delay_us,
         (candidate.max_batch_size != default.max_batch_size)
         + (candidate.preferred_batch_sizes != default.preferred_batch_sizes),
@@ -134,15 +85,15 @@ class Space:
     parallelism: tuple[tuple[int, int], ...]  # (instances, threads), best predicted first
     max_batch_sizes: tuple[int, ...]  # ascending
     queue_delays_us: tuple[int, ...]  # ascending
-    seed: Candidate
+    seed: ServingConfig
     grid_size: int  # what a blind grid over the unpruned values would measure
     notes: tuple[str, ...] = field(default=())
 
-    def options(self, dim: str, current: Candidate) -> list[Candidate]:
+    def options(self, dim: str, current: ServingConfig) -> list[ServingConfig]:
         """The candidates along ``dim`` from ``current``, which is among them (ordered by
         value for max_batch_size and the queue delay, so the search can climb them)."""
         if dim == "parallelism":
-            values = [dict(instances=i, intra_op_threads=t) for i, t in self.parallelism]
+            values = [dict(instance_count=i, intra_op_threads=t) for i, t in self.parallelism]
         elif dim == "max_batch_size":
             sizes = sorted({*self.max_batch_sizes, current.max_batch_size})
             values = [dict(max_batch_size=b) for b in sizes]
@@ -158,7 +109,7 @@ class Space:
         return list(dict.fromkeys([current.changed(**v) for v in values] or [current]))
 
 
-def preferred_options(current: Candidate) -> list[tuple[int, ...]]:
+def preferred_options(current: ServingConfig) -> list[tuple[int, ...]]:
     """None (wait for max_batch_size), half of it, a quarter and a half; the current one."""
     m = current.max_batch_size
     out = [(), *([(m // 2,)] if m >= 4 else []), *([(m // 4, m // 2)] if m >= 8 else [])]
@@ -178,7 +129,7 @@ def space_from_curve(
     curve: list[CurvePoint],
     target_ms: float,
     cores: int,
-    default: Candidate,
+    default: ServingConfig,
     *,
     max_instances: int | None = None,
     pruning: Pruning = Pruning(),
@@ -243,7 +194,7 @@ def space_from_curve(
     seed = default.changed(
         max_batch_size=knee,
         max_queue_delay_us=seed_delay,
-        instances=instances,
+        instance_count=instances,
         intra_op_threads=threads,
     )
     grid_sizes = {*GRID_BATCH_SIZES, default.max_batch_size}

@@ -24,10 +24,12 @@ import numpy as np
 from benchmarks.inprocess import Budget, time_window
 from benchmarks.loadgen import run_closed_loop, run_open_loop
 from benchmarks.stats import combine, summarize
-from benchmarks.tuning.candidates import Candidate, CurvePoint, Pruning, curve_continues
-from benchmarks.tuning.config import candidate_from, write_candidate
+from benchmarks.tuning.candidates import CurvePoint, Pruning, curve_continues
+from benchmarks.tuning.config import apply, write_candidate
 from benchmarks.tuning.measure import Point
 from benchmarks.zoo import Subject, ensure_exported
+from modelrepo.files import read_config
+from modelrepo.serving import ServingConfig, read_serving
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 
@@ -142,19 +144,17 @@ class LiveProbe:
         model: str,
         staged: Path,
         requests: list[bytes],
-        default: Candidate,
+        default: ServingConfig,
         windows: Windows = Windows(),
         server_pid: int | None = None,
     ) -> None:
-        from benchmarks.tuning.config import read_config
-
         self.url, self.metrics_url, self.model = url, metrics_url, model
         self.staged, self.requests, self.default = staged, requests, default
         self.windows, self.server_pid = windows, server_pid
         self.base = read_config(staged)
-        self.loaded: Candidate | None = None
+        self.loaded: ServingConfig | None = None
 
-    def configure(self, candidate: Candidate) -> None:
+    def configure(self, candidate: ServingConfig) -> None:
         if candidate == self.loaded:
             return
         write_candidate(self.staged, self.base, None if candidate == self.default else candidate)
@@ -164,9 +164,9 @@ class LiveProbe:
                 pb.RepositoryModelLoadRequest(model_name=self.model), timeout=300
             )
             got = stub.ModelConfig(pb.ModelConfigRequest(name=self.model), timeout=30).config
-        if candidate_from(got) != candidate:
+        if read_serving(got) != candidate:
             raise RuntimeError(
-                f"the server loaded {candidate_from(got).label}, not {candidate.label}"
+                f"the server loaded {read_serving(got).label}, not {candidate.label}"
             )
         self.loaded = candidate
 
@@ -195,21 +195,20 @@ class LiveProbe:
         return to_point(result, time.perf_counter() - began)
 
 
-def loaded_candidate(url: str, model: str) -> Candidate:
+def loaded_candidate(url: str, model: str) -> ServingConfig:
     """What a running server serves for ``model`` (from its ModelConfig)."""
     with grpc.insecure_channel(url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        return candidate_from(
+        return read_serving(
             stub.ModelConfig(pb.ModelConfigRequest(name=model), timeout=30).config
         )
 
 
 def apply_and_verify(
-    repository: Path, model: str, candidate: Candidate, log: Path
-) -> tuple[Path, Candidate]:
+    repository: Path, model: str, candidate: ServingConfig, log: Path
+) -> tuple[Path, ServingConfig]:
     """Write ``candidate`` into the repository's config.pbtxt (backup kept), then start a
     server on the repository: (the backup, what that server serves)."""
-    from benchmarks.tuning.config import apply
     from server.launch import launch
 
     backup = apply(Path(repository) / model, candidate)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from benchmarks.tuning.candidates import Candidate
+from modelrepo.serving import ServingConfig
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Point:
 class Probe(Protocol):
     """A server under a candidate's configuration, one load level at a time."""
 
-    def configure(self, candidate: Candidate) -> None: ...
+    def configure(self, candidate: ServingConfig) -> None: ...
 
     def closed(self, concurrency: int) -> Point: ...
 
@@ -101,9 +101,9 @@ class Trial:
 
 
 class Measure(Protocol):
-    """Candidate -> one Trial, measured afresh (a repeat must not lean on the last one)."""
+    """ServingConfig -> one Trial, measured afresh (a repeat must not lean on the last one)."""
 
-    def __call__(self, candidate: Candidate) -> Trial: ...
+    def __call__(self, candidate: ServingConfig) -> Trial: ...
 
 
 def sweep(probe: Probe, plan: MeasurePlan, on_point: Callable[[Point], None]) -> list[Point]:
@@ -149,7 +149,7 @@ def server_rate(
 
 def measure_candidate(
     probe: Probe,
-    candidate: Candidate,
+    candidate: ServingConfig,
     plan: MeasurePlan,
     on_point: Callable[[Point], None] = lambda _: None,
 ) -> Trial:
@@ -171,7 +171,7 @@ class ProbeMeasure:
     plan: MeasurePlan
     on_point: Callable[[Point], None] = field(default=lambda _: None)
 
-    def __call__(self, candidate: Candidate) -> Trial:
+    def __call__(self, candidate: ServingConfig) -> Trial:
         return measure_candidate(self.probe, candidate, self.plan, self.on_point)
 
 
@@ -179,7 +179,7 @@ class ProbeMeasure:
 class Measurement:
     """Every trial of one candidate; medians with their min-max spread."""
 
-    candidate: Candidate
+    candidate: ServingConfig
     trials: list[Trial] = field(default_factory=list)
 
     def _values(self, get: Callable[[Trial], float | None]) -> list[float]:

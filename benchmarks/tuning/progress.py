@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from benchmarks.tuning.candidates import Candidate, CurvePoint
+from benchmarks.tuning.candidates import CurvePoint
 from benchmarks.tuning.measure import Measurement, Point
 from benchmarks.tuning.search import SearchProgress
+from modelrepo.serving import ServingConfig
 
 
 class RichProgress(SearchProgress):
@@ -51,7 +52,7 @@ class RichProgress(SearchProgress):
     def plan(self, trials: int) -> None:
         self.bar.update(self.task, total=max(trials, int(self.bar.tasks[0].completed)))
 
-    def start(self, candidate: Candidate, phase: str) -> None:
+    def start(self, candidate: ServingConfig, phase: str) -> None:
         self.current = f"{phase}: {candidate.label}"
         self.bar.update(self.task, description=self.current)
 

@@ -31,7 +31,7 @@ def row(m: Measurement, result: SearchResult) -> dict:
         "max_batch_size": c.max_batch_size,
         "preferred_batch_sizes": " ".join(map(str, c.preferred_batch_sizes)),
         "max_queue_delay_us": c.max_queue_delay_us,
-        "instances": c.instances,
+        "instances": c.instance_count,
         "intra_op_threads": c.intra_op_threads,
         "trials": len(m.trials),
         "server_rate": _r(m.rate),

@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from benchmarks.tuning.candidates import DIMENSIONS, Candidate, Space, simplicity
+from benchmarks.tuning.candidates import DIMENSIONS, Space, simplicity
 from benchmarks.tuning.measure import Measure, Measurement
+from modelrepo.serving import ServingConfig
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class SearchProgress:
     def plan(self, trials: int) -> None:
         """``trials`` trials expected in all (revised as the search goes)."""
 
-    def start(self, candidate: Candidate, phase: str) -> None: ...
+    def start(self, candidate: ServingConfig, phase: str) -> None: ...
 
     def done(self, measurement: Measurement, phase: str) -> None: ...
 
@@ -132,10 +133,10 @@ class _Run:
     def __init__(self, measure: Measure, settings: SearchSettings, clock, progress) -> None:
         self.measure, self.settings, self.clock, self.progress = measure, settings, clock, progress
         self.start = clock()
-        self.found: dict[Candidate, Measurement] = {}
+        self.found: dict[ServingConfig, Measurement] = {}
         self.durations: list[float] = []
 
-    def trial(self, candidate: Candidate, phase: str) -> Measurement:
+    def trial(self, candidate: ServingConfig, phase: str) -> Measurement:
         self.progress.start(candidate, phase)
         began = self.clock()
         trial = self.measure(candidate)
@@ -145,7 +146,7 @@ class _Run:
         self.progress.done(m, phase)
         return m
 
-    def get(self, candidate: Candidate, phase: str) -> Measurement:
+    def get(self, candidate: ServingConfig, phase: str) -> Measurement:
         if candidate in self.found:
             return self.found[candidate]
         return self.trial(candidate, phase)
@@ -162,7 +163,7 @@ class _Run:
 def search(
     measure: Measure,
     space: Space,
-    default: Candidate,
+    default: ServingConfig,
     settings: SearchSettings,
     *,
     clock: Callable[[], float] = time.monotonic,
@@ -238,7 +239,7 @@ def _decide(
     settings: SearchSettings,
     measured: list[Measurement],
     default_m: Measurement,
-    default: Candidate,
+    default: ServingConfig,
     noise: float,
     run: _Run,
     stopped: str | None,
