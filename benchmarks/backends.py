@@ -171,7 +171,7 @@ def _tensorrt(subject: Subject, precision: str) -> Runner:
             f"no {precision} TensorRT engine (model.plan) in {subject.dir}: build one with "
             f"`make export MODEL={subject.name} BACKEND=tensorrt PRECISION={precision}`"
         )
-    from server.backends import BackendConfig, BackendError, create_backend
+    from engines import BackendConfig, BackendError, create_backend
 
     try:
         backend = create_backend(

@@ -36,7 +36,7 @@ GPU_BACKENDS = ("onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 
 def preflight() -> list[str]:
     """What this machine lacks for the GPU check (empty: ready)."""
-    from server.gpu import unavailable_reason
+    from engines.gpu import unavailable_reason
 
     missing = []
     reason = unavailable_reason(need_tensorrt=True)

@@ -19,7 +19,7 @@ COPY pyproject.toml README.md ./
 COPY exporter/ exporter/
 COPY modelrepo/ modelrepo/
 COPY imaging/ imaging/
-COPY server/ server/
+COPY engines/ engines/
 COPY protos/ protos/
 COPY client/ client/
 # Versions are pinned in pyproject.toml, which hadolint cannot read.

@@ -15,6 +15,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY modelrepo/ modelrepo/
 COPY imaging/ imaging/
+COPY engines/ engines/
 COPY server/ server/
 COPY protos/ protos/
 COPY client/ client/

@@ -65,8 +65,8 @@ def ort_logits(path: Path, x: np.ndarray, batch: int = 16) -> np.ndarray:
 
 def trt_logits(plan: Path, x: np.ndarray) -> np.ndarray:
     """Logits of ``x`` from the engine, through the server's own TensorRT backend."""
-    from server.backends.base import BackendConfig
-    from server.backends.tensorrt import TensorRTBackend
+    from engines.base import BackendConfig
+    from engines.trt import TensorRTBackend
 
     backend = TensorRTBackend(
         BackendConfig(model_file=plan, platform="tensorrt_plan", instance_kind="gpu")

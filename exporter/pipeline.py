@@ -95,7 +95,7 @@ def _check_tensorrt(request: ExportRequest) -> None:
         return
     if request.serving.instance_kind == "cpu":
         raise PrecisionError("a TensorRT engine runs on a GPU: --instance-kind cpu is not possible")
-    from server.gpu import unavailable_reason
+    from engines.gpu import unavailable_reason
 
     reason = unavailable_reason(need_tensorrt=True)
     if reason:

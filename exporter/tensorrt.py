@@ -94,7 +94,7 @@ def _entropy_calibrator(trt: Any, images: np.ndarray, batch: int, cache: Path) -
     """An IInt8EntropyCalibrator2 feeding ``images`` ``batch`` at a time from GPU memory."""
     from cuda.bindings import runtime as cudart
 
-    from server.gpu import check
+    from engines.gpu import check
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
@@ -144,8 +144,8 @@ def build_engine(
     """Build ``plan_path`` from ``onnx_path``; returns what export.json records about it."""
     import tensorrt as trt
 
-    from server.backends.tensorrt import capturing_logger
-    from server.gpu import gpu_info
+    from engines.trt import capturing_logger
+    from engines.gpu import gpu_info
 
     if precision == "int8" and (calibration is None or len(calibration) == 0):
         raise ValueError("an INT8 TensorRT engine needs calibration images")

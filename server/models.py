@@ -28,7 +28,7 @@ from modelrepo import keys
 from modelrepo.files import model_folders
 from modelrepo.serving import ServingConfig, read_serving
 from modelrepo.spec import ModelConfigError, ModelSpec, load_spec
-from server.backends import Backend, BackendConfig, create_backend
+from engines import Backend, BackendConfig, create_backend
 from server.batching import DynamicBatcher
 from server.errors import InvalidArgument, NotFound, Unavailable, shown
 from server.metrics import Metrics, ModelMetrics

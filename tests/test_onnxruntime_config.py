@@ -11,7 +11,7 @@ import pytest
 
 from modelrepo.spec import load_spec
 from server.__main__ import parse_args
-from server.backends.base import create_backend
+from engines.base import create_backend
 from server.models import ServerOptions, _backend_config, batching_config
 
 PARAMS = """

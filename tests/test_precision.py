@@ -30,9 +30,9 @@ from modelrepo.files import to_pbtxt
 from imaging.preprocess import preprocess
 from modelrepo.spec import Preprocess, load_spec
 from protos import grpc_service_pb2 as pb
-from server.backends import BackendConfig, BackendError, create_backend
-from server.backends.tensorrt import compatibility_problem
-from server.gpu import unavailable_reason
+from engines import BackendConfig, BackendError, create_backend
+from engines.trt import compatibility_problem
+from engines.gpu import unavailable_reason
 from tests.serving import ROOT, logits_of, start_server, tensor_request
 
 NO_GPU = unavailable_reason()  # these tests check what a machine without a GPU answers

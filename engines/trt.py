@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from server.backends.base import Backend, BackendConfig, BackendError
+from engines.base import Backend, BackendConfig, BackendError
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class TensorRTBackend(Backend):
         self.info: dict[str, Any] = {}
 
     def _check(self, result: tuple[Any, ...], what: str) -> Any:
-        from server.gpu import GpuUnavailable, check
+        from engines.gpu import GpuUnavailable, check
 
         try:
             return check(result, what)
@@ -103,7 +103,7 @@ class TensorRTBackend(Backend):
         plan = self.config.model_file
         if not plan.is_file():
             raise BackendError(f"TensorRT engine {plan} does not exist")
-        from server.gpu import GpuUnavailable, gpu_info
+        from engines.gpu import GpuUnavailable, gpu_info
 
         try:
             import tensorrt as trt

@@ -4,6 +4,6 @@ Heavy imports (onnxruntime, tensorrt, cuda) happen inside ``load()`` so that
 every module imports on a CPU-only machine.
 """
 
-from server.backends.base import Backend, BackendConfig, BackendError, create_backend
+from engines.base import Backend, BackendConfig, BackendError, create_backend
 
 __all__ = ["Backend", "BackendConfig", "BackendError", "create_backend"]

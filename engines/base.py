@@ -68,11 +68,11 @@ class Backend(abc.ABC):
 def create_backend(config: BackendConfig) -> Backend:
     """The backend for ``config.platform``."""
     if config.platform == "onnxruntime_onnx":
-        from server.backends.onnxruntime import OnnxRuntimeBackend
+        from engines.ort import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(config)
     if config.platform == "tensorrt_plan":
-        from server.backends.tensorrt import TensorRTBackend
+        from engines.trt import TensorRTBackend
 
         return TensorRTBackend(config)
     raise BackendError(

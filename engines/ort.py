@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from server.backends.base import Backend, BackendConfig, BackendError
+from engines.base import Backend, BackendConfig, BackendError
 
 log = logging.getLogger(__name__)
 
