@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from exporter.calibration import SAMPLES, CalibrationError, image_files
-from exporter.onnx import OnnxOptions, ParityError
+from exporter.onnx_export import OnnxOptions, ParityError
 from exporter.precision import PRECISIONS, RUNTIMES, PrecisionError, PrecisionOptions
 from exporter.registry import UnknownModelError, aliases, get_cfg, list_models, resolve_name
-from exporter.tensorrt import TensorRTBuildError
+from exporter.trt_build import TensorRTBuildError
 from exporter.weights import WeightsError
 from modelrepo import keys
 from modelrepo.files import RepositoryError

@@ -144,7 +144,7 @@ def _tensorrt(
     trained: bool,
     stage: Callable[[str], None],
 ) -> Optimized:
-    from exporter.tensorrt import build_engine, profile_shapes
+    from exporter.trt_build import build_engine, profile_shapes
 
     profile = profile_shapes(input_chw, serving.max_batch_size, serving.preferred_batch_sizes)
     plan = version_dir / "model.plan"

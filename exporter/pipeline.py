@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from exporter import onnx as onnx_export
+from exporter import onnx_export
 from exporter.config import ModelCfg
 from exporter.labels import labels_for
 from exporter.macs import count_macs, count_params
@@ -251,7 +251,7 @@ def _precision_stage(
         stage=stage,
     )
     if result.tensorrt is not None:
-        from exporter.tensorrt import engine_config
+        from exporter.trt_build import engine_config
 
         engine_config(config, export_size)
     return result.report, result.tensorrt

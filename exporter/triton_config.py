@@ -8,7 +8,7 @@ exported model looks like in it.
 from __future__ import annotations
 
 from exporter.config import ModelCfg
-from exporter.onnx import INPUT_NAME, OUTPUT_NAME
+from exporter.onnx_export import INPUT_NAME, OUTPUT_NAME
 from modelrepo import keys
 from modelrepo.serving import ServingConfig, write_serving
 from protos import model_config_pb2 as mc

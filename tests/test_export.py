@@ -120,7 +120,7 @@ def test_dynamic_hw_is_exported_where_allowed(tmp_path: Path) -> None:
 
 
 def test_torchscript_exporter_also_passes(tmp_path: Path) -> None:
-    from exporter.onnx import OnnxOptions
+    from exporter.onnx_export import OnnxOptions
 
     export_model(
         ExportRequest(

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engines import BackendConfig, BackendError, create_backend
+from engines.gpu import unavailable_reason
 from exporter.calibration import heldout_digits
 from exporter.cli import main as exporter_main
 from modelrepo.spec import Preprocess, load_spec
-from engines import BackendConfig, BackendError, create_backend
-from engines.gpu import unavailable_reason
 from tests.serving import logits_of, start_server, tensor_request
 
 REASON = unavailable_reason(need_tensorrt=True)

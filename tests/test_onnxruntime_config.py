@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engines.base import create_backend
 from modelrepo.spec import load_spec
 from server.__main__ import parse_args
-from engines.base import create_backend
 from server.models import ServerOptions, _backend_config, batching_config
 
 PARAMS = """

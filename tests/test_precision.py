@@ -21,18 +21,18 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from engines import BackendConfig, BackendError, create_backend
+from engines.gpu import unavailable_reason
+from engines.trt import compatibility_problem
 from exporter import calibration, quantize
 from exporter.cli import main as exporter_main
 from exporter.precision import PrecisionOptions, compare
 from exporter.samples import EXPECTED
-from exporter.tensorrt import calibration_batch, engine_config, profile_shapes
-from modelrepo.files import to_pbtxt
+from exporter.trt_build import calibration_batch, engine_config, profile_shapes
 from imaging.preprocess import preprocess
+from modelrepo.files import to_pbtxt
 from modelrepo.spec import Preprocess, load_spec
 from protos import grpc_service_pb2 as pb
-from engines import BackendConfig, BackendError, create_backend
-from engines.trt import compatibility_problem
-from engines.gpu import unavailable_reason
 from tests.serving import ROOT, logits_of, start_server, tensor_request
 
 NO_GPU = unavailable_reason()  # these tests check what a machine without a GPU answers

@@ -144,8 +144,8 @@ def build_engine(
     """Build ``plan_path`` from ``onnx_path``; returns what export.json records about it."""
     import tensorrt as trt
 
-    from engines.trt import capturing_logger
     from engines.gpu import gpu_info
+    from engines.trt import capturing_logger
 
     if precision == "int8" and (calibration is None or len(calibration) == 0):
         raise ValueError("an INT8 TensorRT engine needs calibration images")
