@@ -199,9 +199,7 @@ def loaded_candidate(url: str, model: str) -> ServingConfig:
     """What a running server serves for ``model`` (from its ModelConfig)."""
     with grpc.insecure_channel(url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        return read_serving(
-            stub.ModelConfig(pb.ModelConfigRequest(name=model), timeout=30).config
-        )
+        return read_serving(stub.ModelConfig(pb.ModelConfigRequest(name=model), timeout=30).config)
 
 
 def apply_and_verify(
