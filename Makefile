@@ -125,7 +125,7 @@ gpu-setup: $(STAMP)
 	$(PY) -m pip install --force-reinstall --no-deps "$$(sed -n 's/.*"\(onnxruntime-gpu[^"]*\)".*/\1/p' pyproject.toml)"
 
 gpu-check: $(STAMP)
-	$(PY) benchmarks/gpu_check.py
+	$(PY) -m devtools.gpu_check
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

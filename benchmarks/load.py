@@ -195,7 +195,7 @@ def _sweep_requests(
 
 def started_sweeps(a: argparse.Namespace) -> list[dict]:
     """Start a server per configuration (batching on, and off with --compare-batching)."""
-    from server.launch import launch
+    from devtools.launch import launch
 
     a.model = ensure_exported(a.model, a.repository, log=print).name  # an alias: its folder
     extra = shlex.split(a.server_args)

@@ -64,7 +64,7 @@ from benchmarks.inprocess_session import (  # noqa: E402
 )
 from benchmarks.latency import machine  # noqa: E402
 from benchmarks.serve_compare import NOISY_PCT, report, summarize_variant  # noqa: E402
-from server.launch import Launched, launch  # noqa: E402
+from devtools.launch import Launched, launch  # noqa: E402
 
 
 def other_cpu_pct(seconds: float = 2.0) -> float | None:

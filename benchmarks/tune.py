@@ -9,7 +9,7 @@ count and ONNX Runtime intra-op threads (instances x threads <= cores):
 1. ONNX Runtime in process at batch sizes 1..16 (per thread count) prunes the
    space: batches too slow for the target, past the throughput knee, and
    instance/thread splits predicted well below the best are left out;
-2. one server is started (server.launch) on a scratch copy of the model
+2. one server is started (devtools.launch) on a scratch copy of the model
    folder; each candidate is written there and reloaded (RepositoryModelLoad);
 3. each candidate: a closed-loop concurrency sweep that stops when throughput
    stops improving, then the Server scenario (MLPerf-style): the highest
@@ -107,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _serve_and_search(a, subject, space, default: ServingConfig, progress, deadline: float):
     from benchmarks.infer_requests import model_info, tensor_request
     from benchmarks.tuning.live import LiveProbe, Windows
-    from server.launch import launch
+    from devtools.launch import launch
 
     work = a.out / f"tune-{a.model}-work"
     staged = tconfig.stage(subject.dir, work / "repository")

@@ -1,4 +1,4 @@
-"""A real server process for the tests (via ``server.launch``), and request helpers."""
+"""A real server process for the tests (via ``devtools.launch``), and request helpers."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from server.launch import Launched, launch
+from devtools.launch import Launched, launch
 
 ROOT = Path(__file__).resolve().parents[1]
 _STARTED: list[subprocess.Popen[str]] = []

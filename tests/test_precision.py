@@ -326,7 +326,7 @@ def test_gpu_check_fails_loudly_without_a_gpu() -> None:
     if NO_GPU is None:
         pytest.skip("this machine has a GPU: make gpu-check runs for real there")
     proc = subprocess.run(
-        [sys.executable, "benchmarks/gpu_check.py"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "devtools.gpu_check"], cwd=ROOT, capture_output=True, text=True
     )
     assert proc.returncode == 2
     assert "GPU CHECK FAILED" in proc.stderr and "no usable NVIDIA GPU" in proc.stderr

@@ -4,7 +4,7 @@
 sizes with the in-process benchmark's runner and timing windows. ``LiveProbe``
 serves a scratch repository (the source model's version folders symlinked, one
 config.pbtxt per candidate) from one ``python -m server`` started by
-``server.launch``; each candidate is written there and loaded with
+``devtools.launch``; each candidate is written there and loaded with
 RepositoryModelLoad (the server's own reload path, no restart), and every load
 level is the load generator's closed or open loop with its metrics deltas.
 """
@@ -207,7 +207,7 @@ def apply_and_verify(
 ) -> tuple[Path, ServingConfig]:
     """Write ``candidate`` into the repository's config.pbtxt (backup kept), then start a
     server on the repository: (the backup, what that server serves)."""
-    from server.launch import launch
+    from devtools.launch import launch
 
     backup = apply(Path(repository) / model, candidate)
     server = launch(Path(repository), "--model", model, log=log)

@@ -94,7 +94,7 @@ def serve_and_compare(models: list[str], repository: Path, out: Path) -> list[di
     from exporter.optimize import ort_logits
     from exporter.precision import compare
     from modelrepo.spec import load_spec
-    from server.launch import launch
+    from devtools.launch import launch
 
     rows = []
     try:
