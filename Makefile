@@ -17,10 +17,10 @@ setup: $(STAMP)
 
 # Reinstall whenever the dependency list changes.
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required"'
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[export,serve,dev]'
+	$(PY) -m pip install -e '.[export,serve,dev,bench]'
 	touch $@
 
 # Regenerate protobuf code from protos/*.proto (the generated files are committed);
@@ -120,7 +120,7 @@ down:
 # gpu-check fails (exit 2) on a machine without a usable GPU.
 .PHONY: gpu-setup gpu-check
 gpu-setup: $(STAMP)
-	$(PY) -m pip install -e '.[export,serve,dev,gpu]'
+	$(PY) -m pip install -e '.[export,serve,dev,bench,gpu]'
 	$(PY) -m pip uninstall -y onnxruntime
 	$(PY) -m pip install --force-reinstall --no-deps "$$(sed -n 's/.*"\(onnxruntime-gpu[^"]*\)".*/\1/p' pyproject.toml)"
 

@@ -1,7 +1,7 @@
 """``make gpu-check``: everything GPU, end to end, on a machine with an NVIDIA GPU.
 
-    python benchmarks/gpu_check.py [--models mobilenet_v2,efficientnet_b0,resnet50]
-                                   [--out results/gpu-check] [--batch-sizes 1,8]
+    python -m devtools.gpu_check [--models mobilenet_v2,efficientnet_b0,resnet50]
+                                 [--out results/gpu-check] [--batch-sizes 1,8]
 
 1. preflight: a usable GPU, TensorRT, cuda-bindings, and onnxruntime-gpu's
    CUDA and TensorRT execution providers; without them it stops at once with
@@ -27,8 +27,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
+from client import InferenceClient
+from devtools.launch import launch
+from engines.gpu import unavailable_reason
+from modelrepo.spec import load_spec
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 DEFAULT_MODELS = ("mobilenet_v2", "efficientnet_b0", "resnet50")
 GPU_BACKENDS = ("onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
@@ -36,8 +43,6 @@ GPU_BACKENDS = ("onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 
 def preflight() -> list[str]:
     """What this machine lacks for the GPU check (empty: ready)."""
-    from engines.gpu import unavailable_reason
-
     missing = []
     reason = unavailable_reason(need_tensorrt=True)
     if reason:
@@ -58,6 +63,7 @@ def preflight() -> list[str]:
 
 
 def export_engines(models: list[str], repository: Path) -> list[dict[str, Any]]:
+    # The exporter brings torch: imported only once the preflight has passed.
     from exporter.pipeline import ExportRequest, export_model
     from exporter.precision import PrecisionOptions
 
@@ -89,12 +95,10 @@ def export_engines(models: list[str], repository: Path) -> list[dict[str, Any]]:
 
 def serve_and_compare(models: list[str], repository: Path, out: Path) -> list[dict[str, Any]]:
     """Serve the engines; their logits over gRPC vs ONNX Runtime FP32 on the same photos."""
-    from client import InferenceClient
+    # Late like export_engines: the preflight must answer without the exporter's imports.
     from exporter.calibration import sample_photos
     from exporter.optimize import ort_logits
     from exporter.precision import compare
-    from modelrepo.spec import load_spec
-    from devtools.launch import launch
 
     rows = []
     try:
@@ -150,8 +154,6 @@ def latency_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def print_summary(rows: list[dict[str, Any]], latency: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     console = Console(width=160)
     table = Table(title="GPU check")

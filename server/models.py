@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from engines import Backend, BackendConfig, create_backend
 from modelrepo import keys
 from modelrepo.files import model_folders
 from modelrepo.serving import ServingConfig, read_serving
 from modelrepo.spec import ModelConfigError, ModelSpec, load_spec
-from engines import Backend, BackendConfig, create_backend
 from server.batching import DynamicBatcher
 from server.errors import InvalidArgument, NotFound, Unavailable, shown
 from server.metrics import Metrics, ModelMetrics

@@ -13,9 +13,9 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
+from devtools.launch import Launched, launch
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from devtools.launch import Launched, launch
 
 ROOT = Path(__file__).resolve().parents[1]
 _STARTED: list[subprocess.Popen[str]] = []
