@@ -19,6 +19,7 @@ from multiprocessing.shared_memory import SharedMemory
 import grpc
 import numpy as np
 
+from modelrepo.spec import fixed_dims, preprocess_from
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 
@@ -45,7 +46,7 @@ class ModelInfo:
 def model_info(url: str, model: str, version: str = "", timeout: float = 10) -> ModelInfo:
     """Input name and one image's shape from ModelMetadata + ModelConfig.
 
-    Dynamic dims (-1) take the model's ``preprocess.crop_size`` parameter.
+    Dynamic dims (-1) take the model's crop size, as the server's image path does.
     """
     with grpc.insecure_channel(url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -56,13 +57,8 @@ def model_info(url: str, model: str, version: str = "", timeout: float = 10) -> 
             pb.ModelConfigRequest(name=model, version=version), timeout=timeout
         ).config
     tensor = meta.inputs[0]
-    dims = list(tensor.shape)[1:]  # drop the batch axis
-    if any(d < 0 for d in dims):
-        if "preprocess.crop_size" not in config.parameters:
-            raise ValueError(f"model {model}: input {list(tensor.shape)} is dynamic, no crop_size")
-        crop = int(config.parameters["preprocess.crop_size"].string_value)
-        dims = [crop if d < 0 else d for d in dims]
-    return ModelInfo(model, version, tensor.name, tuple(dims), max(config.max_batch_size, 1))
+    dims = fixed_dims(list(tensor.shape)[1:], preprocess_from(config).crop_size)  # no batch axis
+    return ModelInfo(model, version, tensor.name, dims, max(config.max_batch_size, 1))
 
 
 def tensor_request(info: ModelInfo, batch: int = 1, seed: int = 0) -> bytes:

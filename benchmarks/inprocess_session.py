@@ -18,6 +18,9 @@ import numpy as np
 from benchmarks.machine import machine_cpu_seconds
 from benchmarks.serve_compare import median_of_kept
 from benchmarks.stats import summarize
+from modelrepo.files import read_config
+from modelrepo.serving import read_serving
+from modelrepo.spec import image_dims
 
 
 def ensure_exported(repository: Path, model: str) -> Path:
@@ -35,27 +38,14 @@ def ensure_exported(repository: Path, model: str) -> Path:
     return model_dir / str(versions[-1]) / "model.onnx"
 
 
-def _config(repository: Path, model: str):
-    from google.protobuf import text_format
-
-    from protos import model_config_pb2 as mc
-
-    return text_format.Parse((repository / model / "config.pbtxt").read_text(), mc.ModelConfig())
-
-
 def instance_count(repository: Path, model: str) -> int:
-    """Model instances config.pbtxt asks for (the server's default layout), 1 when unsaid."""
-    return sum(group.count or 1 for group in _config(repository, model).instance_group) or 1
+    """Model instances config.pbtxt asks for (the server's default layout)."""
+    return read_serving(read_config(repository / model)).instance_count
 
 
 def input_shape(repository: Path, model: str) -> tuple[int, ...]:
-    """One image's shape from config.pbtxt; dynamic dims take preprocess.crop_size."""
-    config = _config(repository, model)
-    dims = list(config.input[0].dims)
-    if any(d < 0 for d in dims):
-        crop = int(config.parameters["preprocess.crop_size"].string_value)
-        dims = [crop if d < 0 else d for d in dims]
-    return tuple(dims)
+    """One image's shape from config.pbtxt (dynamic dims take the crop size)."""
+    return image_dims(read_config(repository / model))
 
 
 class InProcess:

@@ -20,6 +20,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from client.client import DEFAULT_URL, ClientError, InferenceClient, TlsConfig
+from modelrepo.spec import ModelConfigError, fixed_dims, preprocess_from
 
 EXIT_ERROR = 2
 # Keep each classify request well under the 64 MiB message limit.
@@ -115,22 +116,17 @@ def _load_npy(path: str) -> np.ndarray:
 
 
 def _input_shape(client: InferenceClient, model: str, version: str, batch: int) -> list[int]:
-    """Metadata's input shape; dynamic H/W take the config's preprocess.crop_size."""
+    """Metadata's input shape; dynamic H/W take the model's crop size (as the server's)."""
     meta = client.metadata(model, version)
     if not meta.inputs:
         raise ClientError(f"model '{model}' declares no inputs")
     dims = [int(d) for d in meta.inputs[0].shape[1:]]
     if any(d < 0 for d in dims):
-        params = client.config(model, version).parameters
-        crop = (
-            params["preprocess.crop_size"].string_value if "preprocess.crop_size" in params else ""
-        )
-        if not crop.isdigit():
-            raise UsageError(
-                f"model '{model}' has dynamic input dims {dims} and no preprocess.crop_size "
-                "parameter; pass --input FILE.npy instead"
-            )
-        dims = [int(crop) if d < 0 else d for d in dims]
+        try:
+            crop = preprocess_from(client.config(model, version)).crop_size
+        except ModelConfigError as exc:
+            raise UsageError(f"{exc}; pass --input FILE.npy instead") from exc
+        dims = list(fixed_dims(dims, crop))
     return [batch, *dims]
 
 

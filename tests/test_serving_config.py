@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from exporter.cli import build_parser
 from modelrepo import keys
 from modelrepo.serving import DEFAULT, ServingConfig, read_serving, write_serving
+from modelrepo.spec import fixed_dims, image_dims
 from protos import model_config_pb2 as mc
 
 
@@ -124,3 +125,11 @@ def test_write_then_read_round_trips_and_keeps_the_rest(serving: ServingConfig) 
     assert back.input[0].dims == [3, -1, -1]
     assert back.parameters[keys.CROP_SIZE].string_value == "224"
     assert (keys.INTRA_OP_THREADS in back.parameters) == bool(serving.intra_op_threads)
+
+
+def test_a_dynamic_dimension_takes_the_crop_size() -> None:
+    config = _parse('input { name: "x" dims: [3, -1, -1] }')
+    assert image_dims(config) == (3, 224, 224)  # Preprocess's default crop, as the server's
+    config.parameters[keys.CROP_SIZE].string_value = "160"
+    assert image_dims(config) == (3, 160, 160)
+    assert fixed_dims([1, 32, 32], 160) == (1, 32, 32)
