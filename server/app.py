@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 MiB = 1 << 20
 
 
+def _health_status(ready: bool) -> int:
+    serving = health_pb2.HealthCheckResponse
+    return serving.SERVING if ready else serving.NOT_SERVING
+
+
 @dataclass(frozen=True)
 class AppOptions:
     models: ServerOptions
@@ -57,14 +62,13 @@ class InferenceServer:
             shm=SharedMemoryManager(enabled=opts.shared_memory),
         )
         self.servicer = InferenceServicer(self.plane, self.manager)
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else None
+        self.health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http = None
         self.port = 0
         self.metrics_port = 0
 
     async def start(self) -> None:
-        self.health = health.aio.HealthServicer()
         self.manager.listeners.append(self._set_health)
         await self.manager.load_all()
         size = self.opts.max_message_bytes
@@ -93,12 +97,7 @@ class InferenceServer:
             raise OSError(f"cannot bind gRPC to {self.opts.host}:{self.opts.grpc_port}")
         await server.start()
         self._grpc = server
-        overall = (
-            health_pb2.HealthCheckResponse.SERVING
-            if self.manager.ready()
-            else (health_pb2.HealthCheckResponse.NOT_SERVING)
-        )
-        await self.health.set("", overall)
+        await self.health.set("", _health_status(self.manager.ready()))
         if self.opts.metrics_port >= 0:
             self._metrics_http = self.metrics.serve(self.opts.metrics_port, self.opts.metrics_host)
             self.metrics_port = self._metrics_http.server_port
@@ -111,18 +110,12 @@ class InferenceServer:
         )
 
     def _set_health(self, name: str, ready: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if ready
-            else (health_pb2.HealthCheckResponse.NOT_SERVING)
-        )
-        asyncio.get_running_loop().create_task(self.health.set(name, status))
+        asyncio.get_running_loop().create_task(self.health.set(name, _health_status(ready)))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, finish what was accepted, release everything."""
         self.servicer.stop_streams()
-        if self.health is not None:
-            await self.health.enter_graceful_shutdown()
+        await self.health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(self.opts.grace_seconds if grace is None else grace)
         await self.manager.close()

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from imaging.preprocess import ImageDecodeError, preprocess
+from modelrepo.keys import RUNTIME_PREFIX
 from protos import grpc_service_pb2 as pb
 from server import batching, tensors
 from server.errors import (
@@ -84,7 +85,7 @@ class DataPlane:
         config.config.CopyFrom(served.spec.config)
         backend = served.backends[0].describe() if served.backends else {}
         for key, value in backend.items():
-            config.config.parameters[f"runtime.{key}"].string_value = str(value)
+            config.config.parameters[RUNTIME_PREFIX + key].string_value = str(value)
         return config
 
     # --- inference --------------------------------------------------------
@@ -234,9 +235,7 @@ class DataPlane:
         requested = list(request.outputs) or [
             pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in available
         ]
-        for out in requested:
-            if out.name not in available:
-                raise InvalidArgument(f"unknown output '{out.name}'; available: {available}")
+        for out in requested:  # names and k checked before queueing (_check_outputs)
             k = tensors.classification_k(out)
             tensor = response.outputs.add(name=out.name)
             if k:

@@ -37,10 +37,6 @@ class DeadlineExceeded(InferenceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class Cancelled(InferenceError):
-    code = grpc.StatusCode.CANCELLED
-
-
 class Unimplemented(InferenceError):
     code = grpc.StatusCode.UNIMPLEMENTED
 

@@ -160,11 +160,9 @@ def classification_k(output: pb.ModelInferRequest.InferRequestedOutputTensor) ->
 
 
 def classify(logits: np.ndarray, k: int, labels: tuple[str, ...]) -> list[bytes]:
-    """Top-k per row as Triton's "score:index:label" strings (score = output value)."""
-    if k > logits.shape[1]:
-        raise InvalidArgument(
-            f"classification count {k} exceeds the model's {logits.shape[1]} classes"
-        )
+    """Top-k per row as Triton's "score:index:label" strings (score = output value).
+
+    ``k`` was checked against the model's classes before the request was queued."""
     order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     out = []
     for row, indices in zip(logits, order, strict=True):
