@@ -1,0 +1,1 @@
+"""Load against a running server: open and closed loops, its metrics (entry point: benchmarks/load.py)."""

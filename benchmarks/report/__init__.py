@@ -1,0 +1,1 @@
+"""Markdown reports and charts of the latency and load results."""
