@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import report
-from benchmarks.backends import BACKENDS, skip_reason
-from benchmarks.inprocess import BenchCfg, Budget, _compare, time_window
-from benchmarks.latency import parse_args, run
-from benchmarks.machine import gpu_reason
-from benchmarks.stats import LatencyStats, combine, summarize
+from benchmarks.common.machine import gpu_reason
+from benchmarks.common.stats import LatencyStats, combine, summarize
+from benchmarks.inprocess.backends import BACKENDS, skip_reason
+from benchmarks.inprocess.cli import parse_args, run
+from benchmarks.inprocess.timing import BenchCfg, Budget, _compare, time_window
+from benchmarks.report import latency as report
 
 ROW_KEYS = {
     "model", "family", "year", "params", "gmacs", "input", "weights", "trained",
@@ -175,7 +175,7 @@ def test_report_files_and_charts(tiny) -> None:
 
 
 def test_serve_vs_inprocess_section(tmp_path: Path) -> None:
-    from benchmarks.serve_compare import summarize_variant
+    from benchmarks.comparison.compare import summarize_variant
 
     def level(ref: float, srv: float) -> dict:
         inproc = {"p50_ms": 4.0, "throughput": ref, "other_cpu_pct": 0.0}

@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import infer_requests, load, load_report, loadgen, machine, server_metrics
+from benchmarks.common import machine
+from benchmarks.loadtest import cli as load
+from benchmarks.loadtest import infer_requests, loadgen, server_metrics
+from benchmarks.report import load as load_report
 from exporter.pipeline import ExportRequest, export_model
 from protos import grpc_service_pb2 as pb
 from tests.serving import ServerProcess, start_server

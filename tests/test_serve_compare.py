@@ -12,7 +12,7 @@ MODEL = "lenet5"
 
 
 def test_server_variants_split_environment_from_flags() -> None:
-    from benchmarks.serve_vs_inprocess import split_variant
+    from benchmarks.comparison.cli import split_variant
 
     assert split_variant("") == ({}, [])
     env, flags = split_variant("MALLOC_ARENA_MAX=2 X=a=b --max-queue-delay-us 0 --y=1")
@@ -27,7 +27,7 @@ def test_server_variants_split_environment_from_flags() -> None:
     [("--instance-count 0", "--instance-count 0"), ("--intra-op-threads x", "invalid int")],
 )
 def test_a_bad_server_layout_is_refused_before_any_timing(variant: str, named: str, capsys) -> None:
-    from benchmarks.serve_vs_inprocess import layout_of, parse_args
+    from benchmarks.comparison.cli import layout_of, parse_args
 
     assert layout_of(["--instance-count", "2", "--intra-op-threads=1", "--x"], 1, 2) == (2, 1)
     assert layout_of([], 3, 2) == (3, 2)
@@ -37,7 +37,7 @@ def test_a_bad_server_layout_is_refused_before_any_timing(variant: str, named: s
 
 
 def test_pairs_straddling_a_speed_change_are_left_out() -> None:
-    from benchmarks.serve_compare import paired, summarize_variant
+    from benchmarks.comparison.compare import paired, summarize_variant
 
     def inproc(p50: float, thr: float) -> dict:
         return {"p50_ms": p50, "throughput": thr, "other_cpu_pct": 0.0, "own_cpu_pct": 199.0}
@@ -105,7 +105,7 @@ def test_serve_vs_inprocess_end_to_end_with_the_servers_own_layout(
 ) -> None:
     """The whole comparison on LeNet, briefly: a default server, and one with two
     single-thread instances, which is also measured as two sessions in process."""
-    from benchmarks import serve_vs_inprocess
+    from benchmarks.comparison import cli as serve_vs_inprocess
 
     out = tmp_path / "svi"
     argv = ["--repository", str(serve_repo), "--model", MODEL, "--out", str(out), "--threads", "2",

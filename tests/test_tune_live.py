@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import tune
+from benchmarks.tuning import cli as tune
 from benchmarks.tuning import config as tconfig
 from benchmarks.tuning.live import apply_and_verify
 from modelrepo import keys

@@ -1,1 +1,1 @@
-"""Shared by every benchmark: the machine record, latency statistics, Markdown tables, the model subjects."""
+"""Shared by every benchmark: the machine record, statistics, tables, model subjects."""

@@ -1,1 +1,4 @@
-"""The server against the same model in process, paired (entry point: benchmarks/serve_vs_inprocess.py)."""
+"""The server against the same model in process, paired.
+
+Entry point: benchmarks/serve_vs_inprocess.py.
+"""

@@ -49,12 +49,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import load  # noqa: E402
-from benchmarks.infer_requests import shared_memory_request  # noqa: E402
-from benchmarks.inprocess_session import (  # noqa: E402
+from benchmarks.common.machine import machine, machine_cpu_seconds
+from benchmarks.comparison.compare import NOISY_PCT, report, summarize_variant
+from benchmarks.comparison.session import (
     InProcess,
     ensure_exported,
     inproc_line,
@@ -62,17 +59,19 @@ from benchmarks.inprocess_session import (  # noqa: E402
     instance_count,
     sweep,
 )
-from benchmarks.latency import machine  # noqa: E402
-from benchmarks.serve_compare import NOISY_PCT, report, summarize_variant  # noqa: E402
-from devtools.launch import Launched, launch  # noqa: E402
+from benchmarks.loadtest import cli as load
+from benchmarks.loadtest.infer_requests import shared_memory_request
+from devtools.launch import Launched, launch
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def other_cpu_pct(seconds: float = 2.0) -> float | None:
     """CPU (% of one core) that processes other than this one took over ``seconds``."""
-    own0, all0 = time.process_time(), load.machine_cpu_seconds()
+    own0, all0 = time.process_time(), machine_cpu_seconds()
     t0 = time.perf_counter()
     time.sleep(seconds)
-    own1, all1 = time.process_time(), load.machine_cpu_seconds()
+    own1, all1 = time.process_time(), machine_cpu_seconds()
     if all0 is None or all1 is None:
         return None
     return 100 * ((all1 - all0) - (own1 - own0)) / (time.perf_counter() - t0)
@@ -370,7 +369,3 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {path}")
     return 0 if all(v["exit_code"] == 0 for v in variants) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

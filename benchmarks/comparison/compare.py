@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from benchmarks.md_table import fmt
+from benchmarks.common.md_table import fmt
 
 LATENCY_TARGET_MS = 1.0
 THROUGHPUT_TARGET = 0.90

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.machine import describe
-from benchmarks.md_table import fmt as _f
-from benchmarks.md_table import table as _table
+from benchmarks.common.machine import describe
+from benchmarks.common.md_table import fmt as _f
+from benchmarks.common.md_table import table as _table
 
 
 def serve_vs_inprocess_section(path: Path | None) -> list[str]:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.machine import machine_cpu_seconds
-from benchmarks.serve_compare import median_of_kept
-from benchmarks.stats import summarize
+from benchmarks.common.machine import machine_cpu_seconds
+from benchmarks.common.stats import summarize
+from benchmarks.comparison.compare import median_of_kept
 from modelrepo.files import read_config
 from modelrepo.serving import read_serving
 from modelrepo.spec import image_dims

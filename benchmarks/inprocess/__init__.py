@@ -1,1 +1,4 @@
-"""In-process latency per backend x precision x batch size (entry point: benchmarks/latency.py)."""
+"""In-process latency per backend x precision x batch size.
+
+Entry point: benchmarks/latency.py.
+"""

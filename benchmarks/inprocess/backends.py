@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.machine import gpu_reason
-from benchmarks.zoo import Subject, cache_root
+from benchmarks.common.machine import gpu_reason
+from benchmarks.common.zoo import Subject, cache_root
 
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")

@@ -27,14 +27,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import report  # noqa: E402
-from benchmarks.backends import BACKENDS, PRECISIONS  # noqa: E402
-from benchmarks.inprocess import BenchCfg, Budget, Progress, benchmark  # noqa: E402
-from benchmarks.machine import machine  # noqa: E402
-from benchmarks.plots import latency_charts, try_charts  # noqa: E402
-from benchmarks.zoo import DEFAULT_MODELS, default_repository  # noqa: E402
+from benchmarks.common.machine import machine
+from benchmarks.common.zoo import DEFAULT_MODELS, default_repository
+from benchmarks.inprocess.backends import BACKENDS, PRECISIONS
+from benchmarks.inprocess.timing import BenchCfg, Budget, Progress, benchmark
+from benchmarks.report import latency as report
+from benchmarks.report.plots import latency_charts, try_charts
 
 
 class RichProgress(Progress):
@@ -229,7 +227,3 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.perf_counter() - started:.0f} s" + (f"; {len(errors)} errors" if errors else "")
     )
     return 1 if errors else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmarks.zoo import Subject
+from benchmarks.common.zoo import Subject
 
 CALIBRATION_IMAGES = 64
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import inputs
-from benchmarks.backends import Runner, Skipped, open_runner, prepare, skip_reason
-from benchmarks.machine import PeakMemory, machine_cpu_seconds
-from benchmarks.stats import LatencyStats, combine, summarize
-from benchmarks.zoo import Subject, ensure_exported
+from benchmarks.common.machine import PeakMemory, machine_cpu_seconds
+from benchmarks.common.stats import LatencyStats, combine, summarize
+from benchmarks.common.zoo import Subject, ensure_exported
+from benchmarks.inprocess import inputs
+from benchmarks.inprocess.backends import Runner, Skipped, open_runner, prepare, skip_reason
 
 Log = Callable[[str], None]
 

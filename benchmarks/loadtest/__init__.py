@@ -1,1 +1,4 @@
-"""Load against a running server: open and closed loops, its metrics (entry point: benchmarks/load.py)."""
+"""Load against a running server: open and closed loops, its metrics.
+
+Entry point: benchmarks/load.py.
+"""

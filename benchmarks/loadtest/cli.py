@@ -33,10 +33,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import load_report  # noqa: E402
-from benchmarks.infer_requests import (  # noqa: E402
+from benchmarks.common.machine import machine
+from benchmarks.common.zoo import default_repository, ensure_exported
+from benchmarks.loadtest.infer_requests import (
     ModelInfo,
     check_request,
     image_requests,
@@ -44,13 +43,9 @@ from benchmarks.infer_requests import (  # noqa: E402
     shared_memory_request,
     tensor_request,
 )
-from benchmarks.loadgen import run_closed_loop, run_open_loop  # noqa: E402
-from benchmarks.machine import machine  # noqa: E402
-
-# benchmarks/serve_vs_inprocess.py reads the machine's CPU counter through this module.
-from benchmarks.machine import machine_cpu_seconds as machine_cpu_seconds  # noqa: E402
-from benchmarks.server_metrics import DEFAULT_METRICS_URL  # noqa: E402
-from benchmarks.zoo import default_repository, ensure_exported  # noqa: E402
+from benchmarks.loadtest.loadgen import run_closed_loop, run_open_loop
+from benchmarks.loadtest.server_metrics import DEFAULT_METRICS_URL
+from benchmarks.report import load as load_report
 
 
 def _numbers(text: str, kind: type, flag: str) -> list:
@@ -253,7 +248,3 @@ def main(argv: list[str] | None = None) -> int:
     paths = load_report.write(rows, a.out, meta, chart=not a.no_chart)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 1 if any(r["error_count"] for r in rows) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

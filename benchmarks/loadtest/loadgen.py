@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass, field
 import grpc
 import numpy as np
 
-from benchmarks.infer_requests import CHANNEL_OPTIONS, INFER_METHOD, STREAM_METHOD
-from benchmarks.machine import machine_cpu_seconds, process_cpu_seconds, thread_cpu_seconds
-from benchmarks.server_metrics import metrics_delta, parse_metrics, scrape, server_figures
-from benchmarks.stats import summarize
+from benchmarks.common.machine import machine_cpu_seconds, process_cpu_seconds, thread_cpu_seconds
+from benchmarks.common.stats import summarize
+from benchmarks.loadtest.infer_requests import CHANNEL_OPTIONS, INFER_METHOD, STREAM_METHOD
+from benchmarks.loadtest.server_metrics import metrics_delta, parse_metrics, scrape, server_figures
 
 Requests = bytes | Sequence[bytes]
 # A ModelStreamInferResponse is serialized in field order, so an answer that starts with

@@ -8,10 +8,10 @@ import csv
 import json
 from pathlib import Path
 
-from benchmarks.machine import MEMORY_METHOD, describe
-from benchmarks.md_table import fmt as _f
-from benchmarks.md_table import table as _table
-from benchmarks.serve_section import serve_vs_inprocess_section
+from benchmarks.common.machine import MEMORY_METHOD, describe
+from benchmarks.common.md_table import fmt as _f
+from benchmarks.common.md_table import table as _table
+from benchmarks.comparison.section import serve_vs_inprocess_section
 
 NAMES = {
     "torch": "PyTorch",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from benchmarks.report import BASELINE, combos, label, models, ok_rows, speedups
+from benchmarks.report.latency import BASELINE, combos, label, models, ok_rows, speedups
 
 MARKERS = "os^Dv<>P*X"
 

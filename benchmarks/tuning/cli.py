@@ -33,22 +33,20 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.inprocess import Budget  # noqa: E402
-from benchmarks.machine import machine  # noqa: E402
-from benchmarks.tuning import config as tconfig  # noqa: E402
-from benchmarks.tuning import report  # noqa: E402
-from benchmarks.tuning.candidates import (  # noqa: E402
+from benchmarks.common.machine import machine
+from benchmarks.inprocess.timing import Budget
+from benchmarks.tuning import config as tconfig
+from benchmarks.tuning import report
+from benchmarks.tuning.candidates import (
     Pruning,
     TargetUnreachable,
     space_from_curve,
 )
-from benchmarks.tuning.measure import MeasurePlan, ProbeMeasure  # noqa: E402
-from benchmarks.tuning.progress import RichProgress  # noqa: E402
-from benchmarks.tuning.search import SearchResult, SearchSettings, search  # noqa: E402
-from modelrepo.files import read_config  # noqa: E402
-from modelrepo.serving import ServingConfig, read_serving  # noqa: E402
+from benchmarks.tuning.measure import MeasurePlan, ProbeMeasure
+from benchmarks.tuning.progress import RichProgress
+from benchmarks.tuning.search import SearchResult, SearchSettings, search
+from modelrepo.files import read_config
+from modelrepo.serving import ServingConfig, read_serving
 
 
 def _ints(text: str, flag: str, p: argparse.ArgumentParser) -> tuple[int, ...]:
@@ -105,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _serve_and_search(a, subject, space, default: ServingConfig, progress, deadline: float):
-    from benchmarks.infer_requests import model_info, tensor_request
+    from benchmarks.loadtest.infer_requests import model_info, tensor_request
     from benchmarks.tuning.live import LiveProbe, Windows
     from devtools.launch import launch
 
@@ -225,7 +223,3 @@ def main(argv: list[str] | None = None) -> int:
         f"{space.grid_size} candidates)"
     )
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
