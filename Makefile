@@ -82,7 +82,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/load.py --model mobilenet_v2 --compare-batching --concurrency 1,2,4,8,16 \
 	  --seconds 5 --out $(BENCH_OUT)
 
-# The batching auto-tuner (README, "Tuning"): make tune MODEL=mobilenet_v2 P99_MS=50 [APPLY=1]
+# The batching auto-tuner (docs/benchmarks.md, "Tuning"): make tune MODEL=mobilenet_v2 P99_MS=50 [APPLY=1]
 # searches the serving configuration of $(REPO)/$(MODEL) on a server it starts itself;
 # APPLY=1 writes the winner into its config.pbtxt (the old file kept as a backup).
 P99_MS ?= 50
@@ -104,7 +104,7 @@ test-all: $(STAMP) check-tools
 check-tools:
 	bash docker/install-check-tools.sh
 
-# The compose stack (README, "Running the stack"); `make up PROFILE=gpu` adds the GPU server.
+# The compose stack (docs/deploy.md); `make up PROFILE=gpu` adds the GPU server.
 COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 PROFILE ?=
 up:

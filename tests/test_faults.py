@@ -259,7 +259,7 @@ def test_sigkill_then_restart_serves_again(
     serve_repo: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Killed without warning, restarted on the same port: mobilenet_v2 is loaded,
-    warmed up and answering within READY_S (README: Guarantees)."""
+    warmed up and answering within READY_S (docs/guarantees.md)."""
     srv = start_server(serve_repo, "--model", "mobilenet_v2", log_dir=tmp_path)
     x = np.zeros((1, 3, 224, 224), np.float32)
     srv.stub().ModelInfer(tensor_request("mobilenet_v2", x), timeout=60)

@@ -1,6 +1,6 @@
 """Overload for real: a burst far above capacity, deadlines and cancellations under load.
 
-The latency bound (README, Guarantees): a request that is accepted finds at
+The latency bound (docs/guarantees.md): a request that is accepted finds at
 most Q queued images ahead of it, i.e. ceil(Q / B) batches, plus the batch
 running; so it waits at most (ceil(Q / B) + 2) x t_batch, t_batch being the
 time the server takes per batch under that load (burst wall time / batches).
