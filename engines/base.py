@@ -68,11 +68,11 @@ class Backend(abc.ABC):
 def create_backend(config: BackendConfig) -> Backend:
     """The backend for ``config.platform``."""
     if config.platform == "onnxruntime_onnx":
-        from engines.ort import OnnxRuntimeBackend
+        from engines.ort import OnnxRuntimeBackend  # late: the backends import this module
 
         return OnnxRuntimeBackend(config)
     if config.platform == "tensorrt_plan":
-        from engines.trt import TensorRTBackend
+        from engines.trt import TensorRTBackend  # late: as above
 
         return TensorRTBackend(config)
     raise BackendError(

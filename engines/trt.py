@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import Backend, BackendConfig, BackendError
+from engines.gpu import GpuUnavailable, check, gpu_info
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,6 @@ class TensorRTBackend(Backend):
         self.info: dict[str, Any] = {}
 
     def _check(self, result: tuple[Any, ...], what: str) -> Any:
-        from engines.gpu import GpuUnavailable, check
 
         try:
             return check(result, what)
@@ -103,7 +103,6 @@ class TensorRTBackend(Backend):
         plan = self.config.model_file
         if not plan.is_file():
             raise BackendError(f"TensorRT engine {plan} does not exist")
-        from engines.gpu import GpuUnavailable, gpu_info
 
         try:
             import tensorrt as trt

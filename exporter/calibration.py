@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from exporter.samples import photo_paths
 from imaging.preprocess import ImageDecodeError, preprocess
 from modelrepo.spec import Preprocess
 
@@ -91,7 +92,6 @@ def from_bytes(blobs: list[tuple[str, bytes]], pre: Preprocess, source: str) -> 
 
 def sample_photos(pre: Preprocess, limit: int | None = None) -> ImageSet:
     """The bundled photographs (scikit-image, scikit-learn), as the model's input."""
-    from exporter.samples import photo_paths
 
     paths = sorted(photo_paths().items())
     if not paths:
@@ -107,7 +107,7 @@ def heldout_digits(pre: Preprocess, count: int = 200) -> ImageSet:
     """Held-out scikit-learn digits rendered as PNG files (for the digit models' gates)."""
     from PIL import Image
 
-    from exporter.digits import Recipe, split
+    from exporter.digits import Recipe, split  # torch: LeNet digits only
 
     _, x_test, _, y_test = split(Recipe())
     blobs = []

@@ -12,9 +12,19 @@ from rich.console import Console
 from rich.table import Table
 
 from exporter.calibration import SAMPLES, CalibrationError, image_files
+from exporter.macs import count_macs, count_params
 from exporter.onnx_export import OnnxOptions, ParityError
+from exporter.pipeline import ExportRequest, export_model
 from exporter.precision import PRECISIONS, RUNTIMES, PrecisionError, PrecisionOptions
-from exporter.registry import UnknownModelError, aliases, get_cfg, list_models, resolve_name
+from exporter.predict import predict
+from exporter.registry import (
+    UnknownModelError,
+    aliases,
+    build_model,
+    get_cfg,
+    list_models,
+    resolve_name,
+)
 from exporter.trt_build import TensorRTBuildError
 from exporter.weights import WeightsError
 from modelrepo import keys
@@ -27,9 +37,6 @@ console = Console(stderr=True, soft_wrap=True)
 def zoo_rows() -> list[dict]:
     """One row per model: built on the meta device, so sizing the zoo costs seconds."""
     import torch
-
-    from exporter.macs import count_macs, count_params
-    from exporter.registry import build_model
 
     rows = []
     for name in list_models():
@@ -80,7 +87,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _request(args: argparse.Namespace, model: str):
-    from exporter.pipeline import ExportRequest
 
     serving = ServingConfig(
         max_batch_size=args.max_batch_size,
@@ -116,7 +122,6 @@ def _request(args: argparse.Namespace, model: str):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from exporter.pipeline import export_model
 
     names = list_models() if args.model == "all" else [resolve_name(args.model)]
     if args.model == "all" and args.version is not None:
@@ -155,7 +160,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from exporter.predict import predict
 
     spec, predictions = predict(
         Path(args.repository), args.model, [Path(p) for p in args.images], args.top_k, args.version

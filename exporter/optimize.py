@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from engines.base import BackendConfig
+from engines.trt import TensorRTBackend
 from exporter import calibration as calib
 from exporter.config import ModelCfg
 from exporter.precision import (
@@ -31,6 +33,8 @@ from exporter.precision import (
     PrecisionOptions,
     compare,
 )
+from exporter.quantize import convert_fp16, quantize_int8
+from exporter.trt_build import build_engine, profile_shapes
 from exporter.weights import file_sha256
 from modelrepo.serving import ServingConfig
 from modelrepo.spec import Preprocess
@@ -65,8 +69,6 @@ def ort_logits(path: Path, x: np.ndarray, batch: int = 16) -> np.ndarray:
 
 def trt_logits(plan: Path, x: np.ndarray) -> np.ndarray:
     """Logits of ``x`` from the engine, through the server's own TensorRT backend."""
-    from engines.base import BackendConfig
-    from engines.trt import TensorRTBackend
 
     backend = TensorRTBackend(
         BackendConfig(model_file=plan, platform="tensorrt_plan", instance_kind="gpu")
@@ -144,7 +146,6 @@ def _tensorrt(
     trained: bool,
     stage: Callable[[str], None],
 ) -> Optimized:
-    from exporter.trt_build import build_engine, profile_shapes
 
     profile = profile_shapes(input_chw, serving.max_batch_size, serving.preferred_batch_sizes)
     plan = version_dir / "model.plan"
@@ -186,7 +187,6 @@ def _onnxruntime(
     report: dict[str, Any],
     trained: bool,
 ) -> Optimized:
-    from exporter.quantize import convert_fp16, quantize_int8
 
     converted = version_dir / f".model.{opts.precision}.onnx"
     if opts.precision == "int8":

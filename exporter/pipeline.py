@@ -16,16 +16,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from exporter import onnx_export
+from engines.gpu import unavailable_reason
+from exporter import onnx_export, optimize
 from exporter.config import ModelCfg
 from exporter.labels import labels_for
 from exporter.macs import count_macs, count_params
 from exporter.precision import PrecisionError, PrecisionOptions
 from exporter.registry import get_cfg
 from exporter.triton_config import model_config
+from exporter.trt_build import engine_config
 from exporter.weights import Provenance, file_sha256, load_with_weights
 from modelrepo import files, keys
 from modelrepo.serving import ServingConfig
+from modelrepo.spec import preprocess_from
 
 Progress = Callable[[str], None]
 
@@ -95,7 +98,6 @@ def _check_tensorrt(request: ExportRequest) -> None:
         return
     if request.serving.instance_kind == "cpu":
         raise PrecisionError("a TensorRT engine runs on a GPU: --instance-kind cpu is not possible")
-    from engines.gpu import unavailable_reason
 
     reason = unavailable_reason(need_tensorrt=True)
     if reason:
@@ -236,8 +238,6 @@ def _precision_stage(
     config.parameters[keys.MODEL_PRECISION].string_value = opts.precision
     if opts.is_default:
         return {"precision": "fp32", "backend": "onnxruntime"}, None
-    from exporter import optimize
-    from modelrepo.spec import preprocess_from
 
     result = optimize.apply(
         version_dir,
@@ -251,7 +251,5 @@ def _precision_stage(
         stage=stage,
     )
     if result.tensorrt is not None:
-        from exporter.trt_build import engine_config
-
         engine_config(config, export_size)
     return result.report, result.tensorrt

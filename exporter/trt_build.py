@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from engines.gpu import check, gpu_info
+from engines.trt import capturing_logger
 from exporter.precision import Precision
 
 
@@ -94,8 +96,6 @@ def _entropy_calibrator(trt: Any, images: np.ndarray, batch: int, cache: Path) -
     """An IInt8EntropyCalibrator2 feeding ``images`` ``batch`` at a time from GPU memory."""
     from cuda.bindings import runtime as cudart
 
-    from engines.gpu import check
-
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
@@ -143,9 +143,6 @@ def build_engine(
 ) -> dict[str, Any]:
     """Build ``plan_path`` from ``onnx_path``; returns what export.json records about it."""
     import tensorrt as trt
-
-    from engines.gpu import gpu_info
-    from engines.trt import capturing_logger
 
     if precision == "int8" and (calibration is None or len(calibration) == 0):
         raise ValueError("an INT8 TensorRT engine needs calibration images")

@@ -122,12 +122,12 @@ def ensure_exported(
     """
     model_dir = Path(repository) / name
     if not _versions(model_dir):
-        from exporter.registry import resolve_name  # raises with the known names
+        from exporter.registry import resolve_name  # torch; raises with the known names
 
         name = resolve_name(name)
         model_dir = Path(repository) / name
     if not _versions(model_dir):
-        from exporter.pipeline import ExportRequest, export_model
+        from exporter.pipeline import ExportRequest, export_model  # torch: only to export
 
         log(f"exporting {name} into {repository} (once; later runs reuse it)")
         export_model(ExportRequest(model=name, repository=Path(repository)), progress=log)

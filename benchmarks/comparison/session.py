@@ -28,7 +28,7 @@ def ensure_exported(repository: Path, model: str) -> Path:
     model_dir = repository / model
     versions = sorted(int(p.name) for p in model_dir.glob("[0-9]*") if (p / "model.onnx").is_file())
     if not versions:
-        from exporter.pipeline import ExportRequest, export_model
+        from exporter.pipeline import ExportRequest, export_model  # torch: only to export
 
         print(f"exporting {model} into {repository} ...", flush=True)
         export_model(ExportRequest(model=model, repository=repository))

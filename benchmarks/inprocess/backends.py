@@ -22,6 +22,8 @@ import numpy as np
 
 from benchmarks.common.machine import gpu_reason
 from benchmarks.common.zoo import Subject, cache_root
+from engines import BackendConfig, BackendError, create_backend
+from exporter import quantize
 
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -67,10 +69,6 @@ def precision_file(subject: Subject, precision: str, make: Callable[[Path, Path]
 def _quantize(subject: Subject, precision: str, calibrate: Callable[[], np.ndarray]) -> Path:
     if precision == "fp32":
         return subject.onnx
-    try:
-        from exporter import quantize
-    except ImportError as exc:
-        raise Skipped(f"exporter.quantize is not available ({exc}); {precision} needs it") from exc
     if precision == "int8":
         return precision_file(
             subject, "int8", lambda src, dst: quantize.quantize_int8(src, dst, calibrate())
@@ -79,9 +77,9 @@ def _quantize(subject: Subject, precision: str, calibrate: Callable[[], np.ndarr
 
 
 def _torch(subject: Subject, threads: int) -> Runner:
-    import torch
+    import torch  # the baseline only: every other backend runs without torch
 
-    from exporter.weights import load_with_weights
+    from exporter.weights import load_with_weights  # imports torch
 
     torch.set_num_threads(threads)
     weights = subject.report["weights"]
@@ -171,7 +169,6 @@ def _tensorrt(subject: Subject, precision: str) -> Runner:
             f"no {precision} TensorRT engine (model.plan) in {subject.dir}: build one with "
             f"`make export MODEL={subject.name} BACKEND=tensorrt PRECISION={precision}`"
         )
-    from engines import BackendConfig, BackendError, create_backend
 
     try:
         backend = create_backend(

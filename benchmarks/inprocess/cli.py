@@ -136,7 +136,7 @@ def parse_args(argv: list[str] | None = None) -> BenchCfg:
         p.error("--threads, --min-runs and --repeats must be >= 1, --warmup >= 0")
     if a.seconds < 0 or a.max_seconds <= 0:
         p.error("--seconds must be >= 0 and --max-seconds > 0")
-    from exporter.registry import UnknownModelError, list_models, resolve_name
+    from exporter.registry import UnknownModelError, list_models, resolve_name  # torch
 
     names = list_models() if a.all else [m for m in a.models.split(",") if m.strip()]
     try:

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from benchmarks.common.zoo import Subject
+from exporter.samples import EXPECTED, photo_paths
+from imaging.preprocess import ImageDecodeError, preprocess, preprocess_batch
+from modelrepo.spec import load_spec
 
 CALIBRATION_IMAGES = 64
 
@@ -31,7 +34,6 @@ class EvalSet:
 
 
 def _spec(subject: Subject):
-    from modelrepo.spec import load_spec
 
     return load_spec(subject.dir)
 
@@ -52,7 +54,7 @@ def eval_set(subject: Subject) -> EvalSet:
     """The images every backend runs for the output comparison and the measured top-1."""
     labels = subject.cfg.get("labels")
     if labels == "digits":
-        from exporter.digits import Recipe, split
+        from exporter.digits import Recipe, split  # torch: LeNet digits only
 
         _, x_test, _, y_test = split(Recipe())
         return EvalSet(
@@ -62,8 +64,6 @@ def eval_set(subject: Subject) -> EvalSet:
         )
     if labels != "imagenet" or subject.input_size[0] != 3:
         return _random(subject, 8, f"no real images for label set {labels!r}")
-    from exporter.samples import EXPECTED, photo_paths
-    from imaging.preprocess import preprocess_batch
 
     paths = {k: v for k, v in photo_paths().items() if k in EXPECTED}
     if not paths:
@@ -89,16 +89,13 @@ def top1(logits: np.ndarray, accepted: list[set[int]]) -> float:
 def calibration(subject: Subject, count: int = CALIBRATION_IMAGES) -> np.ndarray:
     """Preprocessed real images for static int8 calibration, disjoint from the scored ones."""
     if subject.cfg.get("labels") == "digits":
-        from exporter.digits import Recipe, split
+        from exporter.digits import Recipe, split  # torch: LeNet digits only
 
         x_train = split(Recipe())[0]
         return _normalise_grey(x_train[:count], subject)
     from pathlib import Path
 
     import skimage
-
-    from exporter.samples import EXPECTED
-    from imaging.preprocess import ImageDecodeError, preprocess
 
     pre = _spec(subject).preprocess
     data_dir = Path(skimage.__file__).parent / "data"

@@ -46,6 +46,8 @@ from benchmarks.loadtest.infer_requests import (
 from benchmarks.loadtest.loadgen import run_closed_loop, run_open_loop
 from benchmarks.loadtest.server_metrics import DEFAULT_METRICS_URL
 from benchmarks.report import load as load_report
+from devtools.launch import launch
+from exporter.samples import photo_paths
 
 
 def _numbers(text: str, kind: type, flag: str) -> list:
@@ -118,8 +120,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _image_bytes(a: argparse.Namespace) -> list[bytes] | None:
     if a.sample_images:
-        from exporter.samples import photo_paths
-
         paths = list(photo_paths().values())
         if not paths:
             raise SystemExit("--sample-images: no photos (install scikit-image or scikit-learn)")
@@ -190,7 +190,6 @@ def _sweep_requests(
 
 def started_sweeps(a: argparse.Namespace) -> list[dict]:
     """Start a server per configuration (batching on, and off with --compare-batching)."""
-    from devtools.launch import launch
 
     a.model = ensure_exported(a.model, a.repository, log=print).name  # an alias: its folder
     extra = shlex.split(a.server_args)

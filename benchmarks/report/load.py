@@ -9,6 +9,7 @@ from pathlib import Path
 
 from benchmarks.common.machine import describe
 from benchmarks.report.latency import serve_vs_inprocess_section
+from benchmarks.report.plots import load_chart, try_charts
 
 
 def flatten(row: dict, prefix: str = "") -> dict:
@@ -169,7 +170,6 @@ def markdown(rows: list[dict], meta: dict, chart: Path | None, serve: Path | Non
 
 def write(rows: list[dict], out: Path, meta: dict, chart: bool = True) -> list[Path]:
     """load.csv, load.json, load.md (and load.png) under ``out``; their paths."""
-    from benchmarks.report.plots import load_chart, try_charts
 
     out.mkdir(parents=True, exist_ok=True)
     flat = [flatten(r) for r in rows]

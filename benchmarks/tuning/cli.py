@@ -35,6 +35,7 @@ from pathlib import Path
 
 from benchmarks.common.machine import machine
 from benchmarks.inprocess.timing import Budget
+from benchmarks.loadtest.infer_requests import model_info, tensor_request
 from benchmarks.tuning import config as tconfig
 from benchmarks.tuning import report
 from benchmarks.tuning.candidates import (
@@ -42,9 +43,18 @@ from benchmarks.tuning.candidates import (
     TargetUnreachable,
     space_from_curve,
 )
+from benchmarks.tuning.live import (
+    LiveProbe,
+    Windows,
+    apply_and_verify,
+    batch_curve,
+    machine_cores,
+    served_subject,
+)
 from benchmarks.tuning.measure import MeasurePlan, ProbeMeasure
 from benchmarks.tuning.progress import RichProgress
 from benchmarks.tuning.search import SearchResult, SearchSettings, search
+from devtools.launch import launch
 from modelrepo.files import read_config
 from modelrepo.serving import ServingConfig, read_serving
 
@@ -103,9 +113,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _serve_and_search(a, subject, space, default: ServingConfig, progress, deadline: float):
-    from benchmarks.loadtest.infer_requests import model_info, tensor_request
-    from benchmarks.tuning.live import LiveProbe, Windows
-    from devtools.launch import launch
 
     work = a.out / f"tune-{a.model}-work"
     staged = tconfig.stage(subject.dir, work / "repository")
@@ -148,7 +155,6 @@ def _apply(a, result: SearchResult, console) -> int:
     if result.winner.candidate == result.default.candidate:
         console.print("--apply: nothing written (the current config.pbtxt is the winner)")
         return 0
-    from benchmarks.tuning.live import apply_and_verify
 
     model_dir = a.repository / a.model
     log = a.out / f"tune-{a.model}-work" / "verify-server.log"
@@ -165,7 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     started = time.monotonic()
     deadline = started + a.budget_minutes * 60 - 10  # room to stop the server and write
-    from benchmarks.tuning.live import batch_curve, machine_cores, served_subject
 
     with RichProgress() as progress:
         console = progress.console

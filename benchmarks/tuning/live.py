@@ -23,11 +23,13 @@ import numpy as np
 
 from benchmarks.common.stats import combine, summarize
 from benchmarks.common.zoo import Subject, ensure_exported
+from benchmarks.inprocess.backends import open_runner
 from benchmarks.inprocess.timing import Budget, time_window
 from benchmarks.loadtest.loadgen import run_closed_loop, run_open_loop
 from benchmarks.tuning.candidates import CurvePoint, Pruning, curve_continues
 from benchmarks.tuning.config import apply, write_candidate
 from benchmarks.tuning.measure import Point
+from devtools.launch import launch
 from modelrepo.files import read_config
 from modelrepo.serving import ServingConfig, read_serving
 from protos import grpc_service_pb2 as pb
@@ -73,7 +75,6 @@ def batch_curve(
 ) -> list[CurvePoint]:
     """p50 per (threads, batch) in process; a thread count stops at its knee or at the
     first batch too slow for the target (``curve_continues``)."""
-    from benchmarks.inprocess.backends import open_runner
 
     pruning = pruning or Pruning()
     points: list[CurvePoint] = []
@@ -207,7 +208,6 @@ def apply_and_verify(
 ) -> tuple[Path, ServingConfig]:
     """Write ``candidate`` into the repository's config.pbtxt (backup kept), then start a
     server on the repository: (the backup, what that server serves)."""
-    from devtools.launch import launch
 
     backup = apply(Path(repository) / model, candidate)
     server = launch(Path(repository), "--model", model, log=log)

