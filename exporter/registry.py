@@ -36,13 +36,13 @@ class UnknownModelError(KeyError):
 
 
 @dataclass(frozen=True)
-class ModelEntry:
+class RegisteredModel:
     cfg: ModelCfg
     builder: Builder
     pretrained: PretrainedLoader | None = None
 
 
-_MODELS: dict[str, ModelEntry] = {}
+_MODELS: dict[str, RegisteredModel] = {}
 _ALIASES: dict[str, str] = {}
 
 
@@ -54,7 +54,7 @@ def register_model(
     def wrap(builder: Builder) -> Builder:
         if cfg.name in _MODELS or cfg.name in _ALIASES:
             raise ValueError(f"model '{cfg.name}' is already registered")
-        _MODELS[cfg.name] = ModelEntry(cfg=cfg, builder=builder, pretrained=pretrained)
+        _MODELS[cfg.name] = RegisteredModel(cfg=cfg, builder=builder, pretrained=pretrained)
         return builder
 
     return wrap
@@ -85,7 +85,7 @@ def resolve_name(name: str) -> str:
     raise UnknownModelError(name, sorted(_MODELS) + sorted(_ALIASES))
 
 
-def get_entry(name: str) -> ModelEntry:
+def get_entry(name: str) -> RegisteredModel:
     return _MODELS[resolve_name(name)]
 
 
