@@ -100,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="(starts servers) every level with dynamic batching, then with --no-batching",
     )
+    p.add_argument(
+        "--photo-comparison",
+        action="store_true",
+        help="FP32 tensor vs JPEG 512x512/1280x960/4032x3024 vs UINT8, each against its "
+        "in-process limit (benchmarks/photo_compare.py)",
+    )
     p.add_argument("--out", type=Path, default=Path("results"))
     p.add_argument("--no-chart", action="store_true")
     a = p.parse_args(argv)
@@ -221,6 +227,10 @@ def started_sweeps(a: argparse.Namespace) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.photo_comparison:
+        from benchmarks import photo_compare  # late: imports Pillow, ONNX Runtime
+
+        return photo_compare.run(a)
     started = time.perf_counter()
     if a.start_server:
         rows = started_sweeps(a)

@@ -215,6 +215,17 @@ def test_photos_from_client_preprocessed_tensors(triton_report: dict[str, Any]) 
     assert lite0["tensor_vs_bytes_max_abs_diff"] <= 1e-3
 
 
+def test_photos_as_uint8_pixels(triton_report: dict[str, Any]) -> None:
+    """tritonclient sending UINT8 [1, H, W, 3] pixels gets the answers of the encoded files
+    (these photos decode to the same pixels both ways), and the config says what it accepts."""
+    lite0 = triton_report["lite0"]
+    indices = [[parse(e)[1] for e in row] for row in lite0["uint8_top5"]]
+    assert indices == [[parse(e)[1] for e in row] for row in lite0["bytes_top5"]]
+    forms = lite0["input_forms"]
+    assert forms["input.datatypes"] == "FP32,BYTES,UINT8", forms
+    assert forms["input.UINT8"].startswith("[-1, -1, -1, 3] NHWC RGB"), forms
+
+
 def test_photo_statistics(triton_report: dict[str, Any]) -> None:
     lite0 = triton_report["lite0"]
     before, after = lite0["stats_before"], lite0["stats_after"]
