@@ -83,49 +83,70 @@ def sources() -> list[Path]:
     return found
 
 
-def _variant(source: Image.Image, rng: np.random.Generator, index: int) -> tuple[bytes, float]:
-    """One cropped, resized, JPEG-encoded (maybe EXIF-rotated) version of ``source``."""
+@dataclass(frozen=True)
+class Variant:
+    """How one evaluation image is made from its source (drawn from a seeded generator)."""
+
+    long_side: int
+    aspect: float
+    fraction: float  # of the source's largest box of that aspect
+    position: tuple[float, float]  # where the crop box sits, 0..1 of the free room
+    orientation: int  # EXIF orientation tag (1: upright, stored as is)
+    quality: int
+    progressive: bool
+
+
+def draw_variant(rng: np.random.Generator, index: int) -> Variant:
     long_side = LONG_SIDES[index % len(LONG_SIDES)]
     aspect = 4 / 3 if long_side == 4032 else ASPECTS[int(rng.integers(len(ASPECTS)))]
-    width, height = source.size
-    fraction = rng.uniform(0.6, 1.0)
-    crop_w = min(width, fraction * width, fraction * height * aspect)
-    crop_h = crop_w / aspect
-    left = rng.uniform(0, width - crop_w)
-    top = rng.uniform(0, height - crop_h)
-    size = (
-        (long_side, round(long_side / aspect))
-        if aspect >= 1
-        else (round(long_side * aspect), long_side)
+    return Variant(
+        long_side=long_side,
+        aspect=aspect,
+        fraction=float(rng.uniform(0.6, 1.0)),
+        position=(float(rng.uniform()), float(rng.uniform())),
+        orientation=int(rng.choice([1, 1, 3, 6, 8])),
+        quality=int(rng.integers(50, 96)),
+        progressive=bool(rng.integers(2)),
     )
-    box = (left, top, left + crop_w, top + crop_h)
-    image = source.resize(size, Image.Resampling.BICUBIC, box=box)
-    orientation = int(rng.choice([1, 1, 3, 6, 8]))
-    save: dict[str, object] = {
-        "quality": int(rng.integers(50, 96)),
-        "progressive": bool(rng.integers(2)),
-    }
-    if orientation != 1:
-        image = image.transpose(_STORED[orientation])
+
+
+def render(source: Image.Image, v: Variant) -> bytes:
+    """The cropped, resized, JPEG-encoded (maybe EXIF-rotated) image ``v`` describes."""
+    width, height = source.size
+    crop_w = min(width, v.fraction * width, v.fraction * height * v.aspect)
+    crop_h = crop_w / v.aspect
+    left, top = v.position[0] * (width - crop_w), v.position[1] * (height - crop_h)
+    size = (
+        (v.long_side, round(v.long_side / v.aspect))
+        if v.aspect >= 1
+        else (round(v.long_side * v.aspect), v.long_side)
+    )
+    image = source.resize(
+        size, Image.Resampling.BICUBIC, box=(left, top, left + crop_w, top + crop_h)
+    )
+    save: dict[str, object] = {"quality": v.quality, "progressive": v.progressive}
+    if v.orientation != 1:
+        image = image.transpose(_STORED[v.orientation])
         exif = Image.Exif()
-        exif[0x0112] = orientation
+        exif[0x0112] = v.orientation
         save["exif"] = exif.tobytes()
     buf = io.BytesIO()
     image.save(buf, format="JPEG", **save)
-    return buf.getvalue(), size[0] * size[1] / 1e6
+    return buf.getvalue()
 
 
 def build_set(folder: Path, every: int = 1) -> list[Path]:
     """Write the evaluation JPEGs into ``folder`` (every ``every``-th variant); their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for path in sources():
         source = Image.open(path).convert("RGB")
         rng = np.random.default_rng(zlib.crc32(path.name.encode()))
         for index in range(VARIANTS):
-            data, _ = _variant(source, rng, index)  # drawn always: subsets keep the same images
+            variant = draw_variant(rng, index)  # drawn always: subsets keep the same images
             if index % every == 0:
                 out = folder / f"{path.stem}-{index:02d}.jpg"
-                out.write_bytes(data)
+                out.write_bytes(render(source, variant))
                 paths.append(out)
     return paths
 
