@@ -110,17 +110,24 @@ def test_decoding_counts_against_the_queue_bound(server: ServerProcess) -> None:
     assert "--max-queue-size" in refused and "decoding" in refused, refused
 
 
-def test_deadline_stops_decoding(server: ServerProcess) -> None:
-    """Three slow images with a short deadline: refused at the deadline, and the images
-    not yet started are never decoded (one decode thread here)."""
+def test_deadline_and_cancel_stop_decoding(server: ServerProcess) -> None:
+    """Three slow images with a short deadline, then three cancelled by the client while
+    the first decodes: the images not yet started are never decoded (one decode thread)."""
     pid = server.proc.pid
     before = _idle(pid)
     assert _call(server, image_request([SLOW]))[0] == "OK"
     one = _idle(pid) - before  # the CPU of one slow image, this run
     code, message = _call(server, image_request([SLOW] * IN_FLIGHT), timeout=0.25)
     assert code == "DEADLINE_EXCEEDED", (code, message)
-    spent = _idle(pid) - before - one
+    after_deadline = _idle(pid)
+    spent = after_deadline - before - one
     assert spent < 1.8 * one, f"{spent:.2f} s of CPU after the deadline; one image {one:.2f} s"
+
+    call = server.stub().ModelInfer.future(image_request([SLOW] * IN_FLIGHT), timeout=120)
+    assert wait_for(lambda: _cpu_seconds(pid) - after_deadline > 0.2 * one)  # decoding began
+    call.cancel()
+    spent = _idle(pid) - after_deadline
+    assert spent < 1.8 * one, f"{spent:.2f} s of CPU after the cancel; one image {one:.2f} s"
     assert _call(server, image_request([SMALL]))[0] == "OK"
 
 
