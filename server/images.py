@@ -55,7 +55,7 @@ class ImagePipeline:
 
     def __init__(self, opts: ImageOptions = ImageOptions()) -> None:
         self.opts = opts
-        self.threads = opts.threads or os.cpu_count() or 1
+        self.threads = opts.threads or len(os.sched_getaffinity(0)) or 1  # the cores we may use
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
         self._lock = threading.Lock()
         self._flight: dict[str, _InFlight] = {}
