@@ -73,11 +73,13 @@ def test_model_metadata(
 def test_model_config_is_the_repository_config(
     triton_report: dict[str, Any], triton_repository: Path, model: str
 ) -> None:
-    """What tritonclient reads is config.pbtxt, plus the server's own runtime.* parameters."""
+    """What tritonclient reads is config.pbtxt, plus the server's own runtime.* parameters
+    and input.* (the input forms it accepts)."""
     served = dict(triton_report["health"]["config"][model])
-    runtime = {k: v for k, v in served["parameters"].items() if k.startswith("runtime.")}
-    assert runtime["runtime.backend"] == {"string_value": "onnxruntime"}
-    served["parameters"] = {k: v for k, v in served["parameters"].items() if k not in runtime}
+    added = {k: v for k, v in served["parameters"].items() if k.startswith(("runtime.", "input."))}
+    assert added["runtime.backend"] == {"string_value": "onnxruntime"}
+    assert added["input.datatypes"] == {"string_value": "FP32,BYTES,UINT8"}
+    served["parameters"] = {k: v for k, v in served["parameters"].items() if k not in added}
     on_disk = text_format.Parse(
         (triton_repository / model / "config.pbtxt").read_text(), mc.ModelConfig()
     )
