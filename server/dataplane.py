@@ -161,7 +161,10 @@ class DataPlane:
     ) -> np.ndarray:
         shape = list(tensor.shape)
         if tensor.datatype == "UINT8":
-            pixels = tensors.decode_numeric(tensor, raw, self.max_input_bytes)
+            try:
+                pixels = tensors.decode_numeric(tensor, raw, self.max_input_bytes)
+            except InvalidArgument as exc:  # say which form was meant: pixels, not a tensor
+                raise InvalidArgument(f"datatype UINT8 (pixels [N, H, W, C]): {exc}") from exc
             self._check_batch(served, shape[0] if shape else 0)
             run = self.images.pixels(served, tensor.name, pixels, deadline)
         else:

@@ -121,7 +121,7 @@ class ImagePipeline:
         want = channels(pre)
         if array.ndim != 4 or array.shape[3] != want:
             raise InvalidArgument(
-                f"UINT8 input '{name}' must have shape [N, H, W, {want}] "
+                f"input '{name}' of datatype UINT8 must have shape [N, H, W, {want}] "
                 f"({pre.color_mode} pixels, H and W >= {pre.crop_size}), got {list(array.shape)}"
             )
 
