@@ -19,8 +19,16 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import json_format
 
-from client.client import DEFAULT_URL, ClientError, InferenceClient, TlsConfig
-from modelrepo.spec import ModelConfigError, fixed_dims, preprocess_from
+from client.client import (
+    DEFAULT_URL,
+    Classification,
+    ClientError,
+    InferenceClient,
+    TlsConfig,
+)
+from imaging.decode import ImageDecodeError, decode
+from imaging.preprocess import preprocess_batch
+from modelrepo.spec import ModelConfigError, Preprocess, fixed_dims, preprocess_from
 
 EXIT_ERROR = 2
 # Keep each classify request well under the 64 MiB message limit.
@@ -73,19 +81,33 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _max_batch(client: InferenceClient, model: str, version: str) -> int:
-    return max(1, client.config(model, version).max_batch_size)
+def _send(
+    client: InferenceClient, args: argparse.Namespace, images: list[bytes], pre: Preprocess | None
+) -> list[list[Classification]]:
+    """One request in the chosen form: encoded files, decoded pixels or FP32 tensors."""
+    if args.send == "encoded" or pre is None:
+        return client.classify(args.model, images, top_k=args.top_k, version=args.version)
+    try:
+        if args.send == "tensor":
+            batch = preprocess_batch(images, pre)
+            return client.classify_tensor(args.model, batch, args.top_k, args.version)
+        pixels = np.asarray(decode(images[0], pre, draft=False))
+    except ImageDecodeError as exc:
+        raise ClientError(str(exc)) from None
+    pixels = pixels[None, :, :, None] if pixels.ndim == 2 else pixels[None]
+    return client.classify_pixels(args.model, pixels, args.top_k, args.version)
 
 
 def cmd_classify(client: InferenceClient, args: argparse.Namespace) -> None:
     images = _read_images(args.files)
-    max_batch = _max_batch(client, args.model, args.version)
+    config = client.config(args.model, args.version)
+    pre = None if args.send == "encoded" else preprocess_from(config)
+    # Pixel arrays of different sizes cannot share a tensor: one image per request.
+    max_batch = 1 if args.send == "pixels" else max(1, config.max_batch_size)
     for rows in _chunks(images, max_batch):
         names = [args.files[i] for i in rows]
         try:
-            results = client.classify(
-                args.model, [images[i] for i in rows], top_k=args.top_k, version=args.version
-            )
+            results = _send(client, args, [images[i] for i in rows], pre)
         except ClientError as exc:
             culprit = _culprit(names, str(exc))
             raise ClientError(f"{culprit}: {exc}" if culprit else str(exc), exc.code) from None
@@ -227,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("classify", help="top-k labels for JPEG/PNG files (decoded by the server)")
     model_args(q)
     q.add_argument("--top-k", "-k", type=_positive_int, default=5)
+    q.add_argument(
+        "--send",
+        choices=("encoded", "pixels", "tensor"),
+        default="encoded",
+        help="what goes over the wire: the encoded files (BYTES, default), decoded UINT8 "
+        "pixels, or FP32 tensors preprocessed here as the model's config says",
+    )
     q.add_argument("files", nargs="+", metavar="FILE")
     q.set_defaults(func=cmd_classify)
 

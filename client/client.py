@@ -283,6 +283,23 @@ class InferenceClient:
         tensor.contents.bytes_contents.extend(bytes(image) for image in images)
         return self._classifications(model, version, (tensor, None), top_k)
 
+    def classify_pixels(
+        self, model: str, pixels: np.ndarray, top_k: int = 5, version: str = ""
+    ) -> list[list[Classification]]:
+        """Decoded UINT8 [N, H, W, C] pixels (RGB, or 1 channel for greyscale models),
+        resized/cropped/normalised by the server: a quarter of the FP32 bytes."""
+        pixels = np.asarray(pixels)
+        if pixels.dtype != np.uint8 or pixels.ndim != 4:
+            raise ClientError(
+                f"pixels must be a uint8 [N, H, W, C] array, got {pixels.dtype} "
+                f"{list(pixels.shape)}"
+            )
+        tensor = pb.ModelInferRequest.InferInputTensor(
+            name=INPUT_NAME, datatype="UINT8", shape=list(pixels.shape)
+        )
+        data = np.ascontiguousarray(pixels).tobytes()
+        return self._classifications(model, version, (tensor, data), top_k)
+
     def classify_tensor(
         self, model: str, array: np.ndarray, top_k: int = 5, version: str = ""
     ) -> list[list[Classification]]:

@@ -8,8 +8,12 @@ ImageNet itself has near-synonyms (tabby / tiger cat / Egyptian cat).
 
 from __future__ import annotations
 
+import io
 import sys
+import tempfile
 from pathlib import Path
+
+from PIL import Image
 
 EXPECTED: dict[str, set[int]] = {
     "chelsea.png": {281, 282, 285},  # a tabby cat: tabby, tiger cat, Egyptian cat
@@ -19,6 +23,8 @@ EXPECTED: dict[str, set[int]] = {
     "china.jpg": {698, 663, 442, 832},  # a temple: palace, monastery, bell cote, stupa
     "flower.jpg": {985},  # daisy
 }
+PHONE_PHOTO = "china-12mp.jpg"  # what a phone sends: 4032x3024, stored rotated + EXIF tag
+PHONE_SOURCE = "china.jpg"
 
 
 def photo_paths() -> dict[str, Path]:
@@ -44,8 +50,39 @@ def photo_paths() -> dict[str, Path]:
     return found
 
 
+def phone_photo(folder: Path | None = None) -> Path | None:
+    """A 12 MP JPEG made from ``china.jpg`` (cropped to 4:3, bicubic, quality 90), stored
+    sideways with EXIF orientation 6 as phone cameras do; written once, then reused."""
+    source = photo_paths().get(PHONE_SOURCE)
+    if source is None:
+        return None
+    path = (folder or Path(tempfile.gettempdir()) / "cnn-serving-samples") / PHONE_PHOTO
+    if not path.is_file():
+        image = Image.open(source).convert("RGB")
+        width, height = image.size
+        crop = round(height * 4 / 3)
+        left = (width - crop) // 2
+        image = image.resize(
+            (4032, 3024), Image.Resampling.BICUBIC, box=(left, 0, left + crop, height)
+        )
+        exif = Image.Exif()
+        exif[0x0112] = 6  # the viewer rotates 90 degrees clockwise to show it upright
+        buf = io.BytesIO()
+        image.transpose(Image.Transpose.ROTATE_90).save(
+            buf, "JPEG", quality=90, exif=exif.tobytes()
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(buf.getvalue())
+        tmp.replace(path)
+    return path
+
+
 if __name__ == "__main__":
     paths = photo_paths()
+    phone = phone_photo()
+    if phone is not None:
+        paths[PHONE_PHOTO] = phone
     if not paths:
         sys.exit("no sample photos: install scikit-image or scikit-learn")
     print(" ".join(str(p) for p in paths.values()))

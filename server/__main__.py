@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from server.app import AppOptions, repository_path, serve
+from server.image_args import add_image_arguments, image_options
 from server.models import ServerOptions
 from server.transport import TlsFiles
 
@@ -83,7 +84,9 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         "--tls-client-ca", type=Path, help="PEM CA: require client certificates it signed (mTLS)"
     )
     p.add_argument("--log-level", default="INFO")
+    add_image_arguments(p)
     a = p.parse_args(argv)
+    images = image_options(p, a)
     if bool(a.tls_cert) != bool(a.tls_key):
         p.error("--tls-cert and --tls-key go together")
     if a.tls_client_ca and not a.tls_cert:
@@ -121,6 +124,7 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         grace_seconds=a.grace_seconds,
         tls=TlsFiles(a.tls_cert, a.tls_key, a.tls_client_ca) if a.tls_cert else None,
         shared_memory=not a.no_shared_memory,
+        images=images,
     )
 
 

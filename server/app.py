@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2 as pb
 from server.dataplane import DataPlane
+from server.images import ImageOptions, ImagePipeline
 from server.metrics import Metrics
 from server.models import ModelManager, ServerOptions
 from server.servicer import InferenceServicer
@@ -48,6 +49,7 @@ class AppOptions:
     grace_seconds: float = 30.0
     tls: TlsFiles | None = None  # None: plaintext gRPC
     shared_memory: bool = True  # Triton's system shared-memory extension
+    images: ImageOptions = ImageOptions()  # decode pool and image limits
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -60,6 +62,7 @@ class InferenceServer:
             self.manager,
             max_input_bytes=opts.max_message_bytes,
             shm=SharedMemoryManager(enabled=opts.shared_memory),
+            images=ImagePipeline(opts.images),
         )
         self.servicer = InferenceServicer(self.plane, self.manager)
         self.health = health.aio.HealthServicer()
@@ -120,6 +123,7 @@ class InferenceServer:
             await self._grpc.stop(self.opts.grace_seconds if grace is None else grace)
         await self.manager.close()
         self.plane.shm.close()
+        self.plane.images.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 
-from imaging.preprocess import ImageDecodeError, preprocess
 from modelrepo.keys import RUNTIME_PREFIX
 from protos import grpc_service_pb2 as pb
 from server import batching, tensors
@@ -26,6 +25,7 @@ from server.errors import (
     Unavailable,
     shown,
 )
+from server.images import ImagePipeline, accepted_inputs, input_forms
 from server.models import ModelManager, ServedVersion, check_name, version_number
 from server.shared_memory import (
     PARAM_OFFSET,
@@ -51,10 +51,12 @@ class DataPlane:
         manager: ModelManager,
         max_input_bytes: int,
         shm: SharedMemoryManager | None = None,
+        images: ImagePipeline | None = None,
     ) -> None:
         self.manager = manager
         self.max_input_bytes = max_input_bytes
         self.shm = shm or SharedMemoryManager(enabled=False)
+        self.images = images or ImagePipeline()
 
     # --- metadata ---------------------------------------------------------
     def server_metadata(self) -> pb.ServerMetadataResponse:
@@ -86,11 +88,15 @@ class DataPlane:
         backend = served.backends[0].describe() if served.backends else {}
         for key, value in backend.items():
             config.config.parameters[RUNTIME_PREFIX + key].string_value = str(value)
+        forms = input_forms(served.spec.preprocess, served.spec.input_dims)
+        config.config.parameters["input.datatypes"].string_value = ",".join(forms)
+        for datatype, layout in forms.items():  # what a tritonclient user may send
+            config.config.parameters[f"input.{datatype}"].string_value = layout
         return config
 
     # --- inference --------------------------------------------------------
     async def _input_array(
-        self, served: ServedVersion, request: pb.ModelInferRequest
+        self, served: ServedVersion, request: pb.ModelInferRequest, deadline: float | None
     ) -> np.ndarray:
         cfg = served.spec.config
         expected_name = cfg.input[0].name
@@ -119,12 +125,12 @@ class DataPlane:
                     "and also carries data: send one or the other"
                 )
             raw = self.shm.read(ref, f"input '{tensor.name}'")
-        if tensor.datatype == "BYTES":
-            return await self._images(served, tensor, raw)
+        if tensor.datatype in ("BYTES", "UINT8"):
+            return await self._images(served, tensor, raw, deadline)
         if tensor.datatype != "FP32":
             raise InvalidArgument(
                 f"input '{tensor.name}': datatype {tensor.datatype or '(empty)'} is not accepted; "
-                "send FP32 NCHW tensors or BYTES (encoded JPEG/PNG images)"
+                f"send {accepted_inputs(served.spec.preprocess, served.spec.input_dims)}"
             )
         array = tensors.decode_numeric(tensor, raw, self.max_input_bytes)
         self._check_shape(served, list(array.shape))
@@ -151,33 +157,37 @@ class DataPlane:
         if n > limit:
             raise InvalidArgument(f"batch of {n} exceeds max_batch_size {limit}")
 
-    async def _images(self, served: ServedVersion, tensor, raw: bytes | None) -> np.ndarray:
+    async def _images(
+        self, served: ServedVersion, tensor, raw: bytes | None, deadline: float | None
+    ) -> np.ndarray:
         shape = list(tensor.shape)
-        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
-            raise InvalidArgument(
-                f"BYTES input '{tensor.name}' must have shape [N] or [N, 1] (one encoded image "
-                f"per element), got {shape}"
-            )
-        self._check_batch(served, shape[0])
-        elements = tensors.decode_bytes(tensor, raw)
+        if tensor.datatype == "UINT8":
+            try:
+                pixels = tensors.decode_numeric(tensor, raw, self.max_input_bytes)
+            except InvalidArgument as exc:  # say which form was meant: pixels, not a tensor
+                raise InvalidArgument(f"datatype UINT8 (pixels [N, H, W, C]): {exc}") from exc
+            self._check_batch(served, shape[0] if shape else 0)
+            run = self.images.pixels(served, tensor.name, pixels, deadline)
+        else:
+            if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+                raise InvalidArgument(
+                    f"BYTES input '{tensor.name}' must have shape [N] or [N, 1] (one encoded "
+                    f"image per element), got {shape}"
+                )
+            self._check_batch(served, shape[0])
+            elements = tensors.decode_bytes(tensor, raw)
+            run = self.images.encoded(served, tensor.name, elements, deadline)
         started = time.perf_counter_ns()
-        pre = served.spec.preprocess
-
-        def decode_all() -> list[np.ndarray]:  # off the event loop: Pillow holds the GIL less
-            rows = []
-            for i, data in enumerate(elements):
-                try:
-                    rows.append(preprocess(data, pre))
-                except ImageDecodeError as exc:
-                    raise InvalidArgument(f"input '{tensor.name}' element {i}: {exc}") from exc
-            return rows
-
-        rows = await asyncio.to_thread(decode_all)
+        try:
+            array = await run
+        except DeadlineExceeded:
+            served.metrics.dropped("deadline").inc()
+            raise
         elapsed = time.perf_counter_ns() - started
         served.preprocess_ns[0] += 1
         served.preprocess_ns[1] += elapsed
         served.metrics.preprocess_seconds.observe(elapsed / 1e9)
-        return np.stack(rows)
+        return array
 
     async def _run(self, served: ServedVersion, array: np.ndarray, deadline: float | None):
         future = None
@@ -263,7 +273,7 @@ class DataPlane:
         started = time.perf_counter_ns()
         metrics.in_flight.inc()
         try:
-            array = await self._input_array(served, request)
+            array = await self._input_array(served, request, deadline)
             self._check_outputs(
                 served, request, len(array)
             )  # before queueing: bad requests cost nothing

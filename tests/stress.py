@@ -184,6 +184,12 @@ def png_bomb(width: int, height: int, pixels: bool = False) -> bytes:
     )
 
 
+def bmp_bomb(width: int, height: int) -> bytes:
+    """A 24-bit BMP header declaring width x height pixels, with no pixel data."""
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + len(info), 0, 0, 14 + len(info)) + info
+
+
 def report(config: Any, line: str) -> None:
     """Print a measured figure in pytest's output (past output capturing)."""
     plugins = config.pluginmanager

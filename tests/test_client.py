@@ -18,10 +18,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from PIL import Image
 
 from client import Classification, ClientError, InferenceClient
 from client.cli import _input_shape
-from exporter.samples import EXPECTED
+from exporter.samples import EXPECTED, PHONE_SOURCE, phone_photo
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from tests.serving import start_server
@@ -205,7 +206,11 @@ def test_dynamic_dims_take_the_crop_size() -> None:
 # --- the command line -------------------------------------------------------------
 
 
-def test_cli_classify_prints_the_label(server: RunningServer, photos: dict[str, Path]) -> None:
+@pytest.mark.parametrize("send", ["encoded", "pixels", "tensor"])
+def test_cli_classify_prints_the_label(
+    server: RunningServer, photos: dict[str, Path], send: str
+) -> None:
+    """The same photo as the file (BYTES), decoded pixels (UINT8) or a tensor (FP32)."""
     proc = cli(
         server.url,
         "classify",
@@ -213,13 +218,39 @@ def test_cli_classify_prints_the_label(server: RunningServer, photos: dict[str, 
         "efficientnet_lite0",
         "--top-k",
         "3",
+        "--send",
+        send,
         str(photos["chelsea.png"]),
+        str(photos["china.jpg"]),
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == str(photos["chelsea.png"]) and len(lines) == 4
+    assert lines[0] == str(photos["chelsea.png"]) and len(lines) == 8
     score, index, label = lines[1].split(maxsplit=2)
     assert label in CAT_LABELS and int(index) in EXPECTED["chelsea.png"]
+    assert int(lines[5].split(maxsplit=2)[1]) in EXPECTED["china.jpg"]
+
+
+def test_phone_photo_is_classified(
+    client: InferenceClient, tmp_path: Path, photos: dict[str, Path]
+) -> None:
+    """The demo's 12 MP sample (stored sideways, EXIF-tagged) answers like its small source."""
+    phone = phone_photo(tmp_path)
+    assert phone is not None and Image.open(phone).size == (3024, 4032)
+    [top] = client.classify("efficientnet_lite0", [phone.read_bytes()], top_k=1)
+    assert top[0].index in EXPECTED[PHONE_SOURCE], top
+
+
+def test_classify_pixels_matches_the_encoded_file(
+    client: InferenceClient, photos: dict[str, Path]
+) -> None:
+    path = photos["coffee.png"]
+    pixels = np.asarray(Image.open(path).convert("RGB"))[None]
+    [as_pixels] = client.classify_pixels("efficientnet_lite0", pixels, top_k=3)
+    [as_file] = client.classify("efficientnet_lite0", [path.read_bytes()], top_k=3)
+    assert as_pixels == as_file
+    with pytest.raises(ClientError, match="uint8"):
+        client.classify_pixels("efficientnet_lite0", pixels.astype(np.float32))
 
 
 def test_cli_infer_random_and_from_file(server: RunningServer, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -23,12 +24,15 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from imaging.decode import DEFAULT_LIMITS, ImageLimitError, check_size
 from imaging.preprocess import decode
+from modelrepo.spec import Preprocess
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.serving import ServerProcess, digits, start_server, tensor_request
 from tests.stress import (
     ValidStream,
+    bmp_bomb,
     encoded,
     flip,
     image_request,
@@ -343,6 +347,59 @@ def test_decompression_bombs_are_refused_without_a_memory_spike(server, stub, st
         assert code == "INVALID_ARGUMENT", (code, message)
         assert "element 1" in message and "50,000,000 pixels" in message, message
     assert peak_rss_mib(server.proc.pid) - peak < 64  # decoding the first takes ~240 MB
+
+
+BOMB_SIDES = (1, 2, 7, 224, 4_000, 20_000, 65_000, 50_000_000)
+BOMB_CLASSES: dict[str, Callable[[int, int], bytes | None]] = {
+    "png header": png_bomb,
+    "bmp header": bmp_bomb,
+    "png pixels": lambda w, h: png_bomb(w, h, pixels=True) if w * h <= 4_000_000 else None,
+    "jpeg pixels": lambda w, h: (
+        encoded("JPEG", (w, h), quality=50) if max(w, h) <= 65_000 and w * h <= 4_000_000 else None
+    ),
+}
+
+
+def _expected_refusal(width: int, height: int) -> str:
+    """The flag a default server names for this size, or "" when the size is allowed."""
+    try:
+        check_size(width, height, Preprocess(), DEFAULT_LIMITS)
+    except ImageLimitError as exc:
+        return re.search(r"--[a-z-]+", str(exc)).group(0)
+    return ""
+
+
+@pytest.mark.parametrize("kind", BOMB_CLASSES)
+def test_image_bombs_of_many_shapes(server, stub, stream, kind: str, request) -> None:
+    """Every width x height from 1 to 50 million per side: refused from the header
+    naming the limit when over one (four requests at once, 3 s deadline, answered
+    well inside it), decoded otherwise; peak RSS growth per class under 600 MB."""
+    cases = [
+        (w, h, data)
+        for w in BOMB_SIDES
+        for h in BOMB_SIDES
+        if (data := BOMB_CLASSES[kind](w, h)) is not None
+    ]
+    reset_peak_rss(server.proc.pid)
+    base = peak_rss_mib(server.proc.pid)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(
+                lambda c: outcome(lambda: stub.ModelInfer(image_request([c[2]]), timeout=3)), cases
+            )
+        )
+    growth = peak_rss_mib(server.proc.pid) - base
+    report(request.config, f"image bombs, {kind}: {len(cases)} shapes, peak RSS +{growth:.0f} MB")
+    TRIED["bomb"] += len(cases)
+    for (w, h, _), (code, message) in zip(cases, answers, strict=True):
+        flag = _expected_refusal(w, h)
+        if flag:
+            assert code == "INVALID_ARGUMENT" and flag in message, (w, h, code, message)
+        elif "header" in kind:  # no pixel data: tiny sizes still decode (as zeros)
+            assert code == "OK" or "cannot decode" in message, (w, h, code, message)
+        else:
+            assert code == "OK", (w, h, code, message)
+    assert growth < 600, f"peak RSS grew {growth:.0f} MB"
 
 
 def _logits(stub, elements: list[bytes]) -> np.ndarray:

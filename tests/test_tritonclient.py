@@ -73,11 +73,13 @@ def test_model_metadata(
 def test_model_config_is_the_repository_config(
     triton_report: dict[str, Any], triton_repository: Path, model: str
 ) -> None:
-    """What tritonclient reads is config.pbtxt, plus the server's own runtime.* parameters."""
+    """What tritonclient reads is config.pbtxt, plus the server's own runtime.* parameters
+    and input.* (the input forms it accepts)."""
     served = dict(triton_report["health"]["config"][model])
-    runtime = {k: v for k, v in served["parameters"].items() if k.startswith("runtime.")}
-    assert runtime["runtime.backend"] == {"string_value": "onnxruntime"}
-    served["parameters"] = {k: v for k, v in served["parameters"].items() if k not in runtime}
+    added = {k: v for k, v in served["parameters"].items() if k.startswith(("runtime.", "input."))}
+    assert added["runtime.backend"] == {"string_value": "onnxruntime"}
+    assert added["input.datatypes"] == {"string_value": "FP32,BYTES,UINT8"}
+    served["parameters"] = {k: v for k, v in served["parameters"].items() if k not in added}
     on_disk = text_format.Parse(
         (triton_repository / model / "config.pbtxt").read_text(), mc.ModelConfig()
     )
@@ -213,6 +215,17 @@ def test_photos_from_client_preprocessed_tensors(triton_report: dict[str, Any]) 
     top = [[parse(e)[1] for e in row] for row in lite0["tensor_top5"]]
     assert top == [[parse(e)[1] for e in row] for row in lite0["bytes_top5"]]
     assert lite0["tensor_vs_bytes_max_abs_diff"] <= 1e-3
+
+
+def test_photos_as_uint8_pixels(triton_report: dict[str, Any]) -> None:
+    """tritonclient sending UINT8 [1, H, W, 3] pixels gets the answers of the encoded files
+    (these photos decode to the same pixels both ways), and the config says what it accepts."""
+    lite0 = triton_report["lite0"]
+    indices = [[parse(e)[1] for e in row] for row in lite0["uint8_top5"]]
+    assert indices == [[parse(e)[1] for e in row] for row in lite0["bytes_top5"]]
+    forms = lite0["input_forms"]
+    assert forms["input.datatypes"] == "FP32,BYTES,UINT8", forms
+    assert forms["input.UINT8"].startswith("[-1, -1, -1, 3] NHWC RGB"), forms
 
 
 def test_photo_statistics(triton_report: dict[str, Any]) -> None:

@@ -68,6 +68,12 @@ def bytes_input(images: list[bytes], shape: list[int] | None = None) -> grpcclie
     return tensor
 
 
+def uint8_input(pixels: np.ndarray) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput("input", list(pixels.shape), "UINT8")
+    tensor.set_data_from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))
+    return tensor
+
+
 def top_k(k: int) -> list[grpcclient.InferRequestedOutput]:
     return [grpcclient.InferRequestedOutput("logits", class_count=k)]
 
@@ -250,8 +256,17 @@ def lite0_session(
     out["tensor_top5"] = strings(raw)
     raw_logits = client.infer(LITE0, [fp32_input(tensor)]).as_numpy("logits")
     out["tensor_vs_bytes_max_abs_diff"] = float(np.max(np.abs(raw_logits - logits)))
-    out["images_ok"] = 2 * len(names) + 1 + 2 * len(names)
-    out["bytes_requests_ok"] = 3
+
+    # Decoded RGB pixels, one request per photo (their sizes differ): UINT8 [1, H, W, 3].
+    out["uint8_top5"] = []
+    for name in names:
+        pixels = np.asarray(Image.open(photos[name]).convert("RGB"))[None]
+        result = client.infer(LITE0, [uint8_input(pixels)], outputs=top_k(TOP_K))
+        out["uint8_top5"] += strings(result)
+    config = client.get_model_config(LITE0, as_json=True)["config"]["parameters"]
+    out["input_forms"] = {k: v["string_value"] for k, v in config.items() if k.startswith("input.")}
+    out["images_ok"] = 2 * len(names) + 1 + 2 * len(names) + len(names)
+    out["bytes_requests_ok"] = 3 + len(names)
     out["stats_after"] = statistics(client, LITE0)
     return out
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from benchmarks.common.machine import machine
 from benchmarks.common.zoo import default_repository, ensure_exported
+from benchmarks.loadtest import photos
 from benchmarks.loadtest.infer_requests import (
     ModelInfo,
     check_request,
@@ -96,6 +97,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compare-batching",
         action="store_true",
         help="(starts servers) every level with dynamic batching, then with --no-batching",
+    )
+    p.add_argument(
+        "--photo-comparison",
+        action="store_true",
+        help="FP32 tensor vs JPEG 512x512/1280x960/4032x3024 vs UINT8, each against its "
+        "in-process limit (benchmarks/loadtest/photos.py)",
     )
     p.add_argument("--out", type=Path, default=Path("results"))
     p.add_argument("--no-chart", action="store_true")
@@ -215,6 +222,8 @@ def started_sweeps(a: argparse.Namespace) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.photo_comparison:
+        return photos.run(a)
     started = time.perf_counter()
     if a.start_server:
         rows = started_sweeps(a)

@@ -1,0 +1,45 @@
+"""The fast image path (DCT-scaled JPEG decode) answers like the reference transform
+(full decode, PIL bilinear short-side resize, centre crop) with the pretrained
+efficientnet_lite0, on a subset of the evaluation set built from the bundled photos.
+The whole set: ``python -m benchmarks.inprocess.image_eval``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.inprocess.image_eval import build_set, evaluate
+from imaging.preprocess import preprocess, reference
+from modelrepo.spec import Preprocess
+from tests.stress import report
+
+
+def test_evaluation_set_is_real_and_deterministic(tmp_path: Path) -> None:
+    first = build_set(tmp_path / "a", every=5)
+    second = build_set(tmp_path / "b", every=5)
+    assert len(first) >= 40
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+    sizes = [Image.open(p).size for p in first]
+    assert max(w * h for w, h in sizes) >= 12_000_000  # a phone photo among them
+    assert any(Image.open(p).getexif().get(0x0112, 1) != 1 for p in first)
+
+
+def test_fast_path_agrees_with_the_reference(
+    lite0_repo: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    files = build_set(tmp_path, every=5)
+    result = evaluate(lite0_repo / "efficientnet_lite0", files)
+    report(request.config, f"\nimage path vs reference, {result}")
+    assert result.top1_agreement >= 0.95, result  # the whole set: >= 0.99 (docs/images.md)
+    assert result.top5_overlap >= 0.9, result
+
+
+def test_small_jpeg_and_png_decode_exactly_as_the_reference(photos: dict[str, Path]) -> None:
+    """No DCT scaling applies below twice the resize size: identical input rows."""
+    pre = Preprocess()
+    for name in ("chelsea.png", "china.jpg"):
+        data = photos[name].read_bytes()
+        np.testing.assert_array_equal(preprocess(data, pre), reference(data, pre))
