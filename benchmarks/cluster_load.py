@@ -9,7 +9,8 @@ decoded server-side): one client back to back (p50 latency) and 8 clients
 (throughput). CPU is read per process from /proc: the single server's
 process, and every process in each cluster node's network namespace (the
 head's is the proxy hop: gRPC proxy, ingress, controller, GCS), as CPU
-milliseconds per request. Writes <out>/cluster_load.json.
+milliseconds per request above each group's idle rate (measured first, for
+--seconds without traffic). Writes <out>/cluster_load.json.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,17 +48,20 @@ def measure(url: str, model: str, groups: dict[str, list[int]], seconds: float) 
     requests = image_requests(
         model_info(url, model), [p.read_bytes() for p in photo_paths().values()]
     )
+    before = _cpu(groups)  # idle: Ray's own background work (heartbeats, metrics, GCS)
+    time.sleep(seconds)
+    idle = {name: (cpu - before[name]) / seconds for name, cpu in _cpu(groups).items()}
     rows = []
     for n in LEVELS:
-        before = _cpu(groups)
+        before, started = _cpu(groups), time.monotonic()
         row = run_closed_loop(url, requests, n, seconds, warmup=1.0, timeout=60)
-        after = _cpu(groups)
+        after, elapsed = _cpu(groups), time.monotonic() - started
         # The counters span the warm-up second too: requests sent then are estimated
         # at the window's rate.
         sent = max(row["requests"], 1) * (seconds + 1.0) / seconds
-        row["cpu_ms_per_request"] = {
-            name: round(1000 * (after[name] - before[name]) / sent, 2) for name in groups
-        }
+        busy = {name: after[name] - before[name] - idle[name] * elapsed for name in groups}
+        row["cpu_ms_per_request"] = {name: round(1000 * busy[name] / sent, 2) for name in groups}
+        row["idle_cpu_pct"] = {name: round(100 * idle[name], 1) for name in groups}
         rows.append(row)
         p50 = (row["latency"] or {}).get("p50_ms")
         print(f"  {url} c={n}: {row['throughput']:.1f} img/s, p50 {p50} ms", flush=True)

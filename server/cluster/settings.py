@@ -99,23 +99,28 @@ def _number(spec: ModelSpec, key: str, kind: type[float] | type[int]) -> float |
         ) from exc
 
 
+_KINDS: dict[str, type[float] | type[int]] = {
+    "min_replicas": int,
+    "max_replicas": int,
+    "target_ongoing_requests": float,
+    "num_cpus": float,
+}
+
+
 def replica_plan(spec: ModelSpec, overrides: ReplicaOverrides) -> ReplicaPlan:
-    values: dict[str, float | int] = {}
-    for key, kind in (
-        ("min_replicas", int),
-        ("max_replicas", int),
-        ("target_ongoing_requests", float),
-        ("num_cpus", float),
-    ):
-        value = getattr(overrides, key)
-        if value is None:
-            value = _number(spec, key, kind)
-        if value is not None:
-            values[key] = value
-    if "max_replicas" not in values and "min_replicas" in values:
-        values["max_replicas"] = values["min_replicas"]
-    if "min_replicas" not in values and "max_replicas" in values:
+    """config.pbtxt's values (a min alone is a fixed count), then the flags on top."""
+    values = {k: v for k, kind in _KINDS.items() if (v := _number(spec, k, kind)) is not None}
+    if "min_replicas" in values:
+        values.setdefault("max_replicas", values["min_replicas"])
+    elif "max_replicas" in values:
         values["min_replicas"] = 1
+    flags = {k: v for k in _KINDS if (v := getattr(overrides, k)) is not None}
+    values.update(flags)
+    low, high = values.get("min_replicas", 1), values.get("max_replicas", 1)
+    if low > high and flags.keys() & {"min_replicas", "max_replicas"}:  # the flag wins
+        values["min_replicas" if "max_replicas" in flags else "max_replicas"] = (
+            high if "max_replicas" in flags else low
+        )
     return ReplicaPlan(**values)  # type: ignore[arg-type]
 
 
