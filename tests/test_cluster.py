@@ -133,6 +133,9 @@ def test_every_node_is_an_entry_point(cluster: NetnsCluster) -> None:
     for node in ("w1", "w2"):
         stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(_url(cluster, node)))
         assert stub.ServerLive(pb.ServerLiveRequest(), timeout=60).live
+    stream = stub.ModelStreamInfer(iter([tensor_request("lenet5", digits(1))]), timeout=60)
+    code, message = outcome(lambda: list(stream))
+    assert code == "UNIMPLEMENTED" and "send ModelInfer" in message, (code, message)
 
 
 def test_each_replica_serves_the_single_servers_metrics(cluster: NetnsCluster) -> None:

@@ -129,6 +129,17 @@ class KServeIngress:
     async def ModelInfer(self, request, grpc_context: RayServegRPCContext):
         return await self._forward(request.model_name, "ModelInfer", request, grpc_context)
 
+    async def ModelStreamInfer(self, requests, grpc_context: RayServegRPCContext):
+        """Bidirectional streaming is not routed through the cluster: UNIMPLEMENTED, said so."""
+        why = Unimplemented(
+            "ModelStreamInfer is not supported through the Ray Serve cluster: "
+            "send ModelInfer requests (any node's proxy balances them)"
+        )
+        grpc_context.set_code(why.code)
+        grpc_context.set_details(str(why))
+        raise why  # a stream ends with its status only when raised (Serve keeps the code)
+        yield  # an async generator: Serve streams its answers
+
     def deployments(self) -> list[str]:
         return sorted(self.models)
 
@@ -191,5 +202,5 @@ def _parsed(name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., A
 
 
 for _name in _RESPONSE:
-    if hasattr(KServeIngress, _name):
+    if hasattr(KServeIngress, _name) and _name != "ModelStreamInfer":
         setattr(KServeIngress, _name, _parsed(_name, getattr(KServeIngress, _name)))
