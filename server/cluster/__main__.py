@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         start_node(opts)
         if opts.is_head or args.deploy:
-            _deploy(args, args.address or f"{args.node_ip or '127.0.0.1'}:{args.port}")
+            # "auto": the cluster this machine's node belongs to, whatever its IP.
+            _deploy(args, args.address or "auto")
     elif args.command == "deploy":
         _deploy(args, args.address)
     elif args.command == "status":
