@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[export,serve,dev,bench]'
+	$(PY) -m pip install -e '.[export,serve,dev,bench,cluster]'
 	touch $@
 
 # Regenerate protobuf code from protos/*.proto (the generated files are committed);
@@ -114,13 +114,24 @@ up:
 down:
 	$(COMPOSE) --profile gpu down
 
+# A Ray Serve cluster (docs/cluster.md): cluster-up starts a head here and deploys every
+# model of $(REPO) (ADDRESS=HEAD:6379 joins that head as a worker instead);
+# cluster-down deletes the application and stops this machine's Ray processes.
+ADDRESS ?=
+.PHONY: cluster-up cluster-down
+cluster-up: $(STAMP)
+	$(PY) -m server.cluster up --model-repository $(REPO) $(if $(ADDRESS),--address $(ADDRESS))
+
+cluster-down: $(STAMP)
+	$(PY) -m server.cluster down $(if $(ADDRESS),--address $(ADDRESS)) --stop-node
+
 # GPU host only. gpu-setup adds the `gpu` extra (TensorRT 10, cuda-bindings, onnxruntime-gpu;
 # TensorRT's libraries come from NVIDIA's package index) and makes onnxruntime-gpu the
 # onnxruntime in use: both wheels install the same `onnxruntime` package, so the CPU one goes.
 # gpu-check fails (exit 2) on a machine without a usable GPU.
 .PHONY: gpu-setup gpu-check
 gpu-setup: $(STAMP)
-	$(PY) -m pip install -e '.[export,serve,dev,bench,gpu]'
+	$(PY) -m pip install -e '.[export,serve,dev,bench,cluster,gpu]'
 	$(PY) -m pip uninstall -y onnxruntime
 	$(PY) -m pip install --force-reinstall --no-deps "$$(sed -n 's/.*"\(onnxruntime-gpu[^"]*\)".*/\1/p' pyproject.toml)"
 

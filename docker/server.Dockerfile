@@ -3,9 +3,12 @@
 # non-root user. Build from the repository root:
 #   docker build -f docker/server.Dockerfile -t cnn-serving-server .
 #   docker run -p 8001:8001 -p 8002:8002 -v "$PWD/model_repository:/models:ro" cnn-serving-server
+# The Ray Serve image for KubeRay (deploy/k8s/rayservice.yaml) adds the cluster extra:
+#   docker build -f docker/server.Dockerfile --build-arg EXTRAS=serve,cluster -t cnn-serving-ray .
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+ARG EXTRAS=serve
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
@@ -22,7 +25,7 @@ COPY client/ client/
 # The checks fail the build if anything pulled torch in (-I: the installed package, not /src).
 # Versions are pinned in pyproject.toml, which hadolint cannot read.
 # hadolint ignore=DL3013
-RUN pip install ".[serve]" \
+RUN pip install ".[${EXTRAS}]" \
     && python -I -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
     && python -I -c "import server.app, server.probe"
 

@@ -59,13 +59,18 @@ def _lenient(deserialize: Callable[[bytes], Any], type_name: str) -> Callable[[b
     return parse
 
 
+def undecodable(request: Any) -> str | None:
+    """The INVALID_ARGUMENT message for a body that did not parse; None for a message."""
+    if type(request) is _Undecodable:
+        return f"request body is not a valid {request.type_name} message: {request.error}"
+    return None
+
+
 def _guarded(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if type(request) is _Undecodable:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"request body is not a valid {request.type_name} message: {request.error}",
-            )
+        problem = undecodable(request)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         call = behaviour(request, context)
         del request  # grpc keeps an aborted call's frames in a cycle until the GC runs
         return await call

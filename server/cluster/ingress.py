@@ -1,0 +1,206 @@
+"""The ingress deployment Ray's gRPC proxy calls: KServe v2 RPCs routed to model deployments.
+
+The proxy (one per node) invokes a method named like the RPC. Model RPCs go
+to the deployment of the model they name; server RPCs ask every model and
+merge. A status the replica's servicer chose travels back unchanged; a
+replica lost with its node (``kill -9``, a network split) becomes
+UNAVAILABLE, which clients retry, never INTERNAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from ray.exceptions import RayError, RayTaskError
+from ray.serve.exceptions import RayServeException
+from ray.serve.grpc_util import RayServegRPCContext
+from ray.serve.handle import DeploymentHandle
+
+from protos import grpc_service_pb2 as pb
+from server.cluster.replica import Outcome
+from server.errors import InferenceError, NotFound, Unavailable, Unimplemented, clip, shown
+from server.models import check_name
+from server.transport import undecodable
+
+log = logging.getLogger(__name__)
+
+_RESPONSE = {
+    name: getattr(pb, f"{name}Response")
+    for name in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name
+    if hasattr(pb, f"{name}Response")
+}
+_RESPONSE["ModelInfer"] = pb.ModelInferResponse
+
+
+class KServeIngress:
+    def __init__(self, models: dict[str, DeploymentHandle]) -> None:
+        self.models = models
+
+    async def _ask(self, model: str, method: str, request: Any) -> Outcome:
+        handle = self.models.get(check_name(model))
+        if handle is None:
+            raise NotFound(f"unknown model {shown(model)}; known models: {sorted(self.models)}")
+        try:
+            return await handle.call.remote(method, request)
+        except RayTaskError:  # the replica's own code failed: a bug, INTERNAL
+            raise
+        except (RayError, RayServeException) as exc:  # the replica or its node is gone
+            raise Unavailable(
+                f"model '{model}': the replica was lost ({type(exc).__name__}); retry"
+            ) from exc
+
+    async def _forward(
+        self, model: str, method: str, request: Any, context: RayServegRPCContext
+    ) -> Any:
+        return await _answer(method, context, lambda: self._ask(model, method, request))
+
+    async def _ask_all(self, method: str, request: Any) -> dict[str, Outcome]:
+        names = sorted(self.models)
+        found = await asyncio.gather(
+            *(self._ask(n, method, request) for n in names), return_exceptions=True
+        )
+        outcomes = {}
+        for name, outcome in zip(names, found, strict=True):
+            if isinstance(outcome, InferenceError):
+                outcome = Outcome(None, outcome.code.name, clip(str(outcome)))
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            outcomes[name] = outcome
+        return outcomes
+
+    # --- server RPCs: every model asked ------------------------------------
+    async def ServerLive(self, request, grpc_context: RayServegRPCContext):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, grpc_context: RayServegRPCContext):
+        async def ready() -> Outcome:
+            outcomes = await self._ask_all("ServerReady", request)
+            ok = any(o.response is not None and o.response.ready for o in outcomes.values())
+            return Outcome(pb.ServerReadyResponse(ready=ok), "OK")
+
+        return await _answer("ServerReady", grpc_context, ready)
+
+    async def ServerMetadata(self, request, grpc_context: RayServegRPCContext):
+        first = min(self.models)
+        return await self._forward(first, "ServerMetadata", request, grpc_context)
+
+    async def RepositoryIndex(self, request, grpc_context: RayServegRPCContext):
+        async def index() -> Outcome:
+            merged = pb.RepositoryIndexResponse()
+            for name, outcome in (await self._ask_all("RepositoryIndex", request)).items():
+                if outcome.response is not None:
+                    merged.models.extend(m for m in outcome.response.models if m.name == name)
+                elif not request.ready:
+                    merged.models.add(name=name, state="UNAVAILABLE", reason=outcome.details)
+            return Outcome(merged, "OK")
+
+        return await _answer("RepositoryIndex", grpc_context, index)
+
+    async def ModelStatistics(self, request, grpc_context: RayServegRPCContext):
+        if request.name:
+            return await self._forward(request.name, "ModelStatistics", request, grpc_context)
+
+        async def every() -> Outcome:  # one replica per model answers: its own counts
+            merged = pb.ModelStatisticsResponse()
+            for outcome in (await self._ask_all("ModelStatistics", request)).values():
+                if outcome.response is not None:
+                    merged.model_stats.extend(outcome.response.model_stats)
+            return Outcome(merged, "OK")
+
+        return await _answer("ModelStatistics", grpc_context, every)
+
+    # --- model RPCs: the named model's deployment ------------------------
+    async def ModelReady(self, request, grpc_context: RayServegRPCContext):
+        if request.name not in self.models:
+            return pb.ModelReadyResponse(ready=False)
+        return await self._forward(request.name, "ModelReady", request, grpc_context)
+
+    async def ModelMetadata(self, request, grpc_context: RayServegRPCContext):
+        return await self._forward(request.name, "ModelMetadata", request, grpc_context)
+
+    async def ModelConfig(self, request, grpc_context: RayServegRPCContext):
+        return await self._forward(request.name, "ModelConfig", request, grpc_context)
+
+    async def ModelInfer(self, request, grpc_context: RayServegRPCContext):
+        return await self._forward(request.model_name, "ModelInfer", request, grpc_context)
+
+    async def ModelStreamInfer(self, requests, grpc_context: RayServegRPCContext):
+        """Bidirectional streaming is not routed through the cluster: UNIMPLEMENTED, said so."""
+        why = Unimplemented(
+            "ModelStreamInfer is not supported through the Ray Serve cluster: "
+            "send ModelInfer requests (any node's proxy balances them)"
+        )
+        grpc_context.set_code(why.code)
+        grpc_context.set_details(str(why))
+        raise why  # a stream ends with its status only when raised (Serve keeps the code)
+        yield  # an async generator: Serve streams its answers
+
+    def deployments(self) -> list[str]:
+        return sorted(self.models)
+
+
+async def _answer(
+    method: str, context: RayServegRPCContext, ask: Callable[[], Awaitable[Outcome]]
+) -> Any:
+    """The outcome's response, or an empty one with the outcome's status on the call."""
+    try:
+        outcome = await ask()
+    except InferenceError as exc:
+        outcome = Outcome(None, exc.code.name, clip(str(exc)))
+    if outcome.response is not None:
+        return outcome.response
+    context.set_code(grpc.StatusCode[outcome.code])
+    context.set_details(outcome.details)
+    return _RESPONSE[method]()
+
+
+def _unimplemented(name: str, why: str) -> Callable[..., Awaitable[Any]]:
+    async def handler(self: KServeIngress, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        async def refuse() -> Outcome:
+            raise Unimplemented(f"{name} is not supported through the Ray Serve cluster: {why}")
+
+        return await _answer(name, grpc_context, refuse)
+
+    handler.__name__ = name
+    return handler
+
+
+_UNSUPPORTED = {
+    "RepositoryModelLoad": "models are deployed with `python -m server.cluster deploy`",
+    "RepositoryModelUnload": "models are deployed with `python -m server.cluster deploy`",
+    "SystemSharedMemoryStatus": "a client's shared memory is not on the replica's host",
+    "SystemSharedMemoryRegister": "a client's shared memory is not on the replica's host",
+    "SystemSharedMemoryUnregister": "a client's shared memory is not on the replica's host",
+    "CudaSharedMemoryStatus": "a client's shared memory is not on the replica's host",
+    "CudaSharedMemoryRegister": "a client's shared memory is not on the replica's host",
+    "CudaSharedMemoryUnregister": "a client's shared memory is not on the replica's host",
+    "TraceSetting": "not supported by this server",
+    "LogSettings": "not supported by this server",
+}
+for _name, _why in _UNSUPPORTED.items():
+    setattr(KServeIngress, _name, _unimplemented(_name, _why))
+
+
+def _parsed(name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A body that was not protobuf (the proxy kept the parse error): INVALID_ARGUMENT."""
+
+    @functools.wraps(method)  # keeps the ``grpc_context`` parameter Ray looks for
+    async def handler(self: KServeIngress, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        problem = undecodable(request)
+        if problem is None:
+            return await method(self, request, grpc_context)
+        grpc_context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+        grpc_context.set_details(clip(problem))
+        return _RESPONSE[name]()
+
+    return handler
+
+
+for _name in _RESPONSE:
+    if hasattr(KServeIngress, _name) and _name != "ModelStreamInfer":
+        setattr(KServeIngress, _name, _parsed(_name, getattr(KServeIngress, _name)))

@@ -1,0 +1,157 @@
+"""What a cluster deployment looks like: one frozen plan per model, read from config.pbtxt.
+
+Replica counts belong with the model (like ``instance_group`` does for one
+machine), so they are ``config.pbtxt`` parameters; command-line flags override
+them for every model:
+
+    parameters { key: "ray.min_replicas"            value { string_value: "1" } }
+    parameters { key: "ray.max_replicas"            value { string_value: "4" } }
+    parameters { key: "ray.target_ongoing_requests" value { string_value: "4" } }
+    parameters { key: "ray.num_cpus"                value { string_value: "1" } }
+
+min == max means a fixed replica count (no autoscaling).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelrepo.files import model_folders
+from modelrepo.spec import ModelSpec, load_spec
+
+PARAM_PREFIX = "ray."
+APP_NAME = "kserve"
+INGRESS = "kserve"
+# The single server's registration: a body that is not protobuf reaches the ingress as
+# a parse error (INVALID_ARGUMENT there), not as grpcio's UNKNOWN at the proxy.
+GRPC_SERVICER = "server.transport.add_inference_service"
+# The node resource that places the ingress replicas (none: anywhere, CPU-free).
+INGRESS_RESOURCE = "kserve_ingress"
+
+
+@dataclass(frozen=True)
+class ReplicaOverrides:
+    """Command-line values that win over every model's config.pbtxt."""
+
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    target_ongoing_requests: float | None = None
+    num_cpus: float | None = None
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 4.0
+    num_cpus: float = 1.0
+    max_ongoing_requests: int = 64
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise ValueError(
+                f"replicas: need 1 <= min ({self.min_replicas}) <= max ({self.max_replicas})"
+            )
+        if self.target_ongoing_requests <= 0 or self.num_cpus < 0:
+            raise ValueError(
+                f"target_ongoing_requests {self.target_ongoing_requests} must be > 0 and "
+                f"num_cpus {self.num_cpus} >= 0"
+            )
+
+    def serve_options(self) -> dict[str, object]:
+        """Keyword arguments for ``Deployment.options``."""
+        options: dict[str, object] = {
+            "ray_actor_options": {"num_cpus": self.num_cpus},
+            "max_ongoing_requests": self.max_ongoing_requests,
+        }
+        if self.min_replicas == self.max_replicas:
+            options["num_replicas"] = self.min_replicas
+        else:
+            options["autoscaling_config"] = {
+                "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests,
+            }
+        return options
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    name: str
+    replicas: ReplicaPlan
+    # Changes whenever a version folder or the config changes: a new revision makes
+    # Ray Serve replace the replicas one after another (a rolling update).
+    revision: str
+
+
+def _number(spec: ModelSpec, key: str, kind: type[float] | type[int]) -> float | int | None:
+    params = spec.config.parameters
+    name = PARAM_PREFIX + key
+    if name not in params:
+        return None
+    text = params[name].string_value
+    try:
+        return kind(text)
+    except ValueError as exc:
+        raise ValueError(
+            f"model '{spec.name}': parameter {name} is {text!r}, not a {kind.__name__}"
+        ) from exc
+
+
+_KINDS: dict[str, type[float] | type[int]] = {
+    "min_replicas": int,
+    "max_replicas": int,
+    "target_ongoing_requests": float,
+    "num_cpus": float,
+}
+
+
+def replica_plan(spec: ModelSpec, overrides: ReplicaOverrides) -> ReplicaPlan:
+    """config.pbtxt's values (a min alone is a fixed count), then the flags on top."""
+    values = {k: v for k, kind in _KINDS.items() if (v := _number(spec, k, kind)) is not None}
+    if "min_replicas" in values:
+        values.setdefault("max_replicas", values["min_replicas"])
+    elif "max_replicas" in values:
+        values["min_replicas"] = 1
+    flags = {k: v for k in _KINDS if (v := getattr(overrides, k)) is not None}
+    values.update(flags)
+    low, high = values.get("min_replicas", 1), values.get("max_replicas", 1)
+    if low > high and flags.keys() & {"min_replicas", "max_replicas"}:  # the flag wins
+        values["min_replicas" if "max_replicas" in flags else "max_replicas"] = (
+            high if "max_replicas" in flags else low
+        )
+    return ReplicaPlan(**values)  # type: ignore[arg-type]
+
+
+def revision(model_dir: Path) -> str:
+    """A digest of the names, sizes and times of the model's files."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(model_dir)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+def plan(
+    repository: Path, models: tuple[str, ...] = (), overrides: ReplicaOverrides | None = None
+) -> list[ModelPlan]:
+    """One plan per model of ``repository`` (or the named ones)."""
+    names = list(models) or model_folders(repository)
+    if not names:
+        raise ValueError(f"no models (folders with config.pbtxt) in {repository}")
+    unknown = sorted(set(names) - set(model_folders(repository)))
+    if unknown:
+        raise ValueError(
+            f"models {unknown} not in {repository}; there: {model_folders(repository)}"
+        )
+    overrides = overrides or ReplicaOverrides()
+    return [
+        ModelPlan(
+            name=name,
+            replicas=replica_plan(load_spec(repository / name), overrides),
+            revision=revision(repository / name),
+        )
+        for name in names
+    ]
