@@ -54,7 +54,7 @@ class InferenceServer:
         self.plane = DataPlane(
             self.manager,
             max_input_bytes=opts.max_message_bytes,
-            shm=SharedMemoryManager(enabled=opts.shared_memory),
+            shm=SharedMemoryManager(enabled=opts.shared_memory, max_bytes=opts.max_message_bytes),
         )
         self.servicer = InferenceServicer(self.plane, self.manager)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else None
