@@ -18,22 +18,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protos import grpc_service_pb2 as pb
 from tests.serving import ServerProcess, digits, start_server, tensor_request
 from tests.stress import ValidStream
+from tests.test_fuzz import FUZZ as FUZZ_ALL
 from tests.test_shared_memory import LENET_INPUT, LENET_OUTPUT, shm_params
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=list(HealthCheck),
-)
+FUZZ = settings(FUZZ_ALL, max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")))
 ALLOWED = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS"}
 VICTIM = b"outside /dev/shm, must never change" * 64
 SIZE = 64 << 10
