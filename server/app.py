@@ -43,6 +43,7 @@ class AppOptions:
     grace_seconds: float = 30.0
     tls: TlsFiles | None = None  # None: plaintext gRPC
     shared_memory: bool = True  # Triton's system shared-memory extension
+    max_spatial_size: int | None = None  # dynamic H/W cap for every model (server/limits.py)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -55,6 +56,7 @@ class InferenceServer:
             self.manager,
             max_input_bytes=opts.max_message_bytes,
             shm=SharedMemoryManager(enabled=opts.shared_memory, max_bytes=opts.max_message_bytes),
+            max_spatial_size=opts.max_spatial_size,
         )
         self.servicer = InferenceServicer(self.plane, self.manager)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else None

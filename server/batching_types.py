@@ -41,6 +41,7 @@ class BatchingConfig:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 0
     max_queue_size: int = 64  # rows (images) waiting, not requests
+    max_queue_share: float = 0.5  # of max_queue_size, the most one client may hold
     instance_count: int = 1
     enabled: bool = True
 
@@ -57,6 +58,8 @@ class BatchingConfig:
             raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
         if self.max_queue_size < 1:
             raise ValueError(f"max_queue_size must be >= 1 row, got {self.max_queue_size}")
+        if not 0 < self.max_queue_share <= 1:
+            raise ValueError(f"max_queue_share must be in (0, 1], got {self.max_queue_share}")
         if self.instance_count < 1:
             raise ValueError(f"instance_count must be >= 1, got {self.instance_count}")
 

@@ -48,6 +48,7 @@ class ServerOptions:
     max_queue_delay_us: int | None = None
     preferred_batch_sizes: tuple[int, ...] | None = None
     max_queue_size: int | None = None
+    max_queue_share: float = 0.5  # of the queue, the most one client may hold (fairness.py)
     instance_count: int | None = None  # overrides instance_group counts
     default_queue_size: int = 256  # rows, where the config sets no bound
     retire_timeout_s: float = 30.0  # how long a replaced/unloaded version waits for its requests
@@ -129,6 +130,7 @@ def batching_config(spec: ModelSpec, opts: ServerOptions) -> BatchingConfig:
         preferred_batch_sizes=preferred,
         max_queue_delay_us=delay,
         max_queue_size=max(queue_size, max_batch),
+        max_queue_share=opts.max_queue_share,
         instance_count=instances,
         enabled=opts.batching and dyn is not None and cfg.max_batch_size > 0,
     )
