@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from server.app import AppOptions, repository_path, serve
+from server.memory import TrimOptions
 from server.models import ServerOptions
 from server.transport import TlsFiles
 
@@ -91,6 +92,19 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         help="largest dynamic height/width of any model's input (default: the model's "
         "config.pbtxt parameter max_spatial_size, else 4x its crop size)",
     )
+    p.add_argument(
+        "--malloc-trim-mib",
+        type=int,
+        default=TrimOptions.slack_mib,
+        help="give freed memory back to the OS while RSS is this many MiB over its level "
+        f"after loading (default {TrimOptions.slack_mib}; 0: never)",
+    )
+    p.add_argument(
+        "--malloc-arena-max",
+        type=int,
+        default=TrimOptions.arena_max,
+        help=f"glibc malloc arenas (default {TrimOptions.arena_max}; 0: glibc's default)",
+    )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve gRPC over TLS")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     p.add_argument(
@@ -139,6 +153,7 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         tls=TlsFiles(a.tls_cert, a.tls_key, a.tls_client_ca) if a.tls_cert else None,
         shared_memory=not a.no_shared_memory,
         max_spatial_size=a.max_spatial_size,
+        memory=TrimOptions(slack_mib=a.malloc_trim_mib, arena_max=a.malloc_arena_max),
     )
 
 
