@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.serving import ROOT, ServerProcess, start_server
+from tests.test_security import _issue
 
 CLIENT_HELLO = bytes.fromhex("16030100f4010000f00303") + bytes(range(64))
 
@@ -80,16 +81,28 @@ def test_an_unreadable_repository_is_one_line(lenet_repo: Path, tmp_path: Path) 
     assert code != 0 and str(locked) in line and "not readable" in line, line
 
 
-@pytest.mark.parametrize("broken", ["cert", "key", "missing"])
+@pytest.mark.parametrize("broken", ["garbage", "key", "mismatch", "missing", "client-ca"])
 def test_bad_tls_files_are_one_line(lenet_repo: Path, tmp_path: Path, broken: str) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
-    key.write_bytes(b"\x00garbage")
-    if broken == "missing":
-        key = tmp_path / "no-such-key.pem"
-    code, stderr = run_server(lenet_repo, "--tls-cert", str(cert), "--tls-key", str(key))
+    ca = _issue(tmp_path, "ca", None, ca=True)
+    _issue(tmp_path, "server", ca, server=True)
+    _issue(tmp_path, "client", ca)
+    cert, key, extra = tmp_path / "server.pem", tmp_path / "server.key", []
+    named = key
+    if broken == "garbage":
+        cert.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    elif broken == "key":
+        key.write_bytes(b"\x00garbage")
+    elif broken == "mismatch":
+        key = named = tmp_path / "client.key"
+    elif broken == "missing":
+        key = named = tmp_path / "no-such.key"
+    else:
+        named = tmp_path / "not-a-ca.pem"
+        named.write_text("hello")
+        extra = ["--tls-client-ca", str(named)]
+    code, stderr = run_server(lenet_repo, "--tls-cert", str(cert), "--tls-key", str(key), *extra)
     line = one_error_line(stderr)
-    assert code != 0 and str(key) in line, line
+    assert code != 0 and str(named) in line, line
     assert "E0000" not in stderr, stderr  # grpc's C-level log lines never came into it
 
 
