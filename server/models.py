@@ -29,6 +29,7 @@ from protos import model_config_pb2 as mc
 from server.backends import Backend, BackendConfig, create_backend
 from server.batching import BatchingConfig, DynamicBatcher
 from server.errors import InvalidArgument, NotFound, Unavailable, shown
+from server.limits import max_spatial_size
 from server.metrics import Metrics, ModelMetrics
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,7 @@ class ModelManager:
         if not (model_dir / "config.pbtxt").is_file():
             raise NotFound(f"no model '{name}' in repository {self.opts.repository}")
         spec = load_spec(model_dir)
+        max_spatial_size(spec)  # a bad limit parameter fails the load, not every request
         if not spec.versions:
             raise ModelConfigError(
                 f"no version folder (1/, 2/, ...) in {model_dir}: nothing to serve"
