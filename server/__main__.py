@@ -10,6 +10,7 @@ from pathlib import Path
 
 from server.app import AppOptions, repository_path, serve
 from server.image_args import add_image_arguments, image_options
+from server.memory import TrimOptions
 from server.models import ServerOptions
 from server.transport import TlsFiles
 
@@ -55,6 +56,13 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
     p.add_argument("--preferred-batch-size", type=int, nargs="+", default=None)
     p.add_argument("--max-queue-size", type=int, default=None, help="queued images per model")
     p.add_argument(
+        "--max-queue-share",
+        type=float,
+        default=0.5,
+        help="the most of a model's queue one client (connection or stream) may hold, "
+        "0 < share <= 1 (default 0.5; at least one batch)",
+    )
+    p.add_argument(
         "--instance-count",
         type=int,
         default=None,
@@ -78,6 +86,26 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         default=30.0,
         help="on SIGTERM, how long accepted requests may take to finish (default 30)",
     )
+    p.add_argument(
+        "--max-spatial-size",
+        type=int,
+        default=None,
+        help="largest dynamic height/width of any model's input (default: the model's "
+        "config.pbtxt parameter max_spatial_size, else 4x its crop size)",
+    )
+    p.add_argument(
+        "--malloc-trim-mib",
+        type=int,
+        default=TrimOptions.slack_mib,
+        help="give freed memory back to the OS while RSS is this many MiB over its level "
+        f"after loading (default {TrimOptions.slack_mib}; 0: never)",
+    )
+    p.add_argument(
+        "--malloc-arena-max",
+        type=int,
+        default=TrimOptions.arena_max,
+        help=f"glibc malloc arenas (default {TrimOptions.arena_max}; 0: glibc's default)",
+    )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve gRPC over TLS")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     p.add_argument(
@@ -93,6 +121,10 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         p.error("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
     if a.instance_count is not None and a.instance_count < 1:
         p.error(f"--instance-count {a.instance_count}: must be >= 1")
+    if not 0 < a.max_queue_share <= 1:
+        p.error(f"--max-queue-share {a.max_queue_share}: must be in (0, 1]")
+    if a.max_spatial_size is not None and a.max_spatial_size < 1:
+        p.error(f"--max-spatial-size {a.max_spatial_size}: must be >= 1")
     if a.max_message_mb < 1 or a.grace_seconds < 0:
         p.error("--max-message-mb must be >= 1 and --grace-seconds >= 0")
     logging.basicConfig(
@@ -111,6 +143,7 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
             ("max_queue_size", a.max_queue_size),
             ("instance_count", a.instance_count),
         ),
+        max_queue_share=a.max_queue_share,
         warmup=not a.no_warmup,
         onnxruntime_config=tuple(a.onnxruntime_config),
     )
@@ -125,6 +158,8 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         tls=TlsFiles(a.tls_cert, a.tls_key, a.tls_client_ca) if a.tls_cert else None,
         shared_memory=not a.no_shared_memory,
         images=images,
+        max_spatial_size=a.max_spatial_size,
+        memory=TrimOptions(slack_mib=a.malloc_trim_mib, arena_max=a.malloc_arena_max),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,10 +21,12 @@ from grpc_reflection.v1alpha import reflection
 from protos import grpc_service_pb2 as pb
 from server.dataplane import DataPlane
 from server.images import ImageOptions, ImagePipeline
+from server.memory import MemoryTrimmer, TrimOptions
 from server.metrics import Metrics
 from server.models import ModelManager, ServerOptions
 from server.servicer import InferenceServicer
 from server.shared_memory import SharedMemoryManager
+from server.startup import EXIT_CODE, StartupError, bind_error, check_repository, check_tls
 from server.transport import TlsFiles, add_inference_service
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,8 @@ class AppOptions:
     tls: TlsFiles | None = None  # None: plaintext gRPC
     shared_memory: bool = True  # Triton's system shared-memory extension
     images: ImageOptions = ImageOptions()  # decode pool and image limits
+    max_spatial_size: int | None = None  # dynamic H/W cap for every model (server/limits.py)
+    memory: TrimOptions = TrimOptions()  # giving memory back (server/memory.py)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -61,10 +66,12 @@ class InferenceServer:
         self.plane = DataPlane(
             self.manager,
             max_input_bytes=opts.max_message_bytes,
-            shm=SharedMemoryManager(enabled=opts.shared_memory),
+            shm=SharedMemoryManager(enabled=opts.shared_memory, max_bytes=opts.max_message_bytes),
             images=ImagePipeline(opts.images),
+            max_spatial_size=opts.max_spatial_size,
         )
         self.servicer = InferenceServicer(self.plane, self.manager)
+        self.trimmer = MemoryTrimmer(opts.memory)
         self.health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http = None
@@ -74,6 +81,7 @@ class InferenceServer:
     async def start(self) -> None:
         self.manager.listeners.append(self._set_health)
         await self.manager.load_all()
+        self.trimmer.start()  # its floor: the RSS with every model loaded
         size = self.opts.max_message_bytes
         server = grpc.aio.server(
             options=[
@@ -92,17 +100,26 @@ class InferenceServer:
             server,
         )
         address = f"{self.opts.host}:{self.opts.grpc_port}"
-        if self.opts.tls is None:
-            self.port = server.add_insecure_port(address)
-        else:
-            self.port = server.add_secure_port(address, self.opts.tls.credentials())
+        try:
+            if self.opts.tls is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, self.opts.tls.credentials())
+        except RuntimeError:  # grpc's "Failed to bind", without the reason
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC to {self.opts.host}:{self.opts.grpc_port}")
+            raise bind_error("gRPC", self.opts.host, self.opts.grpc_port)
         await server.start()
         self._grpc = server
         await self.health.set("", _health_status(self.manager.ready()))
         if self.opts.metrics_port >= 0:
-            self._metrics_http = self.metrics.serve(self.opts.metrics_port, self.opts.metrics_host)
+            try:
+                self._metrics_http = self.metrics.serve(
+                    self.opts.metrics_port, self.opts.metrics_host
+                )
+            except OSError as exc:
+                host, port = self.opts.metrics_host, self.opts.metrics_port
+                raise bind_error("metrics", host, port, exc) from None
             self.metrics_port = self._metrics_http.server_port
         log.info(
             "serving gRPC%s on %s:%d, metrics on %s",
@@ -124,6 +141,7 @@ class InferenceServer:
         await self.manager.close()
         self.plane.shm.close()
         self.plane.images.close()
+        self.trimmer.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
@@ -136,7 +154,14 @@ class InferenceServer:
 async def serve(opts: AppOptions) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully; the exit code."""
     server = InferenceServer(opts)
-    await server.start()
+    try:
+        if opts.tls is not None:
+            check_tls(opts.tls)
+        await server.start()
+    except StartupError as exc:
+        await server.stop(grace=0)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CODE
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -150,6 +175,8 @@ async def serve(opts: AppOptions) -> int:
 
 def repository_path(text: str) -> Path:
     path = Path(text)
-    if not path.is_dir():
-        raise SystemExit(f"model repository '{text}' is not a directory")
+    try:
+        check_repository(path)
+    except StartupError as exc:
+        raise SystemExit(f"error: {exc}") from None
     return path

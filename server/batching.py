@@ -42,7 +42,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -58,6 +58,7 @@ from server.batching_types import (
     QueueFullError,
     RequestTooLargeError,
 )
+from server.fairness import QueueShares
 
 __all__ = [
     "BatchObserver",
@@ -90,6 +91,7 @@ class _Request:
     future: concurrent.futures.Future[np.ndarray]
     arrival: float
     arrived_busy: bool  # every instance was busy when it arrived
+    owner: Hashable | None = None  # the client, for its share of the queue
     queued: bool = True
 
 
@@ -111,7 +113,9 @@ class DynamicBatcher:
         config: ServingConfig,
         name: str = "",
         observer: BatchObserver | None = None,
+        max_queue_share: float = 1.0,
     ) -> None:
+        """``max_queue_share``: of ``config.max_queue_size``, the most one owner may hold."""
         self.run_batch = run_batch
         self.config = config
         self.name = name
@@ -120,6 +124,7 @@ class DynamicBatcher:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._pending: collections.deque[_Request] = collections.deque()
+        self._shares = QueueShares(config, max_queue_share)
         self._in_flight = 0
         self._accepting = False
         self._started = False
@@ -176,9 +181,10 @@ class DynamicBatcher:
             raise
 
     def submit_future(
-        self, inputs: np.ndarray, deadline: float | None = None
+        self, inputs: np.ndarray, deadline: float | None = None, owner: Hashable | None = None
     ) -> concurrent.futures.Future[np.ndarray]:
-        """Queue ``inputs``; the future gets its output rows. Cancel it to withdraw."""
+        """Queue ``inputs``; the future gets its output rows. Cancel it to withdraw.
+        ``owner`` (a client) may hold only its share of the queue (server/fairness.py)."""
         if not self._accepting:
             raise BatcherClosedError(f"model {self.name!r} is not accepting requests")
         if not isinstance(inputs, np.ndarray) or inputs.ndim == 0 or inputs.shape[0] < 1:
@@ -204,9 +210,13 @@ class DynamicBatcher:
                     f"queue of model {self.name!r} is full: {self._stats.queue_rows} rows"
                     f" waiting, limit {cfg.max_queue_size} (request of {n} rows rejected)"
                 )
+            if unfair := self._shares.refusal(owner, n, self.name):
+                self._stats.rejected_queue_full += 1
+                raise QueueFullError(unfair)
             busy = self._in_flight >= cfg.instance_count
-            req = _Request(inputs, n, deadline, future, now, arrived_busy=busy)
+            req = _Request(inputs, n, deadline, future, now, arrived_busy=busy, owner=owner)
             self._pending.append(req)
+            self._shares.add(owner, n)
             self._stats.queue_rows += n
             self._changed.notify()
         future.add_done_callback(lambda f: self._withdraw(req) if f.cancelled() else None)
@@ -382,6 +392,7 @@ class DynamicBatcher:
     def _unqueue(self, req: _Request) -> None:
         req.queued = False
         self._stats.queue_rows -= req.rows
+        self._shares.remove(req.owner, req.rows)
 
     def _fail(self, req: _Request, exc: BaseException) -> None:
         """Outside the lock: fail a request nobody answered yet."""

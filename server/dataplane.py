@@ -16,7 +16,7 @@ import numpy as np
 
 from modelrepo.keys import RUNTIME_PREFIX
 from protos import grpc_service_pb2 as pb
-from server import batching, tensors
+from server import batching, limits, tensors
 from server.errors import (
     DeadlineExceeded,
     InferenceError,
@@ -52,9 +52,11 @@ class DataPlane:
         max_input_bytes: int,
         shm: SharedMemoryManager | None = None,
         images: ImagePipeline | None = None,
+        max_spatial_size: int | None = None,
     ) -> None:
         self.manager = manager
         self.max_input_bytes = max_input_bytes
+        self.max_spatial_size = max_spatial_size  # None: each model's own (server/limits.py)
         self.shm = shm or SharedMemoryManager(enabled=False)
         self.images = images or ImagePipeline()
 
@@ -147,6 +149,7 @@ class DataPlane:
                 f"input shape {shape} does not match [{', '.join(map(str, expected))}] "
                 f"(batch dimension first, up to max_batch_size {served.spec.max_batch_size})"
             )
+        limits.check_spatial(served.spec, shape, self.max_spatial_size)
         self._check_batch(served, shape[0])
 
     @staticmethod
@@ -189,10 +192,12 @@ class DataPlane:
         served.metrics.preprocess_seconds.observe(elapsed / 1e9)
         return array
 
-    async def _run(self, served: ServedVersion, array: np.ndarray, deadline: float | None):
+    async def _run(
+        self, served: ServedVersion, array: np.ndarray, deadline: float | None, owner: object
+    ):
         future = None
         try:
-            future = served.batcher.submit_future(array, deadline)
+            future = served.batcher.submit_future(array, deadline, owner)
             return await asyncio.wrap_future(future)
         except batching.QueueFullError as exc:
             raise ResourceExhausted(str(exc)) from exc
@@ -266,8 +271,9 @@ class DataPlane:
             response.raw_output_contents.append(b"")  # keeps raw contents positional
 
     async def infer(
-        self, request: pb.ModelInferRequest, deadline: float | None
+        self, request: pb.ModelInferRequest, deadline: float | None, owner: object = None
     ) -> pb.ModelInferResponse:
+        """``owner``: the client (connection or stream), for its share of the queue."""
         served = self.manager.get(check_name(request.model_name), request.model_version)
         metrics = served.metrics
         started = time.perf_counter_ns()
@@ -277,7 +283,7 @@ class DataPlane:
             self._check_outputs(
                 served, request, len(array)
             )  # before queueing: bad requests cost nothing
-            logits = await self._run(served, array, deadline)
+            logits = await self._run(served, array, deadline, owner)
             response = pb.ModelInferResponse(
                 model_name=served.spec.name, model_version=str(served.version), id=request.id
             )

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from server.metrics_http import serve_metrics
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -98,8 +100,7 @@ class Metrics:
 
     def serve(self, port: int, addr: str = "0.0.0.0"):
         """Start the /metrics HTTP endpoint; returns the server (call ``shutdown()``)."""
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        return server
+        return serve_metrics(self.registry, port, addr)
 
 
 class ModelMetrics:

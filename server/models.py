@@ -31,6 +31,7 @@ from modelrepo.serving import ServingConfig, read_serving
 from modelrepo.spec import ModelConfigError, ModelSpec, load_spec
 from server.batching import DynamicBatcher
 from server.errors import InvalidArgument, NotFound, Unavailable, shown
+from server.limits import max_spatial_size
 from server.metrics import Metrics, ModelMetrics
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class ServerOptions:
     batching: bool = True
     # Command-line overrides of config.pbtxt: ServingConfig field -> value (see read_serving).
     serving_overrides: tuple[tuple[str, Any], ...] = ()
+    max_queue_share: float = 0.5  # of the queue, the most one client may hold (fairness.py)
     retire_timeout_s: float = 30.0  # how long a replaced/unloaded version waits for its requests
     warmup: bool = True
     # ONNX Runtime session config entries for every model; config.pbtxt parameters
@@ -211,6 +213,7 @@ class ModelManager:
         if not (model_dir / keys.CONFIG_FILE).is_file():
             raise NotFound(f"no model '{name}' in repository {self.opts.repository}")
         spec = load_spec(model_dir)
+        max_spatial_size(spec)  # a bad limit parameter fails the load, not every request
         if not spec.versions:
             raise ModelConfigError(
                 f"no version folder (1/, 2/, ...) in {model_dir}: nothing to serve"
@@ -231,7 +234,11 @@ class ModelManager:
                 version=version,
                 backends=backends,
                 batcher=DynamicBatcher(
-                    _pool_runner(backends), bcfg, name=f"{name}/{version}", observer=metrics
+                    _pool_runner(backends),
+                    bcfg,
+                    name=f"{name}/{version}",
+                    observer=metrics,
+                    max_queue_share=self.opts.max_queue_share,
                 ),
                 metrics=metrics,
             )

@@ -87,7 +87,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request, context):
-        return await self.plane.infer(request, _deadline(context))
+        return await self.plane.infer(request, _deadline(context), owner=context.peer())
 
     @_rpc
     async def ModelStatistics(self, request, context):
@@ -136,7 +136,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Triton's streaming inference (server/streaming.py): one answer per request."""
         if self.shutting_down:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-        stream = InferStream(self.plane.infer, _deadline(context))
+        # The stream, not its connection, is the client: its requests share one slice.
+        infer = functools.partial(self.plane.infer, owner=object())
+        stream = InferStream(infer, _deadline(context))
         self.streams.add(stream)
         try:
             async for answer in stream.responses(request_iterator):

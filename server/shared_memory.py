@@ -11,13 +11,19 @@ work unchanged.
 Inputs are copied out of the region before they are queued, so a client may rewrite
 or unregister its region as soon as the call returns, and an unregister never pulls
 memory from under a running batch.
+
+The client owns the file, so the server trusts nothing about it: a key must name a
+regular file directly in /dev/shm (no symlink followed), and every read and write
+goes through the descriptor opened then, with the file's size checked again; a file
+that shrank is an error naming the region, never a SIGBUS (see ``Region``).
 """
 
 from __future__ import annotations
 
-import mmap
+import errno
 import os
 import re
+import stat
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,20 +51,42 @@ class ShmRef:
 
 @dataclass
 class Region:
+    """A registered region: an open file descriptor, never a mapping.
+
+    Reads and writes go through ``pread``/``pwrite`` on the descriptor opened at
+    registration: a client that truncates its file gets a short read (an error
+    naming the region), where a mapping would have raised SIGBUS and killed the
+    server; and a client that swaps the name for a symlink afterwards changes
+    nothing, since the path is never opened again.
+    """
+
     name: str
     key: str
     offset: int  # of the region within the shared-memory object
     byte_size: int
-    _map: mmap.mmap
+    fd: int
 
-    def view(self, offset: int, size: int, what: str) -> memoryview:
+    def span(self, offset: int, size: int, what: str) -> int:
+        """The file position of ``[offset, offset + size)`` after checking it lies inside."""
         if offset < 0 or size < 0 or offset + size > self.byte_size:
             raise InvalidArgument(
                 f"{what}: bytes [{offset}, {offset + size}) are outside shared memory region "
                 f"{shown(self.name)} of {self.byte_size} bytes"
             )
-        start = self.offset + offset
-        return memoryview(self._map)[start : start + size]
+        self.check_size(what)
+        return self.offset + offset
+
+    def check_size(self, what: str) -> None:
+        """The file still holds the whole region (a client may have truncated it)."""
+        size = os.fstat(self.fd).st_size
+        if size < self.offset + self.byte_size:
+            raise InvalidArgument(self.shrunk(what, size))
+
+    def shrunk(self, what: str, size: int) -> str:
+        return (
+            f"{what}: shared memory region {shown(self.name)} (key {shown(self.key)}) needs "
+            f"{self.offset + self.byte_size} bytes but its file now has {size}"
+        )
 
 
 def shm_ref(parameters: Mapping[str, Any], what: str) -> ShmRef | None:
@@ -85,9 +113,12 @@ def shm_ref(parameters: Mapping[str, Any], what: str) -> ShmRef | None:
 class SharedMemoryManager:
     """The registered system shared-memory regions of one server."""
 
-    def __init__(self, enabled: bool = True, shm_dir: Path = SHM_DIR) -> None:
+    def __init__(
+        self, enabled: bool = True, shm_dir: Path = SHM_DIR, max_bytes: int = 64 << 20
+    ) -> None:
         self.enabled = enabled
         self.shm_dir = shm_dir
+        self.max_bytes = max_bytes  # the largest tensor read: as large as a gRPC message
         self._regions: dict[str, Region] = {}
         self._lock = threading.Lock()
 
@@ -112,29 +143,44 @@ class SharedMemoryManager:
                 f"shared memory region {shown(name)}: offset {offset} must be >= 0 and "
                 f"byte_size {byte_size} > 0"
             )
-        path = self.shm_dir / key[1:]
         with self._lock:
             if name in self._regions:
                 raise AlreadyExists(
                     f"shared memory region {shown(name)} is already registered; unregister it first"
                 )
-            try:
-                fd = os.open(path, os.O_RDWR)
-            except FileNotFoundError:
-                raise NotFound(f"shared memory key {shown(key)} does not exist") from None
-            except OSError as exc:
-                raise InvalidArgument(f"cannot open shared memory key {shown(key)}: {exc}") from exc
-            try:
-                size = os.fstat(fd).st_size
-                if offset + byte_size > size:
-                    raise InvalidArgument(
-                        f"shared memory region {shown(name)}: offset {offset} + byte_size "
-                        f"{byte_size} exceeds the {size} bytes of key {shown(key)}"
-                    )
-                mapped = mmap.mmap(fd, offset + byte_size)
-            finally:
+            fd = self._open(key)
+            size = os.fstat(fd).st_size
+            if offset + byte_size > size:
                 os.close(fd)
-            self._regions[name] = Region(name, key, offset, byte_size, mapped)
+                raise InvalidArgument(
+                    f"shared memory region {shown(name)}: offset {offset} + byte_size "
+                    f"{byte_size} exceeds the {size} bytes of key {shown(key)}"
+                )
+            self._regions[name] = Region(name, key, offset, byte_size, fd)
+
+    def _open(self, key: str) -> int:
+        """A descriptor of the regular file ``key`` names directly in the shared-memory folder.
+
+        O_NOFOLLOW refuses a symlink (it could point anywhere: outputs are written there),
+        O_NONBLOCK keeps a FIFO from stalling the server, and the device check refuses
+        anything that is not on the shared-memory file system itself.
+        """
+        path = self.shm_dir / key[1:]
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            raise NotFound(f"shared memory key {shown(key)} does not exist") from None
+        except OSError as exc:
+            why = "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+            raise InvalidArgument(f"cannot open shared memory key {shown(key)}: {why}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_dev != os.stat(self.shm_dir).st_dev:
+            os.close(fd)
+            raise InvalidArgument(
+                f"shared memory key {shown(key)} is not a regular file in {self.shm_dir}"
+            )
+        return fd
 
     def unregister(self, name: str) -> None:
         """Forget ``name``, or every region when it is empty; unknown names are no error."""
@@ -143,7 +189,7 @@ class SharedMemoryManager:
             for n in names:
                 region = self._regions.pop(n, None)
                 if region is not None:
-                    region._map.close()
+                    os.close(region.fd)
 
     def status(self, name: str) -> list[Region]:
         with self._lock:
@@ -163,20 +209,33 @@ class SharedMemoryManager:
         return region
 
     def read(self, ref: ShmRef, what: str) -> bytes:
-        """A copy of the tensor bytes ``ref`` points at."""
+        """A copy of the tensor bytes ``ref`` points at (under the lock: the descriptor
+        must not be closed and its number reused while it is read)."""
+        if ref.byte_size > self.max_bytes:
+            raise InvalidArgument(
+                f"{what}: {PARAM_SIZE} {ref.byte_size} exceeds the largest input, "
+                f"{self.max_bytes} bytes (--max-message-mb)"
+            )
         with self._lock:
-            return bytes(self._region(ref, what).view(ref.offset, ref.byte_size, what))
+            region = self._region(ref, what)
+            data = os.pread(region.fd, ref.byte_size, region.span(ref.offset, ref.byte_size, what))
+            if len(data) < ref.byte_size:  # truncated between the check and the read
+                raise InvalidArgument(region.shrunk(what, os.fstat(region.fd).st_size))
+            return data
 
     def check_room(self, ref: ShmRef, needed: int, what: str) -> None:
         """Fail before compute when an output cannot fit where the client asked for it."""
         with self._lock:
-            self._region(ref, what).view(ref.offset, ref.byte_size, what)
+            self._region(ref, what).span(ref.offset, ref.byte_size, what)
         _fits(ref, needed, what)
 
     def write(self, ref: ShmRef, data: bytes, what: str) -> None:
+        """Write ``data`` at ``ref``; a file truncated meanwhile is refused, or (in a race
+        with the truncation) grows again: never a signal."""
         _fits(ref, len(data), what)  # a classification's strings are only sized now
         with self._lock:
-            self._region(ref, what).view(ref.offset, len(data), what)[:] = data
+            region = self._region(ref, what)
+            os.pwrite(region.fd, data, region.span(ref.offset, len(data), what))
 
     def close(self) -> None:
         self.unregister("")

@@ -13,6 +13,11 @@ fails alone, as ``error_message``, while the stream stays open. An error answer
 also carries the request's id, model and version in ``infer_response`` so a
 client with several requests in flight can tell which one failed.
 
+A stream holds at most ``max_unanswered`` requests that are read but whose
+answers the client has not taken: past that the server reads no more, and
+HTTP/2 flow control makes the client wait. A client that sends and never reads
+costs a bounded amount of memory and queue, never the whole queue.
+
 When the server starts shutting down it stops reading new requests, answers
 every request already read, then ends the stream UNAVAILABLE: a request the
 client sent after that point is known to be unanswered, never silently lost.
@@ -35,9 +40,10 @@ Infer = Callable[[pb.ModelInferRequest, float | None], Awaitable[pb.ModelInferRe
 class InferStream:
     """One open ModelStreamInfer call: a reader task, one task per request, one writer."""
 
-    def __init__(self, infer: Infer, deadline: float | None) -> None:
+    def __init__(self, infer: Infer, deadline: float | None, max_unanswered: int = 64) -> None:
         self._infer = infer
         self._deadline = deadline
+        self._room = asyncio.Semaphore(max_unanswered)  # released as answers are sent
         self._answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
@@ -60,7 +66,8 @@ class InferStream:
         self._reader.add_done_callback(lambda t: t.cancelled() and self._answers.put_nowait(None))
         try:
             while (answer := await self._answers.get()) is not None:
-                yield answer
+                yield answer  # returns once gRPC took it: the client is reading
+                self._room.release()
             await self._reader  # a broken request stream surfaces here
         finally:
             self._reader.cancel()
@@ -72,7 +79,13 @@ class InferStream:
     async def _read(self, requests: AsyncIterator[pb.ModelInferRequest]) -> None:
         try:
             if not self._stopped:
-                async for request in requests:
+                iterator = aiter(requests)
+                while True:
+                    await self._room.acquire()
+                    try:
+                        request = await anext(iterator)
+                    except StopAsyncIteration:
+                        break
                     task = asyncio.create_task(self._answer(request))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)

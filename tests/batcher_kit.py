@@ -83,7 +83,8 @@ def batching(**config: Any) -> ServingConfig:
 
 async def started(model: Callable[[np.ndarray], np.ndarray], **config: Any) -> DynamicBatcher:
     config.setdefault("max_batch_size", 4)
-    batcher = DynamicBatcher(model, batching(**config), name="m")
+    share = config.pop("max_queue_share", 1.0)
+    batcher = DynamicBatcher(model, batching(**config), name="m", max_queue_share=share)
     batcher.start()
     return batcher
 

@@ -293,3 +293,24 @@ def test_next_batch_starts_without_the_event_loop() -> None:
         await b.stop()
 
     run(main())
+
+
+def test_one_owner_holds_at_most_its_share_and_others_still_get_in() -> None:
+    async def main() -> None:
+        model = Model(hold=True)
+        b = await started(model, max_batch_size=2, max_queue_size=8, max_queue_share=0.5)
+        first = await occupy(b, model)
+        mine = [b.submit_future(rows(i), owner="a") for i in (1, 2, 3, 4)]  # 4 = its share
+        with pytest.raises(QueueFullError, match=r"full for this client: it holds 4 rows"):
+            b.submit_future(rows(5), owner="a")
+        theirs = [b.submit_future(rows(i, 2), owner="b") for i in (6, 7)]
+        mine[0].cancel()  # a withdrawn request gives its row back to its owner
+        mine.append(b.submit_future(rows(8), owner="a"))
+        model.gate.set()
+        await first
+        for future in [*mine[1:], *theirs]:
+            await asyncio.wrap_future(future)
+        assert b.stats().queue_rows == 0 and b._shares._rows == {}
+        await b.stop()
+
+    run(main())

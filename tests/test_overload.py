@@ -124,6 +124,7 @@ def test_expired_and_cancelled_requests_are_dropped_before_compute(
     srv = start_server(
         serve_repo,
         *("--model", "mobilenet_v2", "--max-batch-size", "1", "--no-warmup"),
+        *("--max-spatial-size", "1024"),  # its heavy requests are above the default 896
         log_dir=tmp_path,
     )
     try:

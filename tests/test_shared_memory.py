@@ -8,6 +8,7 @@ exercised in test_tritonclient_control.py.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from multiprocessing.shared_memory import SharedMemory
@@ -19,7 +20,14 @@ import pytest
 
 from protos import grpc_service_pb2 as pb
 from server.shared_memory import SharedMemoryManager, ShmRef
-from tests.serving import ServerProcess, digits, in_process, logits_of, start_server
+from tests.serving import (
+    ServerProcess,
+    digits,
+    in_process,
+    logits_of,
+    start_server,
+    tensor_request,
+)
 
 LENET_INPUT = 1 * 32 * 32 * 4  # bytes of one lenet5 image, FP32
 LENET_OUTPUT = 10 * 4
@@ -215,3 +223,102 @@ def test_manager_copies_inputs_so_unregister_never_pulls_memory(shm: SharedMemor
     assert data == b"abcd"
     with pytest.raises(Exception, match="not registered"):
         manager.read(ShmRef("r", 0, 4), "input")
+
+
+# --- a client turning its own file against the server (issue 15) ---------------------
+@pytest.fixture
+def shm_path() -> Iterator[Path]:
+    """A name in /dev/shm for a test to create as it likes; removed afterwards."""
+    path = Path("/dev/shm") / f"cnn-test-{uuid.uuid4().hex[:12]}"
+    yield path
+    path.unlink(missing_ok=True)
+
+
+def test_a_file_truncated_after_registration_is_an_error_not_a_crash(
+    stub, server: ServerProcess, shm_path: Path
+) -> None:
+    """Was SIGBUS (exit 135, nothing logged): the server read its mapping past the file."""
+    shm_path.write_bytes(bytes(1 << 20))
+    stub.SystemSharedMemoryRegister(
+        pb.SystemSharedMemoryRegisterRequest(name="t", key=f"/{shm_path.name}", byte_size=1 << 20)
+    )
+    os.truncate(shm_path, 0)
+    err = error_of(lambda: stub.ModelInfer(shm_request("t", 1)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "region 't'" in err.details() and "now has 0" in err.details(), err.details()
+    req = tensor_request("lenet5", digits(1))
+    shm_params(req.outputs.add(name="logits"), "t", LENET_OUTPUT)
+    err = error_of(lambda: stub.ModelInfer(req))  # an output into it: refused too
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "now has 0" in err.details()
+    assert shm_path.stat().st_size == 0  # nothing was written through
+    os.truncate(shm_path, 1 << 20)  # grown back: usable again
+    assert list(stub.ModelInfer(shm_request("t", 1)).outputs[0].shape) == [1, 10]
+    assert server.proc.poll() is None
+
+
+def test_a_symlink_out_of_dev_shm_is_never_followed(
+    stub, server: ServerProcess, shm_path: Path, tmp_path: Path
+) -> None:
+    """Was: /dev/shm/x -> another file registered, and an output overwrote that file."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious" * 1024)
+    shm_path.symlink_to(victim)
+    request = pb.SystemSharedMemoryRegisterRequest(
+        name="s", key=f"/{shm_path.name}", byte_size=4096
+    )
+    err = error_of(lambda: stub.SystemSharedMemoryRegister(request))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "symbolic link" in err.details(), err.details()
+    assert victim.read_bytes() == b"precious" * 1024
+    assert server.proc.poll() is None
+
+
+def test_a_file_swapped_for_a_symlink_after_registration_is_not_written_through(
+    stub, shm: SharedMemory, tmp_path: Path
+) -> None:
+    """The path is never opened again: the output lands in the file that was registered."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious" * 1024)
+    register(stub, "io", shm)
+    path = Path("/dev/shm") / shm.name
+    path.unlink()
+    path.symlink_to(victim)
+    req = tensor_request("lenet5", digits(1))
+    shm_params(req.outputs.add(name="logits"), "io", LENET_OUTPUT)
+    stub.ModelInfer(req)
+    assert victim.read_bytes() == b"precious" * 1024
+    assert any(shm.buf[:LENET_OUTPUT])  # the logits went to the registered object
+    path.unlink()
+    path.write_bytes(b"")  # for the fixture's unlink
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "dot-dot"])
+def test_keys_that_are_not_regular_files_are_refused(stub, shm_path: Path, kind: str) -> None:
+    key = "/.." if kind == "dot-dot" else f"/{shm_path.name}"
+    if kind == "fifo":
+        os.mkfifo(shm_path)
+    elif kind == "directory":
+        shm_path.mkdir()
+    request = pb.SystemSharedMemoryRegisterRequest(name="k", key=key, byte_size=16)
+    try:
+        err = error_of(lambda: stub.SystemSharedMemoryRegister(request, timeout=30))
+    finally:
+        if shm_path.is_dir():
+            shm_path.rmdir()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert repr(key) in err.details(), err.details()
+
+
+def test_a_region_larger_than_a_message_is_not_read(stub, shm_path: Path) -> None:
+    """A sparse 1 GiB file costs the client nothing; copying it would cost the server 1 GiB."""
+    with shm_path.open("wb") as f:
+        f.truncate(1 << 30)
+    stub.SystemSharedMemoryRegister(
+        pb.SystemSharedMemoryRegisterRequest(name="big", key=f"/{shm_path.name}", byte_size=1 << 30)
+    )
+    req = pb.ModelInferRequest(model_name="lenet5")
+    tensor = req.inputs.add(name="input", datatype="FP32", shape=[1 << 18, 1, 32, 32])
+    shm_params(tensor, "big", 1 << 30)
+    err = error_of(lambda: stub.ModelInfer(req))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "exceeds the largest input" in err.details(), err.details()

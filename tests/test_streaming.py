@@ -130,6 +130,7 @@ def test_a_cancelled_stream_drops_its_queued_requests(serve_repo: Path, tmp_path
     srv = start_server(
         serve_repo,
         *("--model", "mobilenet_v2", "--max-batch-size", "1", "--no-warmup"),
+        *("--max-spatial-size", "1024"),  # HEAVY is 1024x1024, above the default 896
         log_dir=tmp_path,
     )
     try:
@@ -160,6 +161,7 @@ def test_sigterm_answers_what_the_stream_sent_then_ends_it_unavailable(
     srv = start_server(
         serve_repo,
         *("--model", "mobilenet_v2", "--max-batch-size", "1", "--no-warmup"),
+        *("--max-spatial-size", "1024"),  # HEAVY is 1024x1024, above the default 896
         log_dir=tmp_path,
     )
     stream = Stream(srv)
