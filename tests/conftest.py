@@ -146,3 +146,14 @@ def lenet_reference(triton_repository: Path) -> Callable[[np.ndarray], np.ndarra
     )
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: np.asarray(x, dtype=np.float32)})[0]
+
+
+@pytest.fixture(scope="session")
+def http_server(triton_repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A server for the HTTP/REST suites (its own process: they load and unload models)."""
+    from tests.serving import start_server
+
+    srv = start_server(triton_repository, log_dir=tmp_path_factory.mktemp("http-server"))
+    yield srv
+    code = srv.terminate(timeout=60)
+    assert code == 0, f"exit code {code} after SIGTERM:\n{srv.output()[-4000:]}"
