@@ -8,6 +8,8 @@ HTTP status that ``server/errors.py`` ties to each error, here and only here.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import ssl
 import time
@@ -18,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from server.dataplane import DataPlane
-from server.errors import InferenceError, Unavailable, clip
+from server.errors import InferenceError, Unavailable, clip, shown
 from server.http import codec, page
 from server.models import ModelManager
 from server.transport import TlsFiles
@@ -26,6 +28,7 @@ from server.transport import TlsFiles
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_OFF_LOOP_JSON_BYTES = 256 << 10  # JSON bodies larger than this are parsed on a thread
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _json_error(exc.status, exc.text or exc.reason)
+        routed = exc.text and not exc.text.startswith(f"{exc.status}:")  # ours, not the router's
+        message = exc.text if routed else f"{exc.reason}: {request.method} {shown(request.path)}"
+        return _json_error(exc.status, message)
     except Exception as exc:
         log.exception("%s %s failed", request.method, request.path)
         return _json_error(500, f"{type(exc).__name__}: {exc}")
@@ -156,8 +161,13 @@ class HttpFrontend:
             raise Unavailable("server is shutting down")
         body = await request.read()
         started = time.perf_counter()
-        call = codec.parse_infer(body, request.headers.get(codec.HEADER_LENGTH), *_model(request))
-        del body
+        header_length = request.headers.get(codec.HEADER_LENGTH)
+        parse = functools.partial(codec.parse_infer, body, header_length, *_model(request))
+        if header_length is None and len(body) > _OFF_LOOP_JSON_BYTES:
+            call = await asyncio.to_thread(parse)  # a large JSON tensor: let gRPC go on meanwhile
+        else:
+            call = parse()
+        del body, parse
         answer = await self.plane.infer(call.message, call.deadline, protocol="http")
         payload, header_length = codec.encode_infer(answer, call.binary)
         response = web.Response(
