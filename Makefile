@@ -46,6 +46,13 @@ export: $(STAMP)
 # the server with SIGTERM (it must drain and exit 0).
 DEMO_PORT ?= 18001
 DEMO_METRICS_PORT ?= 18002
+DEMO_HTTP_PORT ?= 18000
+DEMO_CURL = PHOTO=$$($(PY) -m exporter.samples | tr ' ' '\n' | grep chelsea); \
+  { printf '{"inputs":[{"name":"input","shape":[1],"datatype":"BYTES",'; \
+    printf '"parameters":{"content_type":"base64"},"data":["'; base64 -w0 "$$PHOTO"; \
+    printf '"]}],"outputs":[{"name":"logits","parameters":{"classification":3}}]}'; } \
+  | curl -sf 127.0.0.1:$(DEMO_HTTP_PORT)/v2/models/efficientnet_lite0/infer \
+    -H 'Content-Type: application/json' --data-binary @-
 demo: $(STAMP)
 	$(PY) -m exporter export mobilenet_v2 --repository $(REPO) --version 1
 	$(PY) -m exporter export efficientnet_lite0 --weights pretrained --repository $(REPO) --version 1
@@ -53,13 +60,18 @@ demo: $(STAMP)
 	$(PY) -m exporter predict mobilenet_v2 --top-k 3 --repository $(REPO) $$($(PY) -m exporter.samples)
 	@log=$(REPO)/.demo-server.log; \
 	$(PY) -m server --model-repository $(REPO) --host 127.0.0.1 --grpc-port $(DEMO_PORT) \
-	  --metrics-port $(DEMO_METRICS_PORT) --metrics-host 127.0.0.1 > $$log 2>&1 & pid=$$!; \
+	  --metrics-port $(DEMO_METRICS_PORT) --metrics-host 127.0.0.1 --http-port $(DEMO_HTTP_PORT) \
+	  > $$log 2>&1 & pid=$$!; \
 	for i in $$(seq 120); do grep -q '^ready:' $$log && break; \
 	  kill -0 $$pid 2>/dev/null || { cat $$log; exit 1; }; sleep 1; done; \
 	echo "server ready (pid $$pid): classifying over gRPC"; \
 	$(PY) -m client --url 127.0.0.1:$(DEMO_PORT) classify --model efficientnet_lite0 --top-k 3 \
 	  $$($(PY) -m exporter.samples); status=$$?; \
 	$(PY) -m client --url 127.0.0.1:$(DEMO_PORT) stats --model efficientnet_lite0 || status=1; \
+	echo "the try-it page: http://127.0.0.1:$(DEMO_HTTP_PORT)/ while this runs; make serve keeps it up on :8000 (docs/http.md)"; \
+	echo "classifying a photo over HTTP with curl:"; \
+	printf '%s\n' '$(subst ','"'"',$(DEMO_CURL))'; \
+	{ $(DEMO_CURL); } && echo || status=1; \
 	kill -TERM $$pid; wait $$pid; code=$$?; \
 	echo "server stopped with exit code $$code"; \
 	[ $$status -eq 0 ] && [ $$code -eq 0 ]

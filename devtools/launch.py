@@ -1,7 +1,7 @@
 """Run ``python -m server`` as a child process and wait until it serves.
 
 For the tests, benchmarks and tools that need a real server: both listeners
-bind port 0 on 127.0.0.1, so the kernel picks free ports (no races between
+(gRPC, HTTP, metrics) bind port 0 on 127.0.0.1, so the kernel picks free ports (no races between
 runs), and the ``ready:`` line that ``server.app.serve`` prints names them.
 """
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 READY = re.compile(r"^ready: gRPC \S+:(\d+), metrics port (-?\d+)", re.MULTILINE)
+HTTP_PORT = re.compile(r"^ready: .*, HTTP port (-?\d+)", re.MULTILINE)
 
 
 @dataclass
@@ -26,6 +27,11 @@ class Launched:
     port: int
     metrics_port: int
     log: Path
+    http_port: int = -1  # -1: HTTP off
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def url(self) -> str:
@@ -66,7 +72,7 @@ def launch(
     with log.open("w") as out:
         proc = subprocess.Popen(
             [*python, "-m", "server", "--model-repository", str(repository),
-             "--host", "127.0.0.1", "--grpc-port", "0",
+             "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0",
              "--metrics-host", "127.0.0.1", "--metrics-port", "0", *args],
             cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
@@ -76,7 +82,9 @@ def launch(
         while time.monotonic() < deadline:
             found = READY.search(log.read_text())
             if found:
-                return Launched(proc, int(found.group(1)), int(found.group(2)), log)
+                http = HTTP_PORT.search(found.string)
+                ports = int(found.group(1)), int(found.group(2))
+                return Launched(proc, *ports, log, int(http.group(1)) if http else -1)
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
             time.sleep(0.1)

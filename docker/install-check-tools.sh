@@ -7,6 +7,8 @@
 #                         daemon on :9090 (the tests start their own, on a free port)
 #   docker-compose        Debian's package (1.29): validates docker-compose.yml
 #                         without a Docker engine
+#   chromium,             Debian's headless browser and its WebDriver, for the
+#   chromium-driver       try-it page test (tests/test_http_page.py, via Selenium)
 # Run by `make test`. Idempotent: once present, it only checks. Without apt (or
 # root where an install is needed) it says what is missing and exits 0; the
 # tests that need the tool then skip with the same reason.
@@ -52,19 +54,34 @@ install_prometheus() {
     say "$("$bin/prometheus" --version 2>&1 | head -n 1) -> $bin"
 }
 
+# apt_install WHAT PACKAGE...: install Debian packages as root, or say what will skip.
+apt_install() {
+    local what="$1"
+    shift
+    if ! command -v apt-get > /dev/null || ! is_root; then
+        say "$what missing and not root with apt-get: its tests will skip"
+        return 1
+    fi
+    apt_update_once
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" > /dev/null
+}
+
 install_compose() {
     if command -v docker-compose > /dev/null || docker compose version > /dev/null 2>&1; then
         return
     fi
-    if ! command -v apt-get > /dev/null || ! is_root; then
-        say "docker-compose missing and not root with apt-get: compose validation will skip"
+    apt_install docker-compose docker-compose || return 0
+    say "$(docker-compose version --short) installed"
+}
+
+install_chromium() {
+    if command -v chromium > /dev/null && command -v chromedriver > /dev/null; then
         return
     fi
-    apt_update_once
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        docker-compose > /dev/null
-    say "$(docker-compose version --short) installed"
+    apt_install "chromium/chromedriver (the browser test)" chromium chromium-driver || return 0
+    say "$(chromium --version 2> /dev/null | head -n 1) installed"
 }
 
 install_prometheus
 install_compose
+install_chromium

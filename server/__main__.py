@@ -33,6 +33,16 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
     )
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument(
+        "--http-port", type=int, default=8000, help="KServe v2 HTTP/REST; -1 disables it"
+    )
+    p.add_argument(
+        "--http-cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let browser pages from ORIGIN (or *) call the REST API (repeatable; default: none)",
+    )
     p.add_argument("--metrics-port", type=int, default=8002, help="-1 disables /metrics")
     p.add_argument("--metrics-host", default="0.0.0.0", help="127.0.0.1 keeps metrics local")
     p.add_argument(
@@ -106,7 +116,9 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         default=TrimOptions.arena_max,
         help=f"glibc malloc arenas (default {TrimOptions.arena_max}; 0: glibc's default)",
     )
-    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve gRPC over TLS")
+    p.add_argument(
+        "--tls-cert", type=Path, help="PEM certificate chain: serve gRPC and HTTP over TLS"
+    )
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     p.add_argument(
         "--tls-client-ca", type=Path, help="PEM CA: require client certificates it signed (mTLS)"
@@ -151,6 +163,8 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         models=models,
         host=a.host,
         grpc_port=a.grpc_port,
+        http_port=a.http_port,
+        http_cors_origins=tuple(a.http_cors_origin),
         metrics_port=a.metrics_port,
         metrics_host=a.metrics_host,
         max_message_bytes=a.max_message_mb << 20,

@@ -1,4 +1,4 @@
-"""The server process: gRPC (KServe v2 + health + reflection) and /metrics.
+"""The server process: gRPC (KServe v2 + health + reflection), HTTP/REST and /metrics.
 
 Shutdown is graceful: on SIGTERM/SIGINT the server reports NOT_SERVING,
 stops accepting RPCs, lets every accepted request finish (up to the grace
@@ -22,6 +22,7 @@ from protos import grpc_service_pb2 as pb
 from server.dataplane import DataPlane
 from server.images import ImageOptions, ImagePipeline
 from server.memory import MemoryTrimmer, TrimOptions
+from server.http.frontend import HttpFrontend, HttpOptions
 from server.metrics import Metrics
 from server.models import ModelManager, ServerOptions
 from server.servicer import InferenceServicer
@@ -43,7 +44,9 @@ def _health_status(ready: bool) -> int:
 class AppOptions:
     models: ServerOptions
     host: str = "0.0.0.0"
-    grpc_port: int = 8001  # Triton's ports: gRPC 8001, metrics 8002 (HTTP 8000 reserved)
+    grpc_port: int = 8001  # Triton's ports: HTTP 8000, gRPC 8001, metrics 8002
+    http_port: int = 8000  # -1 disables HTTP/REST, 0 picks a free port
+    http_cors_origins: tuple[str, ...] = ()  # browsers on these origins may call the REST API
     metrics_port: int = 8002  # -1 disables the metrics endpoint, 0 picks a free port
     metrics_host: str = "0.0.0.0"
     # Largest gRPC message accepted or sent; bigger ones are refused with
@@ -75,6 +78,7 @@ class InferenceServer:
         self.health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http = None
+        self.http: HttpFrontend | None = None
         self.port = 0
         self.metrics_port = 0
 
@@ -112,6 +116,9 @@ class InferenceServer:
         await server.start()
         self._grpc = server
         await self.health.set("", _health_status(self.manager.ready()))
+        if self.opts.http_port >= 0:
+            self.http = HttpFrontend(self.plane, self.manager, self._http_options())
+            await self.http.start()
         if self.opts.metrics_port >= 0:
             try:
                 self._metrics_http = self.metrics.serve(
@@ -122,12 +129,29 @@ class InferenceServer:
                 raise bind_error("metrics", host, port, exc) from None
             self.metrics_port = self._metrics_http.server_port
         log.info(
-            "serving gRPC%s on %s:%d, metrics on %s",
+            "serving gRPC%s on %s:%d, HTTP on %s, metrics on %s",
             "" if self.opts.tls is None else " with TLS",
             self.opts.host,
             self.port,
+            self.http_port if self.http else "off",
             self.metrics_port or "off",
         )
+
+    def _http_options(self) -> HttpOptions:
+        opts = self.opts
+        return HttpOptions(
+            host=opts.host,
+            port=opts.http_port,
+            max_body_bytes=opts.max_message_bytes,
+            tls=opts.tls,
+            cors_origins=opts.http_cors_origins,
+            grace_seconds=opts.grace_seconds,
+        )
+
+    @property
+    def http_port(self) -> int:
+        """The bound HTTP port; -1 when HTTP is off."""
+        return self.http.port if self.http else -1
 
     def _set_health(self, name: str, ready: bool) -> None:
         asyncio.get_running_loop().create_task(self.health.set(name, _health_status(ready)))
@@ -135,9 +159,13 @@ class InferenceServer:
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, finish what was accepted, release everything."""
         self.servicer.stop_streams()
+        if self.http is not None:
+            self.http.begin_shutdown()
         await self.health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(self.opts.grace_seconds if grace is None else grace)
+        if self.http is not None:
+            await self.http.stop()
         await self.manager.close()
         self.plane.shm.close()
         self.plane.images.close()
@@ -166,7 +194,11 @@ async def serve(opts: AppOptions) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"ready: gRPC {opts.host}:{server.port}, metrics port {server.metrics_port}", flush=True)
+    print(
+        f"ready: gRPC {opts.host}:{server.port}, metrics port {server.metrics_port}, "
+        f"HTTP port {server.http_port}",
+        flush=True,
+    )
     await stop.wait()
     log.info("signal received: draining (grace %.0fs)", opts.grace_seconds)
     await server.stop()

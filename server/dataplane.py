@@ -271,7 +271,11 @@ class DataPlane:
             response.raw_output_contents.append(b"")  # keeps raw contents positional
 
     async def infer(
-        self, request: pb.ModelInferRequest, deadline: float | None, owner: object = None
+        self,
+        request: pb.ModelInferRequest,
+        deadline: float | None,
+        owner: object = None,
+        protocol: str = "grpc",
     ) -> pb.ModelInferResponse:
         """``owner``: the client (connection or stream), for its share of the queue."""
         served = self.manager.get(check_name(request.model_name), request.model_version)
@@ -292,7 +296,7 @@ class DataPlane:
             served.failure_ns[0] += 1
             served.failure_ns[1] += time.perf_counter_ns() - started
             code = exc.code.name if isinstance(exc, InferenceError) else "CANCELLED"
-            metrics.requests(code).inc()
+            metrics.requests(code, protocol).inc()
             raise
         finally:
             metrics.in_flight.dec()
@@ -301,7 +305,7 @@ class DataPlane:
         served.success_ns[0] += 1
         served.success_ns[1] += elapsed
         served.last_inference_ms = int(time.time() * 1000)
-        metrics.requests("OK").inc()
+        metrics.requests("OK", protocol).inc()
         metrics.request_seconds.observe(elapsed / 1e9)
         return response
 

@@ -1,7 +1,7 @@
-"""Errors the data plane raises, each tied to the gRPC status it becomes.
+"""Errors the data plane raises, each tied to the gRPC status and the HTTP status it becomes.
 
-The servicer maps them in one place; anything else is a bug and becomes
-INTERNAL with its message logged.
+The gRPC servicer and the HTTP frontend map them here and only here; anything
+else is a bug and becomes INTERNAL (HTTP 500) with its message logged.
 """
 
 from __future__ import annotations
@@ -11,34 +11,42 @@ import grpc
 
 class InferenceError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    http_status: int = 500
 
 
 class InvalidArgument(InferenceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 400
 
 
 class NotFound(InferenceError):
     code = grpc.StatusCode.NOT_FOUND
+    http_status = 404
 
 
 class AlreadyExists(InferenceError):
     code = grpc.StatusCode.ALREADY_EXISTS
+    http_status = 409
 
 
 class Unavailable(InferenceError):
     code = grpc.StatusCode.UNAVAILABLE
+    http_status = 503
 
 
 class ResourceExhausted(InferenceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 429  # queue full: the client should back off and retry
 
 
 class DeadlineExceeded(InferenceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 408  # the client's own timeout passed: not a server fault
 
 
 class Unimplemented(InferenceError):
     code = grpc.StatusCode.UNIMPLEMENTED
+    http_status = 501
 
 
 def shown(text: str, limit: int = 64) -> str:

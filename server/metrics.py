@@ -61,8 +61,8 @@ class Metrics:
             registry=reg,
             requests=Counter(
                 "inference_requests",
-                "ModelInfer requests by gRPC status code",
-                (*_LABELS, "code"),
+                "ModelInfer requests by gRPC status code and protocol (grpc, http)",
+                (*_LABELS, "code", "protocol"),
                 registry=reg,
             ),
             inferences=Counter(
@@ -122,14 +122,15 @@ class ModelMetrics:
         self.batch_size = metrics.batch_size.labels(*labels)
         self.queue_depth = metrics.queue_depth.labels(*labels)
         self.in_flight = metrics.in_flight.labels(*labels)
-        self._requests: dict[str, Counter] = {}
+        self._requests: dict[tuple[str, str], Counter] = {}
         self._dropped: dict[str, Counter] = {}
 
-    def requests(self, code: str) -> Counter:
-        """The request counter of one gRPC status code name."""
-        child = self._requests.get(code)
+    def requests(self, code: str, protocol: str = "grpc") -> Counter:
+        """The request counter of one gRPC status code name and protocol."""
+        child = self._requests.get((code, protocol))
         if child is None:
-            child = self._requests[code] = self._metrics.requests.labels(*self._labels, code)
+            child = self._metrics.requests.labels(*self._labels, code, protocol)
+            self._requests[(code, protocol)] = child
         return child
 
     def dropped(self, reason: str) -> Counter:

@@ -170,3 +170,9 @@ def classify(logits: np.ndarray, k: int, labels: tuple[str, ...]) -> list[bytes]
             label = labels[i] if i < len(labels) else ""
             out.append(f"{row[i]:f}:{i}:{label}".encode())
     return out
+
+
+def numpy_dtype(datatype: str) -> np.dtype | None:
+    """The little-endian numpy dtype of a KServe v2 numeric datatype; None for BYTES/unknown."""
+    found = _NUMPY.get(datatype)
+    return None if found is None else np.dtype(found).newbyteorder("<")

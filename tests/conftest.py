@@ -27,6 +27,7 @@ from exporter.samples import EXPECTED, photo_paths
 from tests.triton_helpers import LENET, LITE0, ROOT
 
 TRITON_SESSION = Path(__file__).with_name("triton_session.py")
+TRITON_HTTP_SESSION = Path(__file__).with_name("triton_http_session.py")
 TRITON_DIGIT_ROWS = slice(0, 1800, 150)  # 12 digits spread over the set
 
 
@@ -108,6 +109,29 @@ def triton_digits() -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x[:, None]), labels[TRITON_DIGIT_ROWS]
 
 
+def _run_session(
+    script: Path, url: str, digits: np.ndarray, photos: dict[str, Path], folder: Path
+) -> dict[str, Any]:
+    """Run a tritonclient session script in a child interpreter; its JSON report."""
+    np.save(folder / "digits.npy", digits)
+    plan = {
+        "url": url,
+        "digits": str(folder / "digits.npy"),
+        "photos": {name: str(path) for name, path in photos.items()},
+    }
+    (folder / "plan.json").write_text(json.dumps(plan))
+    proc = subprocess.run(
+        [sys.executable, str(script), str(folder / "plan.json")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
 @pytest.fixture(scope="session")
 def triton_report(
     triton_server: str,
@@ -117,23 +141,20 @@ def triton_report(
 ) -> dict[str, Any]:
     """Run the tritonclient session once per pytest run against the server; its JSON report."""
     folder = tmp_path_factory.mktemp("triton-session")
-    np.save(folder / "digits.npy", triton_digits[0])
-    plan = {
-        "url": triton_server,
-        "digits": str(folder / "digits.npy"),
-        "photos": {name: str(path) for name, path in photos.items()},
-    }
-    (folder / "plan.json").write_text(json.dumps(plan))
-    proc = subprocess.run(
-        [sys.executable, str(TRITON_SESSION), str(folder / "plan.json")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return _run_session(TRITON_SESSION, triton_server, triton_digits[0], photos, folder)
+
+
+@pytest.fixture(scope="session")
+def triton_http_report(
+    http_server: Any,
+    triton_digits: tuple[np.ndarray, np.ndarray],
+    photos: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Any]:
+    """The tritonclient.http session (tests/triton_http_session.py); its JSON report."""
+    folder = tmp_path_factory.mktemp("triton-http-session")
+    url = f"127.0.0.1:{http_server.http_port}"
+    return _run_session(TRITON_HTTP_SESSION, url, triton_digits[0], photos, folder)
 
 
 @pytest.fixture(scope="session")
@@ -146,3 +167,14 @@ def lenet_reference(triton_repository: Path) -> Callable[[np.ndarray], np.ndarra
     )
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: np.asarray(x, dtype=np.float32)})[0]
+
+
+@pytest.fixture(scope="session")
+def http_server(triton_repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A server for the HTTP/REST suites (its own process: they load and unload models)."""
+    from tests.serving import start_server
+
+    srv = start_server(triton_repository, log_dir=tmp_path_factory.mktemp("http-server"))
+    yield srv
+    code = srv.terminate(timeout=60)
+    assert code == 0, f"exit code {code} after SIGTERM:\n{srv.output()[-4000:]}"

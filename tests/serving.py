@@ -53,7 +53,9 @@ def start_server(
     log = log_dir / f"server-{time.monotonic_ns()}.log"
     launched = launch(repository, *args, log=log, python=(python,), cwd=cwd, timeout=timeout)
     _STARTED.append(launched.proc)
-    return ServerProcess(launched.proc, launched.port, launched.metrics_port, launched.log)
+    return ServerProcess(
+        launched.proc, launched.port, launched.metrics_port, launched.log, launched.http_port
+    )
 
 
 def tensor_request(model: str, x: np.ndarray, version: str = "") -> pb.ModelInferRequest:

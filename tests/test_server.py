@@ -197,8 +197,8 @@ def test_metrics_count_a_known_workload(server: ServerProcess) -> None:
         stub.ModelInfer(tensor_request("lenet5", digits(1)[0]))
     after = scrape()
     delta = {k: after[k] - before.get(k, 0.0) for k in after}
-    assert get(delta, "inference_requests_total", code="OK") == 5
-    assert get(delta, "inference_requests_total", code="INVALID_ARGUMENT") == 1
+    assert get(delta, "inference_requests_total", code="OK", protocol="grpc") == 5
+    assert get(delta, "inference_requests_total", code="INVALID_ARGUMENT", protocol="grpc") == 1
     assert get(delta, "inference_count_total") == 7
     assert 1 <= get(delta, "inference_exec_count_total") <= 5
     assert get(delta, "inference_request_duration_seconds_count") == 5

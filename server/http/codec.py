@@ -1,0 +1,354 @@
+"""KServe v2 REST bodies <-> the protobuf messages the data plane speaks.
+
+The HTTP frontend translates and nothing more: a JSON (or JSON + binary
+tensor extension) inference request becomes a ``ModelInferRequest`` with one
+``raw_input_contents`` blob per input, so validation, batching and
+classification stay in the data plane. Every datatype passes through by
+name; only the JSON ``data`` array needs its numpy dtype to become bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from protos import grpc_service_pb2 as pb
+from server import tensors
+from server.errors import InvalidArgument, shown
+from server.shared_memory import PARAM_REGION
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_INT64 = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+_MAX_DIM = 1 << 62
+_HTTP_ONLY = ("binary_data_size", "binary_data", "content_type")
+
+
+@dataclass(frozen=True)
+class InferCall:
+    """A parsed REST inference request: the message, and what only HTTP knows."""
+
+    message: pb.ModelInferRequest
+    binary_outputs: dict[str, bool]  # per requested output: answer in the binary tail
+    binary_default: bool  # outputs not named (or named without binary_data)
+    deadline: float | None  # time.monotonic() from the "timeout" parameter (microseconds)
+
+    def binary(self, name: str) -> bool:
+        return self.binary_outputs.get(name, self.binary_default)
+
+
+# --- protobuf -> JSON (metadata, config, statistics) -------------------------------------
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    """A message as Triton's REST answers print it: field names as in the .proto, zeros
+    included, and 64-bit integers as JSON numbers (protobuf's JSON mapping quotes them)."""
+    doc = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    _numbers(doc, message.DESCRIPTOR)
+    return doc
+
+
+def _numbers(doc: dict[str, Any], descriptor: Any) -> None:
+    for name, value in doc.items():
+        field = descriptor.fields_by_name.get(name)
+        if field is None:
+            continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            inner = field.message_type.fields_by_name["value"]
+            for key in value:
+                value[key] = _fixed(value[key], inner)
+        elif isinstance(value, list):
+            doc[name] = [_fixed(v, field) for v in value]
+        else:
+            doc[name] = _fixed(value, field)
+
+
+def _fixed(value: Any, field: FieldDescriptor) -> Any:
+    if field.type in _INT64 and isinstance(value, str):
+        return int(value)
+    if field.message_type is not None and isinstance(value, dict):
+        _numbers(value, field.message_type)
+    return value
+
+
+# --- JSON -> ModelInferRequest -----------------------------------------------------------
+
+
+def _parse_json(header: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(header)
+    except RecursionError:
+        raise InvalidArgument("request JSON is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"request JSON must be an object, got {type(doc).__name__}")
+    return doc
+
+
+def _typed(doc: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, kind):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise InvalidArgument(f"{where}: '{key}' must be {names}, got {type(value).__name__}")
+    return value
+
+
+def _set_parameter(target: pb.InferParameter, value: Any, where: str) -> None:
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int) and -(1 << 63) <= value < 1 << 63:
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    elif isinstance(value, str):
+        target.string_param = value
+    else:
+        raise InvalidArgument(
+            f"{where}: parameter values must be bool, 64-bit int, number or string, "
+            f"got {shown(repr(value))}"
+        )
+
+
+def _copy_parameters(params: dict[str, Any], target: Any, where: str) -> None:
+    for key, value in params.items():
+        if key not in _HTTP_ONLY:
+            _set_parameter(target[key], value, f"{where} parameter {shown(key)}")
+
+
+def _shape(spec: dict[str, Any], where: str) -> list[int]:
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d < _MAX_DIM for d in shape
+    ):
+        raise InvalidArgument(f"{where}: 'shape' must be a list of non-negative integers")
+    return shape
+
+
+def _flatten(data: Any, where: str) -> list[Any]:
+    """Nested JSON arrays row-major into one list (JSON already bounds their depth)."""
+    if not isinstance(data, list):
+        return [data]
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+def _bytes_data(data: Any, base64_encoded: bool, where: str) -> bytes:
+    elements = []
+    for i, item in enumerate(_flatten(data, where)):
+        if not isinstance(item, str):
+            raise InvalidArgument(f"{where}: BYTES element {i} must be a string")
+        if base64_encoded:
+            try:
+                elements.append(base64.b64decode(item, validate=True))
+            except (binascii.Error, ValueError) as exc:
+                raise InvalidArgument(f"{where}: element {i} is not base64: {exc}") from None
+        else:
+            elements.append(item.encode())
+    return tensors.serialize_bytes_elements(elements)
+
+
+def _numeric_data(data: Any, datatype: str, shape: list[int], where: str) -> bytes:
+    dtype = tensors.numpy_dtype(datatype)
+    if dtype is None:
+        return b""  # the data plane names the datatype and the accepted ones
+    try:
+        array = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidArgument(f"{where}: 'data' is not an array of {datatype}: {exc}") from None
+    if array.size != math.prod(shape):
+        raise InvalidArgument(
+            f"{where}: 'data' holds {array.size} values but shape {shape} needs {math.prod(shape)}"
+        )
+    return array.tobytes()
+
+
+def _input(
+    spec: Any, index: int, tail: memoryview, offset: int, message: pb.ModelInferRequest
+) -> tuple[bytes | None, int]:
+    """Add input ``index`` to ``message``; its bytes (None: shared memory) and the new offset."""
+    where = f"input {index}"
+    if not isinstance(spec, dict):
+        raise InvalidArgument(f"{where}: each input must be an object")
+    name = _typed(spec, "name", str, where) or ""
+    where = f"input {shown(name)}"
+    datatype = _typed(spec, "datatype", str, where) or ""
+    params = _typed(spec, "parameters", dict, where) or {}
+    tensor = message.inputs.add(name=name, datatype=datatype, shape=_shape(spec, where))
+    _copy_parameters(params, tensor.parameters, where)
+    size = params.get("binary_data_size")
+    if size is not None:
+        if "data" in spec:
+            raise InvalidArgument(f"{where}: has both 'data' and binary_data_size; send one")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidArgument(f"{where}: binary_data_size must be a non-negative integer")
+        if offset + size > len(tail):
+            raise InvalidArgument(
+                f"{where}: binary_data_size {size} runs past the {len(tail)} binary bytes sent"
+            )
+        return bytes(tail[offset : offset + size]), offset + size
+    if "data" not in spec:
+        if PARAM_REGION in params:
+            return None, offset
+        raise InvalidArgument(f"{where}: no 'data', binary_data_size or shared memory region")
+    if params.get("content_type") not in (None, "base64") or (
+        params.get("content_type") and datatype != "BYTES"
+    ):
+        raise InvalidArgument(
+            f"{where}: content_type {shown(str(params['content_type']))} is not accepted; "
+            "'base64' on a BYTES input decodes each string"
+        )
+    if datatype == "BYTES":
+        return _bytes_data(spec["data"], params.get("content_type") == "base64", where), offset
+    return _numeric_data(spec["data"], datatype, tensor.shape, where), offset
+
+
+def _outputs(doc: dict[str, Any], message: pb.ModelInferRequest) -> dict[str, bool]:
+    binary: dict[str, bool] = {}
+    for index, spec in enumerate(_typed(doc, "outputs", list, "request") or []):
+        if not isinstance(spec, dict):
+            raise InvalidArgument(f"output {index}: each output must be an object")
+        name = _typed(spec, "name", str, f"output {index}") or ""
+        where = f"output {shown(name)}"
+        params = _typed(spec, "parameters", dict, where) or {}
+        tensor = message.outputs.add(name=name)
+        _copy_parameters(params, tensor.parameters, where)
+        if "binary_data" in params:
+            binary[name] = _typed(params, "binary_data", bool, where)
+    return binary
+
+
+def parse_infer(body: bytes, header_length: str | None, model: str, version: str) -> InferCall:
+    """A REST inference body (JSON, then binary tensors when the header says so)."""
+    if header_length is None:
+        split = len(body)
+    else:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise InvalidArgument(
+                f"{HEADER_LENGTH} {shown(header_length)} must be a byte count of at most the "
+                f"{len(body)}-byte body"
+            )
+        split = int(header_length)
+    doc = _parse_json(body[:split])
+    tail = memoryview(body)[split:]
+    message = pb.ModelInferRequest(model_name=model, model_version=version)
+    message.id = _typed(doc, "id", str, "request") or ""
+    params = _typed(doc, "parameters", dict, "request parameters") or {}
+    _copy_parameters(
+        {k: v for k, v in params.items() if k not in ("binary_data_output", "timeout")},
+        message.parameters,
+        "request",
+    )
+    raws, offset = [], 0
+    for index, spec in enumerate(_typed(doc, "inputs", list, "request") or []):
+        raw, offset = _input(spec, index, tail, offset, message)
+        raws.append(raw)
+    if offset != len(tail):
+        raise InvalidArgument(
+            f"the body carries {len(tail)} binary bytes but the inputs' binary_data_size "
+            f"add up to {offset}"
+        )
+    if any(r is not None for r in raws):
+        if any(r is None for r in raws):
+            raise InvalidArgument(
+                "mixing shared-memory inputs and inputs with data is not supported"
+            )
+        message.raw_input_contents.extend(raws)
+    binary_default = _typed(params, "binary_data_output", bool, "request parameters") or False
+    return InferCall(message, _outputs(doc, message), binary_default, _deadline(params))
+
+
+def _deadline(params: dict[str, Any]) -> float | None:
+    timeout = params.get("timeout")
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
+        raise InvalidArgument(f"parameter timeout must be microseconds >= 0, got {timeout!r}")
+    return time.monotonic() + timeout / 1e6
+
+
+def index_ready(body: bytes) -> bool:
+    """The repository index request: an optional JSON object with a boolean "ready"."""
+    if not body.strip():
+        return False
+    return bool(_typed(_parse_json(body), "ready", bool, "repository index request"))
+
+
+# --- ModelInferResponse -> JSON (+ binary) -----------------------------------------------
+
+
+def _json_data(datatype: str, raw: bytes, shape: list[int], name: str) -> list[Any]:
+    if datatype == "BYTES":
+        elements = tensors.parse_bytes_elements(raw, math.prod(shape), name)
+        return [e.decode("utf-8", "replace") for e in elements]
+    dtype = tensors.numpy_dtype(datatype)
+    if dtype is None:
+        raise InvalidArgument(f"output '{name}': datatype {datatype} has no JSON form")
+    return np.frombuffer(raw, dtype=dtype).tolist()
+
+
+def _parameter_value(param: pb.InferParameter) -> Any:
+    kind = param.WhichOneof("parameter_choice")
+    return getattr(param, kind) if kind else None
+
+
+def encode_infer(
+    response: pb.ModelInferResponse, binary: Callable[[str], bool]
+) -> tuple[bytes, int | None]:
+    """The REST answer: JSON, then the binary outputs; the JSON length when there are any."""
+    outputs, tail = [], []
+    for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+        params = {k: _parameter_value(v) for k, v in tensor.parameters.items()}
+        out: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        if PARAM_REGION in params:
+            pass  # written into the client's shared memory region
+        elif binary(tensor.name):
+            params["binary_data_size"] = len(raw)
+            tail.append(raw)
+        else:
+            out["data"] = _json_data(tensor.datatype, raw, list(tensor.shape), tensor.name)
+        if params:
+            out["parameters"] = params
+        outputs.append(out)
+    doc: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+    }
+    if response.id:
+        doc["id"] = response.id
+    doc["outputs"] = outputs
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not tail:
+        return header, None
+    return b"".join([header, *tail]), len(header)

@@ -1,0 +1,245 @@
+"""KServe v2 HTTP/REST beside gRPC: same process, same event loop, same data plane.
+
+aiohttp runs on the loop grpc.aio already uses, so an HTTP request and a gRPC
+request for the same model meet in one batcher. Each handler is a few lines
+handing off to the data plane; errors become JSON ``{"error": ...}`` with the
+HTTP status that ``server/errors.py`` ties to each error, here and only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from server.dataplane import DataPlane
+from server.errors import InferenceError, Unavailable, clip, shown
+from server.http import codec, page
+from server.models import ModelManager
+from server.transport import TlsFiles
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_OFF_LOOP_JSON_BYTES = 256 << 10  # JSON bodies larger than this are parsed on a thread
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    host: str = "0.0.0.0"
+    port: int = 8000  # Triton's HTTP port; 0 picks a free one, -1 disables HTTP
+    max_body_bytes: int = 64 << 20  # larger bodies: 413, as gRPC's message limit
+    tls: TlsFiles | None = None
+    cors_origins: tuple[str, ...] = ()  # empty: no CORS headers (browsers keep same-origin)
+    grace_seconds: float = 30.0
+
+
+def _json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": clip(message)}, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except InferenceError as exc:
+        return _json_error(exc.http_status, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        routed = exc.text and not exc.text.startswith(f"{exc.status}:")  # ours, not the router's
+        message = exc.text if routed else f"{exc.reason}: {request.method} {shown(request.path)}"
+        return _json_error(exc.status, message)
+    except Exception as exc:
+        log.exception("%s %s failed", request.method, request.path)
+        return _json_error(500, f"{type(exc).__name__}: {exc}")
+
+
+def _cors(origins: tuple[str, ...]) -> Any:
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        allowed = origin is not None and ("*" in origins or origin in origins)
+        if request.method == "OPTIONS" and allowed:
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = (
+                request.headers.get("Access-Control-Request-Headers") or "Content-Type"
+            )
+        else:
+            response = await handler(request)
+        if allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = (
+                f"{codec.HEADER_LENGTH}, Server-Timing"
+            )
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return cors
+
+
+def ssl_context(tls: TlsFiles) -> ssl.SSLContext:
+    """The gRPC certificate options as an SSL context: a client CA turns on mutual TLS."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+        if tls.client_ca is not None:
+            context.load_verify_locations(cafile=tls.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise OSError(f"cannot use TLS files {tls}: {exc}") from exc
+    return context
+
+
+def _model(request: web.Request) -> tuple[str, str]:
+    return request.match_info["name"], request.match_info.get("version", "")
+
+
+class HttpFrontend:
+    def __init__(self, plane: DataPlane, manager: ModelManager, opts: HttpOptions) -> None:
+        self.plane, self.manager, self.opts = plane, manager, opts
+        self.shutting_down = False
+        self.port = -1
+        self._runner: web.AppRunner | None = None
+
+    # --- health and metadata ---------------------------------------------------------
+    async def live(self, request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ready = self.manager.ready() and not self.shutting_down
+        return web.json_response({"ready": ready}, status=200 if ready else 400)
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        try:
+            self.manager.get(*_model(request))
+            ready = not self.shutting_down
+        except InferenceError:
+            ready = False
+        return web.json_response({"ready": ready}, status=200 if ready else 400)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(codec.message_json(self.plane.server_metadata()))
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(codec.message_json(self.plane.model_metadata(*_model(request))))
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        config = self.plane.model_config(*_model(request)).config
+        return web.json_response(codec.message_json(config))
+
+    async def statistics(self, request: web.Request) -> web.Response:
+        name, version = request.match_info.get("name", ""), request.match_info.get("version", "")
+        return web.json_response(codec.message_json(self.plane.statistics(name, version)))
+
+    # --- repository ------------------------------------------------------------------
+    async def repository_index(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        ready = codec.index_ready(body)
+        index = codec.message_json(self.plane.repository_index(ready))
+        return web.json_response(index.get("models", []))
+
+    async def load(self, request: web.Request) -> web.Response:
+        await self.manager.load(request.match_info["name"])
+        return web.json_response({})
+
+    async def unload(self, request: web.Request) -> web.Response:
+        await self.manager.unload(request.match_info["name"])
+        return web.json_response({})
+
+    # --- inference -------------------------------------------------------------------
+    async def infer(self, request: web.Request) -> web.Response:
+        if self.shutting_down:
+            raise Unavailable("server is shutting down")
+        body = await request.read()
+        started = time.perf_counter()
+        header_length = request.headers.get(codec.HEADER_LENGTH)
+        parse = functools.partial(codec.parse_infer, body, header_length, *_model(request))
+        if header_length is None and len(body) > _OFF_LOOP_JSON_BYTES:
+            call = await asyncio.to_thread(parse)  # a large JSON tensor: let gRPC go on meanwhile
+        else:
+            call = parse()
+        del body, parse
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        owner = ("http", peer)  # one connection: one client, for its share of the queue
+        answer = await self.plane.infer(call.message, call.deadline, owner, protocol="http")
+        payload, header_length = codec.encode_infer(answer, call.binary)
+        response = web.Response(
+            body=payload,
+            content_type="application/json"
+            if header_length is None
+            else "application/octet-stream",
+        )
+        if header_length is not None:
+            response.headers[codec.HEADER_LENGTH] = str(header_length)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        response.headers["Server-Timing"] = f"server;dur={elapsed_ms:.3f}"
+        if "Accept-Encoding" in request.headers:  # gzip or deflate, as the client accepts
+            response.enable_compression()
+        return response
+
+    # --- the listener ----------------------------------------------------------------
+    def application(self) -> web.Application:
+        middlewares = [_errors] + (
+            [_cors(self.opts.cors_origins)] if self.opts.cors_origins else []
+        )
+        app = web.Application(client_max_size=self.opts.max_body_bytes, middlewares=middlewares)
+        model = "/v2/models/{name}"
+        versioned = "/v2/models/{name}/versions/{version}"
+        get, post = web.get, web.post
+        routes = [
+            get("/v2/health/live", self.live),
+            get("/v2/health/ready", self.ready),
+            get("/v2", self.server_metadata),
+            get("/v2/models/stats", self.statistics),
+            post("/v2/repository/index", self.repository_index),
+            post("/v2/repository/models/{name}/load", self.load),
+            post("/v2/repository/models/{name}/unload", self.unload),
+        ]
+        for prefix in (model, versioned):
+            routes += [
+                get(prefix, self.model_metadata),
+                get(prefix + "/ready", self.model_ready),
+                get(prefix + "/config", self.model_config),
+                get(prefix + "/stats", self.statistics),
+                post(prefix + "/infer", self.infer),
+            ]
+        app.add_routes(routes)
+        page.add_routes(app, self.plane)
+        return app
+
+    async def start(self) -> None:
+        runner = web.AppRunner(
+            self.application(),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=self.opts.grace_seconds,
+        )
+        await runner.setup()
+        context = ssl_context(self.opts.tls) if self.opts.tls else None
+        site = web.TCPSite(runner, self.opts.host, self.opts.port, ssl_context=context)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise OSError(f"cannot bind HTTP to {self.opts.host}:{self.opts.port}: {exc}") from exc
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+
+    def begin_shutdown(self) -> None:
+        """New inference requests get 503 and readiness turns false; accepted ones finish."""
+        self.shutting_down = True
+
+    async def stop(self) -> None:
+        """Stop listening and wait (up to the grace period) for the requests in flight."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
