@@ -29,6 +29,10 @@ class Unavailable(InferenceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class FailedPrecondition(InferenceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ResourceExhausted(InferenceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

@@ -26,9 +26,10 @@ import numpy as np
 
 from modelrepo.spec import ModelConfigError, ModelSpec, load_spec
 from protos import model_config_pb2 as mc
+from server import ensemble
 from server.backends import Backend, BackendConfig, create_backend
 from server.batching import BatchingConfig, DynamicBatcher
-from server.errors import InvalidArgument, NotFound, Unavailable, shown
+from server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, shown
 from server.metrics import Metrics, ModelMetrics
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,8 @@ class ModelManager:
     async def load_all(self) -> None:
         names = list(self.opts.models) or self.names_in_repository()
         for name in names:
+            if name in self.entries and self.entries[name].versions:
+                continue  # loaded already, as a member of an ensemble loaded before it
             try:
                 await self.load(name)
             except Exception as exc:  # reported in RepositoryIndex; the rest keep loading
@@ -228,7 +231,7 @@ class ModelManager:
             old = entry.versions
             entry.state, entry.reason = ("READY" if old else "LOADING"), ""
             try:
-                new = await self._off_loop(self._build, name)
+                new = await self._build_any(name)
                 for served in new.values():
                     served.batcher.start()
             except Exception as exc:
@@ -242,6 +245,39 @@ class ModelManager:
             log.info("model %s ready, versions %s", name, sorted(new))
             self._notify(name)
         await self._retire(old)
+
+    async def _build_any(self, name: str) -> dict[int, ServedVersion]:
+        model_dir = self.opts.repository / name
+        if (model_dir / "config.pbtxt").is_file():
+            spec = await self._off_loop(load_spec, model_dir)
+            if ensemble.is_ensemble(spec):
+                return await self._build_ensemble(spec)
+        return await self._off_loop(self._build, name)
+
+    async def _build_ensemble(self, spec: ModelSpec) -> dict[int, ServedVersion]:
+        """Members load first (each with its own batcher); one that cannot makes the
+        ensemble unavailable with the member's reason."""
+        plan = ensemble.plan_of(spec)
+        for member, version in plan.members:
+            member_dir = self.opts.repository / member
+            if (member_dir / "config.pbtxt").is_file() and ensemble.is_ensemble(
+                await self._off_loop(load_spec, member_dir)
+            ):  # loading it here could wait on this ensemble's own lock
+                raise ModelConfigError(f"member '{member}' of '{spec.name}' is an ensemble")
+            entry = self.entries.get(member)
+            if entry is None or not entry.versions:
+                try:
+                    await self.load(member)
+                except Exception as exc:
+                    raise Unavailable(f"member '{member}' failed to load: {exc}") from exc
+            ensemble.check_member(spec, self.get(member, version).spec)
+        served: dict[int, ServedVersion] = {}
+        for version in _versions_to_serve(spec):
+            bcfg = batching_config(spec, self.opts)
+            batcher = ensemble.EnsembleBatcher(plan, self.get, bcfg, name=f"{spec.name}/{version}")
+            metrics = self.metrics.bind(spec.name, str(version))
+            served[version] = ServedVersion(spec, version, [], batcher, metrics)  # type: ignore[arg-type]
+        return served
 
     def _build(self, name: str) -> dict[int, ServedVersion]:
         model_dir = self.opts.repository / name
@@ -294,6 +330,12 @@ class ModelManager:
         entry = self.entries.get(name)
         if entry is None or not entry.versions:
             raise NotFound(f"model '{name}' is not loaded")
+        loaded = {n: max(e.versions.items())[1].spec for n, e in self.entries.items() if e.versions}
+        users = ensemble.users_of(name, loaded)
+        if users:  # refused rather than leaving an ensemble to answer from fewer members
+            raise FailedPrecondition(
+                f"model '{name}' is a member of loaded ensemble(s) {users}: unload those first"
+            )
         async with self._locks.setdefault(name, asyncio.Lock()):
             versions, entry.versions = entry.versions, {}
             entry.state, entry.reason = "UNLOADING", ""
