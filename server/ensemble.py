@@ -11,19 +11,24 @@ reloaded member is used at once. The combined output is probabilities.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelrepo.spec import ModelConfigError, ModelSpec
+from modelrepo.spec import CONFIG_FILE, ModelConfigError, ModelSpec, load_spec
 from server.batching_types import BatcherClosedError, BatcherStats, BatchingConfig
+from server.errors import FailedPrecondition, Unavailable
 from server.tensors import softmax
+
+if TYPE_CHECKING:  # the manager imports this module
+    from server.models import ModelManager
 
 PLATFORM = "ensemble"
 COMBINE_PARAM = "ensemble.combine"
@@ -120,11 +125,40 @@ def combine(plan: EnsemblePlan, outputs: list[np.ndarray]) -> np.ndarray:
     return ((votes + mean) / (n_members + 1)).astype(np.float32)
 
 
-def users_of(name: str, loaded: dict[str, ModelSpec]) -> list[str]:
-    """Loaded ensembles (name -> spec) that have ``name`` as a member."""
-    return sorted(
-        ens for ens, spec in loaded.items() if is_ensemble(spec) and name in plan_of(spec).names
+async def load_members(spec: ModelSpec, manager: ModelManager) -> EnsemblePlan:
+    """Load the members not loaded yet (each with its own batcher) and check they fit;
+    one that cannot load makes the ensemble unavailable with the member's reason."""
+    plan = plan_of(spec)
+    for member, version in plan.members:
+        member_dir = manager.opts.repository / member
+        if (member_dir / CONFIG_FILE).is_file() and is_ensemble(
+            await asyncio.to_thread(load_spec, member_dir)
+        ):  # loading it here could wait on this ensemble's own lock
+            raise ModelConfigError(f"member '{member}' of '{spec.name}' is an ensemble")
+        entry = manager.entries.get(member)
+        if entry is None or not entry.versions:
+            try:
+                await manager.load(member)
+            except Exception as exc:
+                raise Unavailable(f"member '{member}' failed to load: {exc}") from exc
+        check_member(spec, manager.get(member, version).spec)
+    return plan
+
+
+def check_unload(name: str, entries: dict[str, Any]) -> None:
+    """Refuse to unload a member of a loaded ensemble (rather than leave the ensemble
+    answering from fewer members, or unloading it behind the caller's back)."""
+    users = sorted(
+        ens
+        for ens, entry in entries.items()
+        if entry.versions
+        and is_ensemble(spec := max(entry.versions.items())[1].spec)
+        and name in plan_of(spec).names
     )
+    if users:
+        raise FailedPrecondition(
+            f"model '{name}' is a member of loaded ensemble(s) {users}: unload those first"
+        )
 
 
 class EnsembleBatcher:

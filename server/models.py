@@ -29,7 +29,7 @@ from protos import model_config_pb2 as mc
 from server import ensemble
 from server.backends import Backend, BackendConfig, create_backend
 from server.batching import BatchingConfig, DynamicBatcher
-from server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, shown
+from server.errors import InvalidArgument, NotFound, Unavailable, shown
 from server.metrics import Metrics, ModelMetrics
 
 log = logging.getLogger(__name__)
@@ -257,20 +257,7 @@ class ModelManager:
     async def _build_ensemble(self, spec: ModelSpec) -> dict[int, ServedVersion]:
         """Members load first (each with its own batcher); one that cannot makes the
         ensemble unavailable with the member's reason."""
-        plan = ensemble.plan_of(spec)
-        for member, version in plan.members:
-            member_dir = self.opts.repository / member
-            if (member_dir / "config.pbtxt").is_file() and ensemble.is_ensemble(
-                await self._off_loop(load_spec, member_dir)
-            ):  # loading it here could wait on this ensemble's own lock
-                raise ModelConfigError(f"member '{member}' of '{spec.name}' is an ensemble")
-            entry = self.entries.get(member)
-            if entry is None or not entry.versions:
-                try:
-                    await self.load(member)
-                except Exception as exc:
-                    raise Unavailable(f"member '{member}' failed to load: {exc}") from exc
-            ensemble.check_member(spec, self.get(member, version).spec)
+        plan = await ensemble.load_members(spec, self)
         served: dict[int, ServedVersion] = {}
         for version in _versions_to_serve(spec):
             bcfg = batching_config(spec, self.opts)
@@ -330,12 +317,7 @@ class ModelManager:
         entry = self.entries.get(name)
         if entry is None or not entry.versions:
             raise NotFound(f"model '{name}' is not loaded")
-        loaded = {n: max(e.versions.items())[1].spec for n, e in self.entries.items() if e.versions}
-        users = ensemble.users_of(name, loaded)
-        if users:  # refused rather than leaving an ensemble to answer from fewer members
-            raise FailedPrecondition(
-                f"model '{name}' is a member of loaded ensemble(s) {users}: unload those first"
-            )
+        ensemble.check_unload(name, self.entries)
         async with self._locks.setdefault(name, asyncio.Lock()):
             versions, entry.versions = entry.versions, {}
             entry.state, entry.reason = "UNLOADING", ""

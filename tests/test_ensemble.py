@@ -169,3 +169,23 @@ def test_bad_entries_are_refused_with_their_reason(ensemble_repo: Path, tmp_path
         member_entries(EnsembleRequest(name="x", members=("mobilenet_v2",), seeds=(0, 1)))
     with pytest.raises(ValueError, match="choose from"):
         EnsembleRequest(name="x", members=("lenet5",), combine="median")
+
+
+def test_benchmark_table_reports_error_and_cost_against_one_network() -> None:
+    from benchmarks.ensemble import table
+
+    timing = {"p50_ms": 2.0, "p99_ms": 4.0, "images_per_s": 400.0}
+    rows = [
+        {"model": "lenet5_seed0", "accuracy": 0.96, **timing},
+        {"model": "lenet5_seed1", "accuracy": 0.94},
+        {
+            "model": "lenet5x3",
+            "accuracy": 0.975,
+            "p50_ms": 3.0,
+            "p99_ms": 6.0,
+            "images_per_s": 200.0,
+        },
+    ]
+    text = table({"heldout_images": 450, "epochs": 10, "rows": rows})
+    assert "| lenet5x3 | 97.50% | 0.50x | 3.00 (1.50x) | 6.00 | 200 (0.50x) |" in text
+    assert "mean single-network error 5.00%" in text
