@@ -18,6 +18,7 @@ from protos import grpc_service_pb2 as pb
 from server.ensemble import EnsemblePlan, combine, plan_of
 from server.tensors import parse_bytes_elements, softmax
 from tests.serving import ServerProcess, in_process, logits_of, start_server, tensor_request
+from tests.triton_child import triton_features
 
 MEMBERS = ("lenet5_seed0", "lenet5_seed1", "lenet5_seed2")
 
@@ -95,6 +96,18 @@ def test_served_ensemble_is_the_mean_of_member_probabilities(
     assert ens.inference_count >= 12
     config = stub.ModelConfig(pb.ModelConfigRequest(name="lenet5x3")).config
     assert config.platform == "ensemble" and len(config.ensemble_scheduling.step) == 3
+
+
+def test_tritonclient_sees_one_model(server: ServerProcess, tmp_path: Path) -> None:
+    x, _ = heldout_digits(4)
+    np.save(tmp_path / "digits.npy", x)
+    plan = {"url": server.url, "ensemble": "lenet5x3", "digits": str(tmp_path / "digits.npy")}
+    seen = triton_features(plan, tmp_path)["ensemble"]
+    assert seen["platform"] == "ensemble" and seen["steps"] == list(MEMBERS)
+    assert seen["shape"] == [4, 10]
+    np.testing.assert_allclose(seen["row_sums"], 1.0, atol=1e-5)
+    direct = logits_of(server.stub().ModelInfer(tensor_request("lenet5x3", x), timeout=60))
+    np.testing.assert_allclose(seen["probs"], direct, atol=1e-6)
 
 
 def test_classification_and_majority_vote(server: ServerProcess, ensemble_repo: Path) -> None:

@@ -24,6 +24,7 @@ from protos import grpc_service_pb2 as pb
 from server.explain import OUTPUT, positions
 from tests.serving import ServerProcess, start_server, tensor_request
 from tests.stress import image_request
+from tests.triton_child import triton_features
 
 LITE0 = "efficientnet_lite0"
 BOXES = {
@@ -141,6 +142,15 @@ def test_client_explain_writes_the_overlay(
     assert "rocket.jpg: class" in printed and "heat map peak" in printed
     with Image.open(out) as image:
         assert image.size == (224, 224) and image.mode == "RGB"
+
+
+def test_tritonclient_asks_with_parameters(
+    server: ServerProcess, photos: dict[str, Path], tmp_path: Path
+) -> None:
+    plan = {"url": server.url, "explain_model": LITE0, "photo": str(photos["coffee.png"])}
+    seen = triton_features(plan, tmp_path)["explanation"]
+    assert seen["shape"] == [1, 224, 224]
+    assert seen["top"] in EXPECTED["coffee.png"]
 
 
 def test_occlusion_squares_cover_the_whole_side() -> None:
