@@ -29,10 +29,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from devtools.launch import launch  # noqa: E402
 from modelrepo.spec import load_spec  # noqa: E402
 from protos import grpc_service_pb2 as pb  # noqa: E402
 from protos import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
-from devtools.launch import launch  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 

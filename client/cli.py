@@ -26,6 +26,7 @@ from client.client import (
     InferenceClient,
     TlsConfig,
 )
+from client.explain import explain_image, overlay
 from imaging.decode import ImageDecodeError, decode
 from imaging.preprocess import preprocess_batch
 from modelrepo.spec import ModelConfigError, Preprocess, fixed_dims, preprocess_from
@@ -232,6 +233,25 @@ def cmd_stats(client: InferenceClient, args: argparse.Namespace) -> None:
             print(f"  batch sizes (size x executions): {sizes}")
 
 
+def cmd_explain(client: InferenceClient, args: argparse.Namespace) -> None:
+    image = _read_images([args.file])[0]
+    found = explain_image(
+        client,
+        args.model,
+        image,
+        version=args.version,
+        patch=args.patch,
+        stride=args.stride,
+        target=args.target,
+    )
+    Path(args.output).write_bytes(overlay(found))
+    y, x = np.unravel_index(int(found.heat.argmax()), found.heat.shape)
+    print(
+        f"{args.file}: class {found.top_class} {found.top_label}; heat map peak at "
+        f"(y={y}, x={x}) of {found.heat.shape[0]}x{found.heat.shape[1]} -> {args.output}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m client", description=__doc__.split("\n")[0])
     p.add_argument("--url", default=DEFAULT_URL, help=f"server host:port (default {DEFAULT_URL})")
@@ -269,6 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_infer)
+
+    q = sub.add_parser("explain", help="occlusion heat map of an image, laid over it as PNG")
+    model_args(q)
+    q.add_argument("file", metavar="FILE")
+    q.add_argument("--output", "-o", default="heat.png")
+    q.add_argument("--patch", type=_positive_int, default=0, help="grey square side (pixels)")
+    q.add_argument("--stride", type=_positive_int, default=0, help="step between squares")
+    q.add_argument("--target", type=int, default=None, help="class to explain (default: top)")
+    q.set_defaults(func=cmd_explain)
 
     q = sub.add_parser("models", help="models in the repository and their state")
     q.add_argument("--ready", action="store_true", help="only models ready to serve")

@@ -108,7 +108,7 @@ class Classification:
             raise ClientError(f"malformed classification entry {raw!r}") from exc
 
 
-def _split_bytes_elements(raw: bytes, count: int) -> list[bytes]:
+def split_bytes_elements(raw: bytes, count: int) -> list[bytes]:
     """Triton's BYTES serialisation: each element prefixed by its 4-byte LE length."""
     out: list[bytes] = []
     offset = 0
@@ -256,6 +256,10 @@ class InferenceClient:
         )
         return tensor, data.tobytes()
 
+    def infer_request(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """A ModelInfer as built by the caller (parameters such as ``explain``)."""
+        return self._call(self._stub.ModelInfer, request)
+
     def infer(self, model: str, array: np.ndarray, version: str = "") -> np.ndarray:
         """Raw round trip: an NCHW batch (cast to FP32) in, the model's FP32 logits out."""
         out, raw = self._infer(model, version, self._fp32_input(array), top_k=0)
@@ -323,7 +327,7 @@ class InferenceClient:
             )
         rows, k = int(out.shape[0]), int(out.shape[1])
         elements = (
-            _split_bytes_elements(raw, rows * k)
+            split_bytes_elements(raw, rows * k)
             if raw is not None
             else list(out.contents.bytes_contents)
         )

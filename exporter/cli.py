@@ -6,12 +6,14 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from exporter.calibration import SAMPLES, CalibrationError, image_files
+from exporter.ensemble import COMBINATIONS
 from exporter.macs import count_macs, count_params
 from exporter.onnx_export import OnnxOptions, ParityError
 from exporter.pipeline import ExportRequest, export_model
@@ -178,6 +180,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(kind: type) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"'{text}': {exc}") from exc
+
+    return parse
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from exporter.ensemble import EnsembleRequest, export_ensemble
+
+    request = EnsembleRequest(
+        name=args.name,
+        members=args.members,
+        seeds=args.seeds,
+        combine=args.combine,
+        weights=args.weights,
+        epochs=args.epochs,
+        repository=Path(args.repository),
+        serving=DEFAULT.changed(max_batch_size=args.max_batch_size),
+    )
+    export_ensemble(request, progress=lambda m: console.print(f"  {m}"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m exporter", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -241,6 +270,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT builder workspace")
     g.add_argument("--timing-cache", default=None, help="TensorRT timing cache file")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("ensemble", help="member entries and one ensemble entry serving them")
+    p.add_argument("name", help="the ensemble's entry name, e.g. lenet5x5")
+    p.add_argument("--members", type=_csv(str), required=True, help="model names, comma-separated")
+    p.add_argument(
+        "--seeds",
+        type=_csv(int),
+        default=(),
+        help="train each member once per seed (lenet5): entries <model>_seed<N>",
+    )
+    p.add_argument("--combine", choices=COMBINATIONS, default="mean_softmax")
+    p.add_argument("--weights", type=_csv(float), default=(), help="weighted_mean: one per member")
+    p.add_argument("--repository", default="model_repository")
+    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=40, help="training epochs of seeded members")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("predict", help="classify image files with an exported model (ONNX Runtime)")
     p.add_argument("model")

@@ -32,6 +32,17 @@ class Recipe:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     max_shift: int = 3  # random translation, pixels: the set is small, writing wanders
+    # The train/held-out split's seed (None: ``seed``). Ensemble members share one split,
+    # so that no member has trained on the digits the ensemble is scored on.
+    split_seed: int | None = None
+
+    def key_fields(self) -> dict:
+        """The recipe as cached: a split seed equal to the default is left out, so the
+        plain recipe keeps the checkpoint key it had before split_seed existed."""
+        fields = asdict(self)
+        if fields["split_seed"] in (None, self.seed):
+            del fields["split_seed"]
+        return fields
 
 
 def cache_dir() -> Path:
@@ -58,7 +69,11 @@ def split(recipe: Recipe) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 
     images, labels = digit_images()
     return train_test_split(
-        images, labels, test_size=recipe.test_fraction, random_state=recipe.seed, stratify=labels
+        images,
+        labels,
+        test_size=recipe.test_fraction,
+        random_state=recipe.seed if recipe.split_seed is None else recipe.split_seed,
+        stratify=labels,
     )
 
 
@@ -113,7 +128,7 @@ def train(model: nn.Module, recipe: Recipe) -> dict:
 def load_or_train_lenet(model: nn.Module, recipe: Recipe | None = None) -> dict:
     """Load the cached digits checkpoint into ``model``, training it first if needed."""
     recipe = recipe or Recipe()
-    key = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps(recipe.key_fields(), sort_keys=True).encode()).hexdigest()[:12]
     ckpt = cache_dir() / f"lenet5_digits_{key}.pt"
     meta_path = ckpt.with_suffix(".json")
     if ckpt.is_file() and meta_path.is_file():
@@ -126,12 +141,14 @@ def load_or_train_lenet(model: nn.Module, recipe: Recipe | None = None) -> dict:
         tmp = ckpt.with_suffix(".tmp")
         torch.save(model.state_dict(), tmp)
         os.replace(tmp, ckpt)
-        meta_path.write_text(json.dumps({"recipe": asdict(recipe), "metrics": metrics}, indent=2))
+        meta_path.write_text(
+            json.dumps({"recipe": recipe.key_fields(), "metrics": metrics}, indent=2)
+        )
         cached = False
     model.eval()
     return {
         "source": "trained here on scikit-learn's 8x8 digits (resized to 32x32), "
-        f"recipe {asdict(recipe)}",
+        f"recipe {recipe.key_fields()}",
         "description": f"LeNet-5 trained on sklearn digits: held-out accuracy "
         f"{metrics['heldout_accuracy']:.2%} on {metrics['heldout_images']} images"
         + (" (cached checkpoint)" if cached else ""),

@@ -45,6 +45,7 @@ class ExportRequest:
     onnx: onnx_export.OnnxOptions = field(default_factory=onnx_export.OnnxOptions)
     serving: ServingConfig = field(default_factory=ServingConfig)
     precision: PrecisionOptions = field(default_factory=PrecisionOptions)
+    entry_name: str | None = None  # the repository folder; None: the model's name
 
 
 @dataclass(frozen=True)
@@ -111,12 +112,13 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
     _check_tensorrt(request)
     export_size = _export_size(cfg, request.input_size)
     repository = files.check_writable(request.repository)
-    model_dir = repository / cfg.name
+    entry = request.entry_name or cfg.name
+    model_dir = repository / entry
     version = files.choose_version(model_dir, request.version)
     dynamic_hw = not cfg.fixed_input_size
 
     def stage(msg: str) -> None:
-        progress(f"[{cfg.name}] {msg} ({time.perf_counter() - started:.1f}s)")
+        progress(f"[{entry}] {msg} ({time.perf_counter() - started:.1f}s)")
 
     model, prov = load_with_weights(
         cfg.name, request.weights, seed=request.onnx.seed, input_size=export_size
@@ -169,6 +171,7 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
             dynamic_hw=dynamic_hw,
             parameters=_config_parameters(cfg, prov),
         )
+        config.name = entry
         precision, engine = _precision_stage(
             request, cfg, config, version_dir, onnx_path, export_size, prov.trained, stage
         )
@@ -213,14 +216,14 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
         (version_dir / keys.EXPORT_REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
         target = files.commit(
             repository,
-            cfg.name,
+            entry,
             version,
             version_dir,
             config,
             labels_for(cfg.labels, cfg.num_classes),
         )
     stage(f"written to {target}")
-    return ExportResult(name=cfg.name, version=version, path=target, report=report)
+    return ExportResult(name=entry, version=version, path=target, report=report)
 
 
 def _precision_stage(

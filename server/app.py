@@ -20,9 +20,9 @@ from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2 as pb
 from server.dataplane import DataPlane
+from server.http.frontend import HttpFrontend, HttpOptions
 from server.images import ImageOptions, ImagePipeline
 from server.memory import MemoryTrimmer, TrimOptions
-from server.http.frontend import HttpFrontend, HttpOptions
 from server.metrics import Metrics
 from server.models import ModelManager, ServerOptions
 from server.servicer import InferenceServicer

@@ -10,13 +10,14 @@ classification strings.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 import numpy as np
 
 from modelrepo.keys import RUNTIME_PREFIX
 from protos import grpc_service_pb2 as pb
-from server import batching, limits, tensors
+from server import batching, explain, limits, tensors
 from server.errors import (
     DeadlineExceeded,
     InferenceError,
@@ -284,6 +285,7 @@ class DataPlane:
         metrics.in_flight.inc()
         try:
             array = await self._input_array(served, request, deadline)
+            wanted = explain.parse(request)  # takes 'explanation' off the requested outputs
             self._check_outputs(
                 served, request, len(array)
             )  # before queueing: bad requests cost nothing
@@ -292,6 +294,10 @@ class DataPlane:
                 model_name=served.spec.name, model_version=str(served.version), id=request.id
             )
             self._outputs(served, request, logits, response)
+            if wanted is not None:
+                run = functools.partial(self._run, served, deadline=deadline, owner=owner)
+                limit = served.batcher.config.max_batch_size
+                explain.attach(response, await explain.explain(wanted, run, array, logits, limit))
         except BaseException as exc:
             served.failure_ns[0] += 1
             served.failure_ns[1] += time.perf_counter_ns() - started

@@ -34,6 +34,10 @@ class Unavailable(InferenceError):
     http_status = 503
 
 
+class FailedPrecondition(InferenceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ResourceExhausted(InferenceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     http_status = 429  # queue full: the client should back off and retry

@@ -29,6 +29,7 @@ from modelrepo import keys
 from modelrepo.files import model_folders
 from modelrepo.serving import ServingConfig, read_serving
 from modelrepo.spec import ModelConfigError, ModelSpec, load_spec
+from server import ensemble
 from server.batching import DynamicBatcher
 from server.errors import InvalidArgument, NotFound, Unavailable, shown
 from server.limits import max_spatial_size
@@ -176,6 +177,8 @@ class ModelManager:
     async def load_all(self) -> None:
         names = list(self.opts.models) or self.names_in_repository()
         for name in names:
+            if name in self.entries and self.entries[name].versions:
+                continue  # loaded already, as a member of an ensemble loaded before it
             try:
                 await self.load(name)
             except Exception as exc:  # reported in RepositoryIndex; the rest keep loading
@@ -193,7 +196,7 @@ class ModelManager:
             old = entry.versions
             entry.state, entry.reason = ("READY" if old else "LOADING"), ""
             try:
-                new = await self._off_loop(self._build, name)
+                new = await self._build_any(name)
                 for served in new.values():
                     served.batcher.start()
             except Exception as exc:
@@ -207,6 +210,26 @@ class ModelManager:
             log.info("model %s ready, versions %s", name, sorted(new))
             self._notify(name)
         await self._retire(old)
+
+    async def _build_any(self, name: str) -> dict[int, ServedVersion]:
+        model_dir = self.opts.repository / name
+        if (model_dir / keys.CONFIG_FILE).is_file():
+            spec = await self._off_loop(load_spec, model_dir)
+            if ensemble.is_ensemble(spec):
+                return await self._build_ensemble(spec)
+        return await self._off_loop(self._build, name)
+
+    async def _build_ensemble(self, spec: ModelSpec) -> dict[int, ServedVersion]:
+        """Members load first (each with its own batcher); one that cannot makes the
+        ensemble unavailable with the member's reason."""
+        plan = await ensemble.load_members(spec, self)
+        served: dict[int, ServedVersion] = {}
+        for version in _versions_to_serve(spec):
+            bcfg = batching_config(spec, self.opts)
+            batcher = ensemble.EnsembleBatcher(plan, self.get, bcfg, name=f"{spec.name}/{version}")
+            metrics = self.metrics.bind(spec.name, str(version))
+            served[version] = ServedVersion(spec, version, [], batcher, metrics)  # type: ignore[arg-type]
+        return served
 
     def _build(self, name: str) -> dict[int, ServedVersion]:
         model_dir = self.opts.repository / name
@@ -264,6 +287,7 @@ class ModelManager:
         entry = self.entries.get(name)
         if entry is None or not entry.versions:
             raise NotFound(f"model '{name}' is not loaded")
+        ensemble.check_unload(name, self.entries)
         async with self._locks.setdefault(name, asyncio.Lock()):
             versions, entry.versions = entry.versions, {}
             entry.state, entry.reason = "UNLOADING", ""

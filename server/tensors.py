@@ -159,6 +159,13 @@ def classification_k(output: pb.ModelInferRequest.InferRequestedOutputTensor) ->
     return int(k)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise probabilities: ensembles average them, explanations subtract them."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 def classify(logits: np.ndarray, k: int, labels: tuple[str, ...]) -> list[bytes]:
     """Top-k per row as Triton's "score:index:label" strings (score = output value).
 

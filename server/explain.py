@@ -1,0 +1,145 @@
+"""What the model looked at: occlusion sensitivity (Zeiler & Fergus, 2014) on a ModelInfer.
+
+A client asks with request parameters (tritonclient sends them as ``parameters=``):
+
+    explain         "occlusion"
+    explain_patch   side of the grey square, input pixels (default: 1/7 of the side)
+    explain_stride  step between squares (default: half the patch)
+    explain_class   the class to explain (default: each image's top class)
+
+and gets, beside the usual outputs, ``explanation``: FP32 [N, H, W] at the input's
+resolution, each pixel the mean drop in the class probability over the squares
+that covered it (positive: hiding it hurts the class). The occluded copies go
+through the model's own batcher in max-batch chunks, so they count against its
+queue bound like any image; a full queue fails the request RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from protos import grpc_service_pb2 as pb
+from server.errors import InvalidArgument, shown
+from server.tensors import softmax
+
+OUTPUT = "explanation"
+METHODS = ("occlusion",)
+MAX_POSITIONS = 1024  # occluded copies per image: beyond this a request is a denial of service
+_INTEGER = re.compile(r"\s*[0-9]{1,9}\s*")
+
+RunBatch = Callable[[np.ndarray], Awaitable[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    method: str = "occlusion"
+    patch: int = 0  # 0: default for the input size
+    stride: int = 0
+    target: int | None = None  # None: each image's top class
+
+
+def _int_param(params, key: str) -> int | None:
+    if key not in params:
+        return None
+    param = params[key]
+    kind = param.WhichOneof("parameter_choice")
+    if kind in ("int64_param", "uint64_param") and 0 <= getattr(param, kind) < 1 << 31:
+        return int(getattr(param, kind))
+    if kind == "string_param" and _INTEGER.fullmatch(param.string_param):
+        return int(param.string_param)
+    raise InvalidArgument(f"parameter {key} must be a non-negative integer, got {kind} {param}")
+
+
+def parse(request: pb.ModelInferRequest) -> ExplainOptions | None:
+    """The explanation asked for (None: none). Removes ``explanation`` from the requested
+    outputs, which name only the model's own outputs afterwards."""
+    names = [o.name for o in request.outputs]
+    if OUTPUT in names:
+        del request.outputs[names.index(OUTPUT)]
+    if "explain" not in request.parameters:
+        if OUTPUT in names:
+            raise InvalidArgument(f"output '{OUTPUT}' needs the request parameter explain")
+        return None
+    method = request.parameters["explain"].string_param
+    if method not in METHODS:
+        raise InvalidArgument(f"parameter explain {shown(method)}: choose from {list(METHODS)}")
+    params = request.parameters
+    return ExplainOptions(
+        method=method,
+        patch=_int_param(params, "explain_patch") or 0,
+        stride=_int_param(params, "explain_stride") or 0,
+        target=_int_param(params, "explain_class"),
+    )
+
+
+def positions(size: int, patch: int, stride: int) -> list[int]:
+    """Square offsets along one side; the last square ends at the edge."""
+    starts = list(range(0, size - patch + 1, stride))
+    if starts[-1] + patch < size:
+        starts.append(size - patch)
+    return starts
+
+
+def _geometry(opts: ExplainOptions, height: int, width: int) -> tuple[int, list[int], list[int]]:
+    patch = opts.patch or max(1, round(min(height, width) / 7))
+    stride = opts.stride or max(1, patch // 2)
+    if patch > min(height, width):
+        raise InvalidArgument(f"explain_patch {patch} exceeds the input's {height}x{width}")
+    ys, xs = positions(height, patch, stride), positions(width, patch, stride)
+    if len(ys) * len(xs) > MAX_POSITIONS:
+        raise InvalidArgument(
+            f"explain_stride {stride} gives {len(ys) * len(xs)} occluded copies per image "
+            f"(limit {MAX_POSITIONS}): use a larger stride or patch"
+        )
+    return patch, ys, xs
+
+
+async def occlusion(
+    run: RunBatch, images: np.ndarray, logits: np.ndarray, opts: ExplainOptions, max_batch: int
+) -> np.ndarray:
+    """[N, H, W] drop in class probability per pixel, the copies run through ``run``."""
+    n, _, height, width = images.shape
+    classes = logits.shape[1]
+    if opts.target is not None and not 0 <= opts.target < classes:
+        raise InvalidArgument(f"explain_class {opts.target} is not in 0..{classes - 1}")
+    patch, ys, xs = _geometry(opts, height, width)
+    base = softmax(np.asarray(logits, dtype=np.float64))
+    heat = np.zeros((n, height, width), dtype=np.float32)
+    for i in range(n):
+        target = int(base[i].argmax()) if opts.target is None else opts.target
+        boxes = [(y, x) for y in ys for x in xs]
+        scores: list[np.ndarray] = []
+        for start in range(0, len(boxes), max_batch):
+            chunk = boxes[start : start + max_batch]
+            copies = np.repeat(images[i : i + 1], len(chunk), axis=0)
+            for k, (y, x) in enumerate(chunk):
+                copies[k, :, y : y + patch, x : x + patch] = 0.0  # the mean: grey
+            scores.append(softmax(np.asarray(await run(copies), dtype=np.float64)))
+        drops = base[i, target] - np.concatenate(scores)[:, target]
+        total = np.zeros((height, width))
+        count = np.zeros((height, width))
+        for (y, x), drop in zip(boxes, drops, strict=True):
+            total[y : y + patch, x : x + patch] += drop
+            count[y : y + patch, x : x + patch] += 1
+        heat[i] = total / np.maximum(count, 1)
+    return heat
+
+
+async def explain(
+    opts: ExplainOptions, run: RunBatch, images: np.ndarray, logits: np.ndarray, max_batch: int
+) -> np.ndarray:
+    if images.ndim != 4:
+        raise InvalidArgument(f"explanations need NCHW images, got shape {list(images.shape)}")
+    return await occlusion(run, images, logits, opts, max_batch)
+
+
+def attach(response: pb.ModelInferResponse, heat: np.ndarray) -> None:
+    """``explanation`` after the model's outputs (raw contents stay positional)."""
+    tensor = response.outputs.add(name=OUTPUT, datatype="FP32", shape=list(heat.shape))
+    peaks = [np.unravel_index(int(h.argmax()), h.shape) for h in heat]
+    tensor.parameters["explain_peak"].string_param = ";".join(f"{y},{x}" for y, x in peaks)
+    response.raw_output_contents.append(np.ascontiguousarray(heat, dtype="<f4").tobytes())
