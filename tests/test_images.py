@@ -94,19 +94,15 @@ def test_in_flight_caps_refuse_by_name(server: ServerProcess) -> None:
 
 def test_decoding_counts_against_the_queue_bound(server: ServerProcess) -> None:
     """While three slow images decode, three more exceed the queue bound of five."""
-    first: list[tuple[str, str]] = []
-    worker = threading.Thread(
-        target=lambda: first.append(_call(server, image_request([SLOW] * IN_FLIGHT)))
-    )
-    worker.start()
+    pid = server.proc.pid
+    base = _idle(pid)
+    first = server.stub().ModelInfer.future(image_request([SLOW] * IN_FLIGHT), timeout=120)
+    assert wait_for(lambda: _cpu_seconds(pid) - base > 0.3)  # admitted: it is decoding
     refused = ""
-    try:
-        while worker.is_alive() and not refused:
-            code, message = _call(server, image_request([SMALL] * IN_FLIGHT))
-            refused = message if code == "RESOURCE_EXHAUSTED" else ""
-    finally:
-        worker.join()
-    assert first == [("OK", "")]
+    while not first.done() and not refused:
+        code, message = _call(server, image_request([SMALL] * IN_FLIGHT))
+        refused = message if code == "RESOURCE_EXHAUSTED" else ""
+    first.result()  # the slow request itself succeeds
     assert "--max-queue-size" in refused and "decoding" in refused, refused
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from benchmarks.common import machine
 from benchmarks.loadtest import cli as load
-from benchmarks.loadtest import infer_requests, loadgen, server_metrics
+from benchmarks.loadtest import infer_requests, loadgen, photos, server_metrics
 from benchmarks.report import load as load_report
 from exporter.pipeline import ExportRequest, export_model
 from protos import grpc_service_pb2 as pb
@@ -341,3 +341,25 @@ def test_cpu_counters_and_flatten() -> None:
     assert machine.machine_cpu_seconds() > 0
     flat = load_report.flatten({"a": 1, "b": {"c": 2, "d": {"e": 3}}})
     assert flat == {"a": 1, "b.c": 2, "b.d.e": 3}
+
+
+def test_photo_comparison_measures_every_form(
+    serve_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``load.py --photo-comparison``'s rows, briefly, on mobilenet_v2: every form answered
+    without errors, the 12 MP photo's fast preprocessing cheaper than the reference."""
+    srv = start_server(
+        serve_repo, "--model", "mobilenet_v2", log_dir=tmp_path_factory.mktemp("photo-log")
+    )
+    try:
+        info = infer_requests.model_info(srv.url, "mobilenet_v2")
+        rows = photos.compare(srv.url, info, serve_repo, 1.0, log=lambda _: None)
+    finally:
+        assert srv.terminate() == 0, srv.output()
+    forms = [r["form"] for r in rows]
+    assert forms == ["tensor", "jpeg 512x512", "jpeg 1280x960", "jpeg 4032x3024", "uint8 224x224"]
+    assert all(r["errors"] == 0 and r["inprocess_images_per_s"] > 0 for r in rows), rows
+    phone = rows[3]
+    assert phone["preprocess_cpu_ms"] < phone["reference_cpu_ms"], phone
+    assert rows[4]["request_bytes"] < rows[0]["request_bytes"] / 3  # UINT8: a quarter
+    assert "| jpeg 4032x3024 |" in photos.markdown(rows)

@@ -109,7 +109,7 @@ def inprocess_limit(model_file: Path, pre: Preprocess, write: Callable, seconds:
 
         def worker(k: int) -> None:
             batch = np.random.default_rng(k).standard_normal((BATCH, *shape), dtype=np.float32)
-            while time.perf_counter() < stop:
+            while True:  # at least one batch, however slow the machine
                 if workers == 1:
                     list(pool.map(write, batch))
                 else:
@@ -117,6 +117,8 @@ def inprocess_limit(model_file: Path, pre: Preprocess, write: Callable, seconds:
                         write(row)
                 sess.run(None, {name: batch})
                 count[k] += BATCH
+                if time.perf_counter() >= stop:
+                    return
 
         start = time.perf_counter()
         with ThreadPoolExecutor(workers) as outer:
@@ -149,10 +151,12 @@ def compare(url: str, info: ModelInfo, repository: Path, seconds: float, log: Ca
         row = {
             "form": form,
             "request_bytes": len(request),
-            "p50_ms_1_client": one["latency"]["p50_ms"],
+            # None when no answer came within the window (a very slow machine)
+            "p50_ms_1_client": (one["latency"] or {}).get("p50_ms", float("nan")),
             "images_per_s_8_clients": many["throughput"],
             "inprocess_images_per_s": limit,
             "server_vs_inprocess": many["throughput"] / limit,
+            "errors": one["error_count"] + many["error_count"],
         }
         if kind != "tensor":
             slot = batch_buffer(1, pre)[0]
@@ -162,6 +166,10 @@ def compare(url: str, info: ModelInfo, repository: Path, seconds: float, log: Ca
         log(f"  {form}: {row}")
         rows.append(row)
     return rows
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")  # nothing measured in the window: no ratio
 
 
 def markdown(rows: list[dict]) -> str:
@@ -176,13 +184,13 @@ def markdown(rows: list[dict]) -> str:
         if "preprocess_cpu_ms" in r:
             cpu = f"{r['preprocess_cpu_ms']:.1f}"
             if "reference_cpu_ms" in r:
-                cpu += f" ({r['preprocess_cpu_ms'] / r['reference_cpu_ms']:.2f}×)"
+                cpu += f" ({_ratio(r['preprocess_cpu_ms'], r['reference_cpu_ms']):.2f}×)"
         p50 = r["p50_ms_1_client"]
         lines.append(
             f"| {r['form']} | {r['request_bytes']:,} "
-            f"| {p50:.1f} ({p50 / tensor['p50_ms_1_client']:.1f}×) "
+            f"| {p50:.1f} ({_ratio(p50, tensor['p50_ms_1_client']):.1f}×) "
             f"| {r['images_per_s_8_clients']:.0f} "
-            f"({r['images_per_s_8_clients'] / tensor['images_per_s_8_clients']:.2f}×) "
+            f"({_ratio(r['images_per_s_8_clients'], tensor['images_per_s_8_clients']):.2f}×) "
             f"| {r['inprocess_images_per_s']:.0f} | {r['server_vs_inprocess']:.2f} | {cpu} |"
         )
     return "\n".join(lines) + "\n"
