@@ -224,6 +224,7 @@ def test_sigterm_grace_period_bounds_the_shutdown(
         serve_repo,
         *("--model", "mobilenet_v2", "--max-batch-size", "1", "--grace-seconds", "0.5"),
         *("--intra-op-threads", "1"),  # compute slower than 32 x 3 MB arrive, on any host
+        *("--max-queue-share", "1"),  # its 64 callers share one connection: all may queue
         log_dir=tmp_path,
     )
     stub = srv.stub()
