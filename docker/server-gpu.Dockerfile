@@ -3,7 +3,7 @@
 # with the CUDA and TensorRT execution providers (`.[serve,gpu]`), non-root.
 # Needs the NVIDIA Container Toolkit on the host:
 #   docker build -f docker/server-gpu.Dockerfile -t cnn-serving-server-gpu .
-#   docker run --gpus all -p 8001:8001 -p 8002:8002 -v "$PWD/model_repository:/models:ro" \
+#   docker run --gpus all -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD/model_repository:/models:ro" \
 #     cnn-serving-server-gpu
 # onnxruntime-gpu 1.2x+ is built for CUDA 12 and cuDNN 9, TensorRT 10 comes from PyPI.
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
@@ -58,7 +58,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     LD_LIBRARY_PATH=/opt/venv/lib/python3.12/site-packages/tensorrt_libs:${LD_LIBRARY_PATH}
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 # TensorRT builds its engines while models warm up: give the start more time.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=600s --retries=3 \
     CMD ["python", "-m", "server.probe", "--address", "127.0.0.1:8001", "--timeout", "3"]

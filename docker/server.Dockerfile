@@ -2,7 +2,7 @@
 # The inference server, CPU: `pip install .[serve]` only (no torch), run as a
 # non-root user. Build from the repository root:
 #   docker build -f docker/server.Dockerfile -t cnn-serving-server .
-#   docker run -p 8001:8001 -p 8002:8002 -v "$PWD/model_repository:/models:ro" cnn-serving-server
+#   docker run -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD/model_repository:/models:ro" cnn-serving-server
 # The Ray Serve image for KubeRay (deploy/k8s/rayservice.yaml) adds the cluster extra:
 #   docker build -f docker/server.Dockerfile --build-arg EXTRAS=serve,cluster -t cnn-serving-ray .
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
@@ -37,8 +37,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 USER 10001:10001
 WORKDIR /tmp
-# Triton's ports: gRPC 8001, Prometheus metrics 8002.
-EXPOSE 8001 8002
+# Triton's ports: HTTP 8000, gRPC 8001, Prometheus metrics 8002.
+EXPOSE 8000 8001 8002
 # grpc.health.v1 says SERVING only once every model is loaded and warmed up.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-m", "server.probe", "--address", "127.0.0.1:8001", "--timeout", "3"]

@@ -85,7 +85,7 @@ def test_compose_server_waits_for_the_export_and_publishes_triton_ports(compose:
     for name in ("server", "server-gpu"):
         svc = services[name]
         assert svc["depends_on"]["exporter"]["condition"] == "service_completed_successfully"
-        assert _target_ports(svc) == {8001, 8002}
+        assert _target_ports(svc) == {8000, 8001, 8002}
         served = {(s, t) for kind, s, t in _mounts(svc) if kind == "volume"}
         assert served and {s for s, _ in served} <= models, f"{name} does not read the export"
         assert svc["command"][:2] == ["--model-repository", next(t for _, t in served)]

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import ast
 import datetime
+import http.client
 import ipaddress
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -216,3 +219,36 @@ def test_metrics_and_grpc_bound_to_loopback_only(traversal_server: ServerProcess
     for port in (srv.metrics_port, srv.port):
         with pytest.raises(OSError):
             socket.create_connection((address, port), timeout=5).close()
+
+
+def test_http_serves_tls_with_the_same_certificates_and_cors_only_when_named(
+    serve_repo: Path, pki: Path, tmp_path: Path
+) -> None:
+    srv = _tls_server(serve_repo, pki, tmp_path, "--http-cors-origin", "https://app.example")
+    ready = f"https://127.0.0.1:{srv.http_port}/v2/health/ready"
+    trusting = ssl.create_default_context(cafile=pki / "ca.pem")
+    try:
+        with urllib.request.urlopen(ready, timeout=10, context=trusting) as resp:
+            assert resp.status == 200
+        with pytest.raises(urllib.error.URLError):  # a server we cannot verify
+            urllib.request.urlopen(ready, timeout=10, context=ssl.create_default_context())
+        with pytest.raises((OSError, http.client.HTTPException)):  # plaintext to a TLS port
+            urllib.request.urlopen(ready.replace("https", "http", 1), timeout=10).read()
+
+        def preflight(origin: str) -> dict[str, str]:
+            request = urllib.request.Request(
+                ready, method="OPTIONS",
+                headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+            )  # fmt: skip
+            try:
+                with urllib.request.urlopen(request, timeout=10, context=trusting) as resp:
+                    return dict(resp.headers)
+            except urllib.error.HTTPError as err:  # not allowed: no CORS answer for OPTIONS
+                return dict(err.headers)
+
+        allowed = preflight("https://app.example")
+        assert allowed["Access-Control-Allow-Origin"] == "https://app.example"
+        assert "POST" in allowed["Access-Control-Allow-Methods"]
+        assert "Access-Control-Allow-Origin" not in preflight("https://elsewhere.example")
+    finally:
+        assert srv.terminate() == 0

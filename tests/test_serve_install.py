@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.request
 import venv
 from pathlib import Path
 
@@ -45,6 +46,9 @@ def test_serve_only_install_serves(serve_python: Path, serve_repo: Path, tmp_pat
         req.raw_input_contents.append(np.zeros((2, 1, 32, 32), np.float32).tobytes())
         resp = srv.stub().ModelInfer(req)
         assert list(resp.outputs[0].shape) == [2, 10]
+        for path, words in (("/", b"cnn-serving"), ("/static/app.js", b"classify")):
+            with urllib.request.urlopen(srv.http_url + path, timeout=10) as page:
+                assert words in page.read(), path  # the page's files are in the wheel
     finally:
         assert srv.terminate() == 0, srv.output()
     assert str(ROOT) not in srv.output()  # ran from the installed package, not this checkout

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from server.dataplane import DataPlane
 from server.errors import InferenceError, Unavailable, clip, shown
@@ -39,6 +40,21 @@ class HttpOptions:
     tls: TlsFiles | None = None
     cors_origins: tuple[str, ...] = ()  # empty: no CORS headers (browsers keep same-origin)
     grace_seconds: float = 30.0
+
+
+class _MalformedRequestLog(logging.Filter):
+    """aiohttp logs a request it cannot parse (a URL over 8 KiB, a broken header line) with
+    a traceback before answering it 400 itself: bad input, so one INFO line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args = "refused a malformed HTTP request: %s", (error.message,)
+            record.exc_info, record.levelno, record.levelname = None, logging.INFO, "INFO"
+        return True
+
+
+_MALFORMED = _MalformedRequestLog()
 
 
 def _json_error(status: int, message: str) -> web.Response:
@@ -217,6 +233,7 @@ class HttpFrontend:
         return app
 
     async def start(self) -> None:
+        logging.getLogger("aiohttp.server").addFilter(_MALFORMED)  # the same filter: no-op twice
         runner = web.AppRunner(
             self.application(),
             handle_signals=False,
