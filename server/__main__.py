@@ -10,6 +10,7 @@ from pathlib import Path
 
 from server.app import AppOptions, repository_path, serve
 from server.image_args import add_image_arguments, image_options
+from server.images import ImageOptions
 from server.memory import TrimOptions
 from server.models import ServerOptions
 from server.transport import TlsFiles
@@ -31,6 +32,19 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         default=[],
         help="load only this model (repeatable); default: every model",
     )
+    for add in (_listeners, _runtime, _batching, _misc, _limits, _tls, add_image_arguments):
+        add(p)
+    p.add_argument("--log-level", default="INFO")
+    a = p.parse_args(argv)
+    images = image_options(p, a)
+    _check(p, a)
+    logging.basicConfig(
+        level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return _app_options(a, _server_options(a), images)
+
+
+def _listeners(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument(
@@ -45,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
     )
     p.add_argument("--metrics-port", type=int, default=8002, help="-1 disables /metrics")
     p.add_argument("--metrics-host", default="0.0.0.0", help="127.0.0.1 keeps metrics local")
+
+
+def _runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-cpu-fallback",
         action="store_true",
@@ -60,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         help="ONNX Runtime session config entry for every model (repeatable), e.g. "
         "session.intra_op.allow_spinning=0",
     )
+
+
+def _batching(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-batching", action="store_true", help="every request runs alone")
     p.add_argument("--max-batch-size", type=int, default=None)
     p.add_argument("--max-queue-delay-us", type=int, default=None)
@@ -78,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         default=None,
         help="model instances (batches in flight at once), overriding instance_group",
     )
+
+
+def _misc(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument(
         "--no-shared-memory",
@@ -96,6 +119,9 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         default=30.0,
         help="on SIGTERM, how long accepted requests may take to finish (default 30)",
     )
+
+
+def _limits(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-spatial-size",
         type=int,
@@ -116,6 +142,9 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         default=TrimOptions.arena_max,
         help=f"glibc malloc arenas (default {TrimOptions.arena_max}; 0: glibc's default)",
     )
+
+
+def _tls(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tls-cert", type=Path, help="PEM certificate chain: serve gRPC and HTTP over TLS"
     )
@@ -123,10 +152,10 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
     p.add_argument(
         "--tls-client-ca", type=Path, help="PEM CA: require client certificates it signed (mTLS)"
     )
-    p.add_argument("--log-level", default="INFO")
-    add_image_arguments(p)
-    a = p.parse_args(argv)
-    images = image_options(p, a)
+
+
+def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """What argparse's types cannot say: flags that go together, ranges."""
     if bool(a.tls_cert) != bool(a.tls_key):
         p.error("--tls-cert and --tls-key go together")
     if a.tls_client_ca and not a.tls_cert:
@@ -139,10 +168,10 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         p.error(f"--max-spatial-size {a.max_spatial_size}: must be >= 1")
     if a.max_message_mb < 1 or a.grace_seconds < 0:
         p.error("--max-message-mb must be >= 1 and --grace-seconds >= 0")
-    logging.basicConfig(
-        level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    models = ServerOptions(
+
+
+def _server_options(a: argparse.Namespace) -> ServerOptions:
+    return ServerOptions(
         repository=a.model_repository,
         models=tuple(a.model),
         allow_cpu_fallback=a.allow_cpu_fallback,
@@ -159,6 +188,9 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
         warmup=not a.no_warmup,
         onnxruntime_config=tuple(a.onnxruntime_config),
     )
+
+
+def _app_options(a: argparse.Namespace, models: ServerOptions, images: ImageOptions) -> AppOptions:
     return AppOptions(
         models=models,
         host=a.host,

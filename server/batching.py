@@ -44,7 +44,6 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
@@ -53,6 +52,7 @@ from server.batching_types import (
     BatcherClosedError,
     BatcherError,
     BatcherStats,
+    BatchObserver,
     BatchSizeMismatchError,
     DeadlineExceededError,
     QueueFullError,
@@ -73,14 +73,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class BatchObserver(Protocol):
-    """Hook for metrics (histograms); called from the worker thread after each batch."""
-
-    def on_batch(
-        self, batch_size: int, queue_seconds: list[float], compute_seconds: float
-    ) -> None: ...
 
 
 @dataclass(eq=False)  # identity equality: deque.remove must not compare arrays

@@ -7,6 +7,7 @@ reads them without the thread logic.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 class BatcherError(Exception):
@@ -49,3 +50,11 @@ class BatcherStats:
     batch_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # size: (n, ns)
     queue_rows: int = 0
     in_flight: int = 0
+
+
+class BatchObserver(Protocol):
+    """Hook for metrics (histograms); called from the worker thread after each batch."""
+
+    def on_batch(
+        self, batch_size: int, queue_seconds: list[float], compute_seconds: float
+    ) -> None: ...
