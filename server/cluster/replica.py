@@ -57,12 +57,18 @@ class Outcome:
 
 
 class _CallContext:
-    """The two ``grpc.aio.ServicerContext`` methods the servicer uses, for a call
-    that arrived through Ray (the proxy applies the client's deadline)."""
+    """The ``grpc.aio.ServicerContext`` methods the servicer uses, for a call that
+    arrived through Ray (the proxy applies the client's deadline)."""
 
     def __init__(self) -> None:
         self.code = grpc.StatusCode.OK
         self.details = ""
+
+    def peer(self) -> str:
+        """Each call its own owner: the replica cannot see the client behind Ray's proxy,
+        so the single server's per-client queue share does not apply (Ray Serve bounds
+        each replica's ongoing requests instead)."""
+        return f"ray-call-{id(self)}"
 
     def time_remaining(self) -> float | None:
         return None
