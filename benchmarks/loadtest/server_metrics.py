@@ -62,9 +62,17 @@ def server_figures(delta: dict[str, float], window_s: float) -> dict:
         "preprocess_ms_mean": _mean_ms(delta, "inference_preprocess_duration_seconds"),
         # share of the window an instance spent inside run_batch
         "compute_busy_pct": 100 * compute_sum / window_s if window_s > 0 else None,
-        "requests_by_code": {
-            k.split("code=", 1)[1].rstrip("}"): v
-            for k, v in delta.items()
-            if k.startswith("inference_requests_total{") and v
-        },
+        "requests_by_code": _by_code(delta),
     }
+
+
+def _by_code(delta: dict[str, float]) -> dict[str, float]:
+    """``inference_requests_total`` per status code, summed over the other labels (protocol)."""
+    out: dict[str, float] = {}
+    for key, value in delta.items():
+        if not key.startswith("inference_requests_total{") or not value:
+            continue
+        labels = dict(part.split("=", 1) for part in key[key.index("{") + 1 : -1].split(","))
+        code = labels.get("code", "")
+        out[code] = out.get(code, 0.0) + value
+    return out
