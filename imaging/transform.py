@@ -30,18 +30,34 @@ def batch_buffer(n: int, pre: Preprocess) -> np.ndarray:
     return np.empty((n, channels(pre), pre.crop_size, pre.crop_size), dtype=np.float32)
 
 
-def resize_crop(image: Image.Image, pre: Preprocess) -> np.ndarray:
-    """Short side to ``resize_size``, centre crop to ``crop_size``: HWC uint8 pixels."""
+def resize_crop(image: Image.Image, pre: Preprocess, *, exact: bool = False) -> np.ndarray:
+    """Short side to ``resize_size``, centre crop to ``crop_size``: HWC uint8 pixels.
+
+    By default only the crop is resampled (Pillow's ``box``): the pixels outside it
+    would be thrown away, and skipping them cuts the resize's CPU by about a third.
+    The filter and its scale are the same, so pixels differ from resize-then-crop
+    by at most 1 (rounding of the sample positions) on a few per cent of them;
+    ``exact`` keeps torchvision's two steps (the accuracy reference).
+    """
     width, height = image.size
     new_w, new_h = resized_size(width, height, pre)
-    if (new_w, new_h) != (width, height):
-        resample = _RESAMPLE.get(pre.interpolation, Image.Resampling.BILINEAR)
-        image = image.resize((new_w, new_h), resample)
     left = int(round((new_w - pre.crop_size) / 2.0))
     top = int(round((new_h - pre.crop_size) / 2.0))
-    image = image.crop((left, top, left + pre.crop_size, top + pre.crop_size))
+    crop = (left, top, left + pre.crop_size, top + pre.crop_size)
+    if (new_w, new_h) == (width, height):
+        image = image.crop(crop)
+    elif exact:
+        image = image.resize((new_w, new_h), _resample(pre)).crop(crop)
+    else:
+        sx, sy = width / new_w, height / new_h
+        box = (crop[0] * sx, crop[1] * sy, crop[2] * sx, crop[3] * sy)
+        image = image.resize((pre.crop_size, pre.crop_size), _resample(pre), box=box)
     pixels = np.asarray(image)
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
+def _resample(pre: Preprocess) -> Image.Resampling:
+    return _RESAMPLE.get(pre.interpolation, Image.Resampling.BILINEAR)
 
 
 def normalise_into(pixels: np.ndarray, out: np.ndarray, pre: Preprocess) -> None:
@@ -52,5 +68,5 @@ def normalise_into(pixels: np.ndarray, out: np.ndarray, pre: Preprocess) -> None
         out[c] -= np.float32(pre.mean[c] / pre.std[c])
 
 
-def write_row(image: Image.Image, out: np.ndarray, pre: Preprocess) -> None:
-    normalise_into(resize_crop(image, pre), out, pre)
+def write_row(image: Image.Image, out: np.ndarray, pre: Preprocess, *, exact: bool = False) -> None:
+    normalise_into(resize_crop(image, pre, exact=exact), out, pre)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.inprocess.image_eval import build_set, evaluate
+from imaging.decode import decode
 from imaging.preprocess import preprocess, reference
 from modelrepo.spec import Preprocess
 from tests.stress import report
@@ -38,8 +39,15 @@ def test_fast_path_agrees_with_the_reference(
 
 
 def test_small_jpeg_and_png_decode_exactly_as_the_reference(photos: dict[str, Path]) -> None:
-    """No DCT scaling applies below twice the resize size: identical input rows."""
+    """No DCT scaling applies below twice the resize size: the same pixels are decoded,
+    and resampling only the crop moves a few of them by at most one grey level."""
     pre = Preprocess()
+    one_level = 1.0 / (255.0 * min(pre.std)) + 1e-5
     for name in ("chelsea.png", "china.jpg"):
         data = photos[name].read_bytes()
-        np.testing.assert_array_equal(preprocess(data, pre), reference(data, pre))
+        np.testing.assert_array_equal(
+            np.asarray(decode(data, pre)), np.asarray(decode(data, pre, draft=False))
+        )
+        fast, ref = preprocess(data, pre), reference(data, pre)
+        np.testing.assert_allclose(fast, ref, rtol=0, atol=one_level)
+        assert np.mean(fast != ref) < 0.05, name
