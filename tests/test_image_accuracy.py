@@ -5,6 +5,8 @@ The whole set: ``python -m benchmarks.inprocess.image_eval``."""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +14,10 @@ import pytest
 from PIL import Image
 
 from benchmarks.inprocess.image_eval import build_set, evaluate
+from exporter.digits import Recipe, split, to_tensor
 from imaging.decode import decode
 from imaging.preprocess import preprocess, reference
-from modelrepo.spec import Preprocess
+from modelrepo.spec import Preprocess, load_spec
 from tests.stress import report
 
 
@@ -51,3 +54,32 @@ def test_small_jpeg_and_png_decode_exactly_as_the_reference(photos: dict[str, Pa
         fast, ref = preprocess(data, pre), reference(data, pre)
         np.testing.assert_allclose(fast, ref, rtol=0, atol=one_level)
         assert np.mean(fast != ref) < 0.05, name
+
+
+def test_lenet_digits_accuracy_is_unchanged_through_the_image_path(
+    triton_repository: Path,
+    lenet_reference: Callable[[np.ndarray], np.ndarray],
+    request: pytest.FixtureRequest,
+) -> None:
+    """The held-out digits sent as PNG files score exactly as the tensors LeNet was
+    measured on; as JPEG (quality 90, lossy) within a point of them."""
+    _, x_test, _, y_test = split(Recipe())
+    pre = load_spec(triton_repository / "lenet5").preprocess
+    tensors = to_tensor(x_test).numpy()
+    pngs = np.stack([preprocess(_encoded(d, "PNG"), pre) for d in x_test])
+    jpegs = np.stack([preprocess(_encoded(d, "JPEG"), pre) for d in x_test])
+    np.testing.assert_allclose(pngs, tensors, rtol=0, atol=1e-6)
+    scores = {
+        form: float((lenet_reference(x).argmax(1) == y_test).mean())
+        for form, x in (("tensor", tensors), ("png", pngs), ("jpeg", jpegs))
+    }
+    report(request.config, f"\nLeNet held-out accuracy on {len(y_test)} digits: {scores}")
+    assert scores["tensor"] >= 0.95
+    assert scores["png"] == scores["tensor"]
+    assert abs(scores["jpeg"] - scores["tensor"]) <= 0.01
+
+
+def _encoded(digit: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(digit, "L").save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
