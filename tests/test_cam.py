@@ -27,7 +27,8 @@ from modelrepo import keys
 from modelrepo.files import read_config, write_config
 from protos import grpc_service_pb2 as pb
 from server.cam import class_maps
-from server.explain import OUTPUT
+from server.errors import InvalidArgument
+from server.explain import OUTPUT, ExplainOptions, check_method
 from tests.serving import ServerProcess, start_server, tensor_request
 from tests.test_explain import explain_request, heat_of
 from tests.triton_child import triton_features
@@ -148,3 +149,9 @@ def test_client_and_tritonclient_ask_for_cam(
     plan = {"url": server.url, "explain_model": LITE0, "explain_method": "cam"}
     seen = triton_features({**plan, "photo": str(photos["coffee.png"])}, tmp_path)["explanation"]
     assert seen["shape"] == [1, 224, 224] and seen["top"] in EXPECTED["coffee.png"]
+
+
+def test_an_ensemble_refuses_cam_saying_why() -> None:
+    with pytest.raises(InvalidArgument, match="ensemble's members each have their own"):
+        check_method(ExplainOptions(method="cam"), "lenet5x5", has_cam=False, ensemble=True)
+    check_method(ExplainOptions(method="occlusion"), "lenet5x5", has_cam=False, ensemble=True)
