@@ -136,15 +136,15 @@ def measure(model: Lite0, photo: Path, png_dir: Path | None) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| photo | top class | r(occlusion, CAM) | CAM peak (y, x) | in box | "
-        "drop hiding CAM peak | drop hiding random |",
-        "|---|---|---|---|---|---|---|",
+        "| photo | top class | r(occlusion, CAM) | CAM peak (y, x) | occlusion peak | "
+        "CAM peak in box | drop hiding CAM peak | drop hiding random |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         in_box = "-" if r["in_box"] is None else ("yes" if r["in_box"] else "no")
         lines.append(
             f"| {r['photo']} | {r['top']} {r['label']} | {r['r']:.2f} | {r['cam_peak']} | "
-            f"{in_box} | {r['peak_drop']:.3f} | {r['random_drop']:.3f} |"
+            f"{r['occlusion_peak']} | {in_box} | {r['peak_drop']:.3f} | {r['random_drop']:.3f} |"
         )
     return "\n".join(lines)
 
