@@ -26,7 +26,7 @@ from client.client import (
     InferenceClient,
     TlsConfig,
 )
-from client.explain import explain_image, overlay
+from client.explain import METHODS, explain_image, overlay
 from imaging.decode import ImageDecodeError, decode
 from imaging.preprocess import preprocess_batch
 from modelrepo.spec import ModelConfigError, Preprocess, fixed_dims, preprocess_from
@@ -243,6 +243,7 @@ def cmd_explain(client: InferenceClient, args: argparse.Namespace) -> None:
         patch=args.patch,
         stride=args.stride,
         target=args.target,
+        method=args.method,
     )
     Path(args.output).write_bytes(overlay(found))
     y, x = np.unravel_index(int(found.heat.argmax()), found.heat.shape)
@@ -290,12 +291,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_infer)
 
-    q = sub.add_parser("explain", help="occlusion heat map of an image, laid over it as PNG")
+    q = sub.add_parser("explain", help="heat map of what the model looked at, laid over the image")
     model_args(q)
     q.add_argument("file", metavar="FILE")
+    q.add_argument(
+        "--method",
+        choices=METHODS,
+        default="occlusion",
+        help="occlusion (any model, one pass per square) or cam (class activation map: one "
+        "pass, for models exported with CAM data)",
+    )
     q.add_argument("--output", "-o", default="heat.png")
-    q.add_argument("--patch", type=_positive_int, default=0, help="grey square side (pixels)")
-    q.add_argument("--stride", type=_positive_int, default=0, help="step between squares")
+    q.add_argument("--patch", type=_positive_int, default=0, help="occlusion: square side (pixels)")
+    q.add_argument(
+        "--stride", type=_positive_int, default=0, help="occlusion: step between squares"
+    )
     q.add_argument("--target", type=int, default=None, help="class to explain (default: top)")
     q.set_defaults(func=cmd_explain)
 

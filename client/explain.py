@@ -1,8 +1,10 @@
 """``python -m client explain``: ask the server what a model looked at, and draw it.
 
 The request is an ordinary ModelInfer with the ``explain`` parameters (see
-server/explain.py); the heat map comes back at the model's input resolution,
-so it is laid over the same centre crop the server made of the photo.
+server/explain.py): occlusion sensitivity for any model, or a class activation map
+("cam", one forward pass) where the model's export holds its data. The heat map
+comes back at the model's input resolution, so it is laid over the same centre
+crop the server made of the photo.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from modelrepo.spec import preprocess_from
 from protos import grpc_service_pb2 as pb
 
 OUTPUT = "explanation"
+METHODS = ("occlusion", "cam")
 
 
 @dataclass(frozen=True)
 class Explanation:
-    heat: np.ndarray  # [H, W], drop in the class probability where each pixel was hidden
+    heat: np.ndarray  # [H, W]: occlusion's probability drop, or CAM's class evidence
     top_class: int
     top_label: str
     crop: np.ndarray  # [H, W, 3] uint8: the part of the photo the model saw
@@ -39,10 +42,14 @@ def explain_image(
     patch: int = 0,
     stride: int = 0,
     target: int | None = None,
+    method: str = "occlusion",
 ) -> Explanation:
+    """``patch`` and ``stride`` (0: the server's defaults) apply to occlusion only."""
+    if method not in METHODS:
+        raise ClientError(f"explain method {method!r}: choose from {list(METHODS)}")
     req = pb.ModelInferRequest(model_name=model, model_version=version)
     req.inputs.add(name="input", datatype="BYTES", shape=[1]).contents.bytes_contents.append(image)
-    req.parameters["explain"].string_param = "occlusion"
+    req.parameters["explain"].string_param = method
     for key, value in (("explain_patch", patch), ("explain_stride", stride)):
         if value:
             req.parameters[key].int64_param = value

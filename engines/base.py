@@ -33,6 +33,8 @@ class BackendConfig:
     # ("session.intra_op.allow_spinning", "0"); later entries win.
     session_config: tuple[tuple[str, str], ...] = ()
     device_id: int = 0
+    # The extra output holding the last feature map, for class activation maps ("": none).
+    features_output: str = ""
 
 
 class Backend(abc.ABC):
@@ -56,6 +58,23 @@ class Backend(abc.ABC):
                 f"backend returned {out.shape[0]} rows for a batch of {batch.shape[0]}"
             )
         return out
+
+    def infer_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, feature map) of one forward pass, for class activation maps."""
+        if not self.ready:
+            raise BackendError(f"{self.config.model_file} is not loaded")
+        if not self.config.features_output:
+            raise BackendError(f"{self.config.model_file} has no feature map output")
+        logits, features = self._run_features(batch)
+        if not logits.shape[0] == features.shape[0] == batch.shape[0]:
+            raise BackendError(
+                f"backend returned {logits.shape[0]} logit and {features.shape[0]} feature rows "
+                f"for a batch of {batch.shape[0]}"
+            )
+        return logits, features
+
+    def _run_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise BackendError(f"{type(self).__name__} serves no feature map output")
 
     def unload(self) -> None:
         self.ready = False

@@ -68,6 +68,7 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(config)
         self._session: Any = None
         self._input = ""
+        self._logits = ""  # outputs are fetched by name: the feature map only when asked
         self.providers: list[str] = []
 
     def load(self) -> None:
@@ -93,6 +94,13 @@ class OnnxRuntimeBackend(Backend):
             session = ort.InferenceSession(str(self.config.model_file), opts, providers=wanted)
         except Exception as exc:  # corrupt file, unsupported opset, provider failure
             raise BackendError(f"cannot load {self.config.model_file}: {exc}") from exc
+        outputs = [o.name for o in session.get_outputs()]
+        features = self.config.features_output
+        if features and features not in outputs:
+            raise BackendError(
+                f"{self.config.model_file}: config.pbtxt names the feature map output "
+                f"'{features}', the model's outputs are {outputs}"
+            )
         got = session.get_providers()
         on_gpu = any(p in got for p in (CUDA, TENSORRT))
         if self.config.instance_kind == "gpu" and not on_gpu and not self.config.allow_cpu_fallback:
@@ -102,16 +110,24 @@ class OnnxRuntimeBackend(Backend):
             )
         self._session = session
         self._input = session.get_inputs()[0].name
+        self._logits = next(name for name in outputs if name != features)
         self.providers = got
         self.ready = True
         log.info("loaded %s with providers %s", self.config.model_file, got)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self._fetch([self._logits], batch)[0]
+
+    def _run_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, features = self._fetch([self._logits, self.config.features_output], batch)
+        return logits, features
+
+    def _fetch(self, names: list[str], batch: np.ndarray) -> list[np.ndarray]:
         # A batch far above the usual size grows ONNX Runtime's CPU arena for good (the RSS
         # floor stayed ~750 MiB up after a few 8x448x448 batches): such a run gives the
         # arena's free regions back when it ends. Usual batches keep the arena warm.
         large = batch.nbytes > SHRINK_ARENA_BYTES
-        return self._session.run(None, {self._input: batch}, _SHRINK if large else None)[0]
+        return self._session.run(names, {self._input: batch}, _SHRINK if large else None)
 
     def unload(self) -> None:
         self._session = None

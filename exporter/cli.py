@@ -120,6 +120,7 @@ def _request(args: argparse.Namespace, model: str):
         ),
         serving=serving,
         precision=precision,
+        cam=not args.no_cam,
     )
 
 
@@ -230,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    p.add_argument(
+        "--no-cam",
+        action="store_true",
+        help="no class activation map data (by default written where the head is global "
+        "average pooling then one linear layer: an extra ONNX output and cam_head.npz)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-batch-size", type=int, default=DEFAULT.max_batch_size)
     p.add_argument(

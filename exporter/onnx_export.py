@@ -67,8 +67,10 @@ def export(
     dynamic_hw: bool,
     options: OnnxOptions,
     min_hw: int = 32,
+    outputs: tuple[str, ...] = (OUTPUT_NAME,),
 ) -> str:
-    """Write ``model`` as ONNX to ``path`` with a dynamic batch axis.
+    """Write ``model`` as ONNX to ``path`` with a dynamic batch axis; ``outputs`` names its
+    outputs (logits first; a CAM export adds the feature map, exporter/cam.py).
 
     With ``dynamic_hw`` H and W are dynamic too, unless torch.export cannot
     prove the graph shape-generic (GoogLeNet's ceil-mode pooling, say): then
@@ -80,30 +82,41 @@ def export(
         warnings.simplefilter("ignore")
         if options.exporter == "torchscript":
             axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+            maps = {0: "batch", 2: "map_height", 3: "map_width"} if dynamic_hw else {0: "batch"}
             torch.onnx.export(
                 model,
                 (sample,),
                 str(path),
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=list(outputs),
                 opset_version=options.opset,
                 dynamo=False,
-                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes={
+                    INPUT_NAME: axes,
+                    outputs[0]: {0: "batch"},
+                    **{name: maps for name in outputs[1:]},
+                },
             )
             return ""
         try:
-            _export_dynamo(model, sample, path, options.opset, dynamic_hw, min_hw)
+            _export_dynamo(model, sample, path, options.opset, dynamic_hw, min_hw, outputs)
             return ""
         except Exception as exc:  # torch.export's constraint solver failing
             if not dynamic_hw:
                 raise
             reason = f"torch.export could not make H/W dynamic ({type(exc).__name__})"
-        _export_dynamo(model, sample, path, options.opset, False, min_hw)
+        _export_dynamo(model, sample, path, options.opset, False, min_hw, outputs)
         return reason
 
 
 def _export_dynamo(
-    model: nn.Module, sample: torch.Tensor, path: Path, opset: int, dynamic_hw: bool, min_hw: int
+    model: nn.Module,
+    sample: torch.Tensor,
+    path: Path,
+    opset: int,
+    dynamic_hw: bool,
+    min_hw: int,
+    outputs: tuple[str, ...],
 ) -> None:
     dims: dict[int, object] = {0: torch.export.Dim("batch", min=1, max=4096)}
     if dynamic_hw:
@@ -114,7 +127,7 @@ def _export_dynamo(
         (sample,),
         str(path),
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=list(outputs),
         opset_version=opset,
         dynamo=True,
         dynamic_shapes=(dims,),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.gpu import unavailable_reason
-from exporter import onnx_export, optimize
+from exporter import cam, onnx_export, optimize
 from exporter.config import ModelCfg
 from exporter.labels import labels_for
 from exporter.macs import count_macs, count_params
@@ -46,6 +46,7 @@ class ExportRequest:
     serving: ServingConfig = field(default_factory=ServingConfig)
     precision: PrecisionOptions = field(default_factory=PrecisionOptions)
     entry_name: str | None = None  # the repository folder; None: the model's name
+    cam: bool = True  # class activation map data where the head allows (exporter/cam.py)
 
 
 @dataclass(frozen=True)
@@ -128,17 +129,20 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
     macs = count_macs(model, cfg.input_size)
     stage(f"{params / 1e6:.2f}M params, {macs / 1e9:.3f} GMACs at {cfg.input_size}")
 
+    exported, cam_split = cam.prepare(model, request.cam, request.precision.backend)
+    outputs = (onnx_export.OUTPUT_NAME, *([cam.FEATURES_OUTPUT] if exported is not model else []))
     with files.staging(repository) as scratch:
         version_dir = scratch / str(version)
         version_dir.mkdir()
         onnx_path = version_dir / "model.onnx"
         fixed_reason = onnx_export.export(
-            model,
+            exported,
             onnx_path,
             export_size,
             dynamic_hw=dynamic_hw,
             options=request.onnx,
             min_hw=cfg.min_input_size,
+            outputs=outputs,
         )
         if fixed_reason:
             dynamic_hw = False
@@ -172,6 +176,13 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
             parameters=_config_parameters(cfg, prov),
         )
         config.name = entry
+        cam_report = cam.write(version_dir, cam_split, export_size)
+        if cam_report["available"]:
+            config.parameters[keys.CAM_FEATURES_OUTPUT].string_value = cam.FEATURES_OUTPUT
+            shape = cam_report["features_shape"]
+            stage(f"CAM: feature map {shape} as output {cam.FEATURES_OUTPUT}")
+        else:
+            stage(f"no class activation maps: {cam_report['reason']}")
         precision, engine = _precision_stage(
             request, cfg, config, version_dir, onnx_path, export_size, prov.trained, stage
         )
@@ -207,6 +218,7 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
                 "sha256": file_sha256(onnx_path),
             },
             "parity": [r.to_dict() for r in reports],
+            "cam": cam_report,
             "precision": precision,
             **({"tensorrt": engine} if engine else {}),
             "weights": prov.to_dict(),

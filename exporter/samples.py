@@ -23,6 +23,16 @@ EXPECTED: dict[str, set[int]] = {
     "china.jpg": {698, 663, 442, 832},  # a temple: palace, monastery, bell cote, stupa
     "flower.jpg": {985},  # daisy
 }
+# Drawn by hand on the 224x224 centre crops efficientnet_lite0's preprocessing makes
+# (shorter side 256, centre crop 224): (top, left, bottom, right) around the object the
+# class names, for checking where explanation maps peak (tests/test_explain.py, test_cam.py).
+BOXES: dict[str, tuple[int, int, int, int]] = {
+    # the launch complex: the rocket and its two towers ("missile" leans on them: the
+    # occlusion peak sits beside the rocket's nose, by the left tower, not on the rocket)
+    "rocket.jpg": (40, 30, 224, 200),
+    "coffee.png": (0, 40, 150, 190),  # the cup, without the saucer
+    "motorcycle_left.png": (45, 0, 224, 224),  # the motorcycle, below the shelves
+}
 PHONE_PHOTO = "china-12mp.jpg"  # what a phone sends: 4032x3024, stored rotated + EXIF tag
 PHONE_SOURCE = "china.jpg"
 

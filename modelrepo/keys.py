@@ -33,3 +33,9 @@ INTRA_OP_THREADS = "intra_op_thread_count"
 ONNXRUNTIME_PREFIX = "onnxruntime."
 # What the server adds to a ModelConfig response: "runtime.<key>" describes the backend.
 RUNTIME_PREFIX = "runtime."
+
+# Class activation maps: the name of the extra ONNX output holding the last feature map
+# [N, C, h, w] (absent: the model has no CAM data); the head's weights lie in each version
+# folder as CAM_HEAD_FILE (modelrepo/cam.py).
+CAM_FEATURES_OUTPUT = "cam_features_output"
+CAM_HEAD_FILE = "cam_head.npz"

@@ -43,7 +43,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -55,8 +55,12 @@ from server.batching_types import (
     BatchObserver,
     BatchSizeMismatchError,
     DeadlineExceededError,
+    PendingRequest,
     QueueFullError,
     RequestTooLargeError,
+    RunFeatures,
+    is_expired,
+    late_message,
 )
 from server.fairness import QueueShares
 
@@ -75,22 +79,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-@dataclass(eq=False)  # identity equality: deque.remove must not compare arrays
-class _Request:
-    inputs: np.ndarray
-    rows: int
-    deadline: float | None
-    future: concurrent.futures.Future[np.ndarray]
-    arrival: float
-    arrived_busy: bool  # every instance was busy when it arrived
-    owner: Hashable | None = None  # the client, for its share of the queue
-    queued: bool = True
-
-
-def _expired(req: _Request, now: float) -> bool:
-    return req.deadline is not None and req.deadline <= now
-
-
 class DynamicBatcher:
     """Requests are queued by callers and run in batches by worker threads.
 
@@ -106,16 +94,19 @@ class DynamicBatcher:
         name: str = "",
         observer: BatchObserver | None = None,
         max_queue_share: float = 1.0,
+        run_features: RunFeatures | None = None,
     ) -> None:
-        """``max_queue_share``: of ``config.max_queue_size``, the most one owner may hold."""
+        """``max_queue_share``: of ``config.max_queue_size``, the most one owner may hold;
+        ``run_features``: (logits, feature map), run only for batches that ask for it."""
         self.run_batch = run_batch
+        self.run_features = run_features
         self.config = config
         self.name = name
         self.observer = observer
         self._stats = BatcherStats()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._pending: collections.deque[_Request] = collections.deque()
+        self._pending: collections.deque[PendingRequest] = collections.deque()
         self._shares = QueueShares(config, max_queue_share)
         self._in_flight = 0
         self._accepting = False
@@ -173,12 +164,18 @@ class DynamicBatcher:
             raise
 
     def submit_future(
-        self, inputs: np.ndarray, deadline: float | None = None, owner: Hashable | None = None
-    ) -> concurrent.futures.Future[np.ndarray]:
-        """Queue ``inputs``; the future gets its output rows. Cancel it to withdraw.
-        ``owner`` (a client) may hold only its share of the queue (server/fairness.py)."""
+        self,
+        inputs: np.ndarray,
+        deadline: float | None = None,
+        owner: Hashable | None = None,
+        features: bool = False,
+    ) -> concurrent.futures.Future[Any]:
+        """Queue ``inputs``; the future gets its output rows (``features``: and their feature
+        maps, a tuple). Cancel it to withdraw. ``owner`` (a client) may hold only its share."""
         if not self._accepting:
             raise BatcherClosedError(f"model {self.name!r} is not accepting requests")
+        if features and self.run_features is None:
+            raise ValueError(f"model {self.name!r} has no feature map output")
         if not isinstance(inputs, np.ndarray) or inputs.ndim == 0 or inputs.shape[0] < 1:
             shape = getattr(inputs, "shape", type(inputs).__name__)
             raise ValueError(f"inputs need a leading batch dimension of >= 1 rows, got {shape}")
@@ -193,8 +190,8 @@ class DynamicBatcher:
             with self._lock:
                 self._stats.dropped_deadline += 1
                 self._stats.failure_count += 1
-            raise DeadlineExceededError(self._late_message(deadline, now, now))
-        future: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
+            raise DeadlineExceededError(late_message(self.name, deadline, now, now))
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             if self._stats.queue_rows + n > cfg.max_queue_size:
                 self._stats.rejected_queue_full += 1
@@ -206,7 +203,7 @@ class DynamicBatcher:
                 self._stats.rejected_queue_full += 1
                 raise QueueFullError(unfair)
             busy = self._in_flight >= cfg.instance_count
-            req = _Request(inputs, n, deadline, future, now, arrived_busy=busy, owner=owner)
+            req = PendingRequest(inputs, n, deadline, future, now, busy, owner, features=features)
             self._pending.append(req)
             self._shares.add(owner, n)
             self._stats.queue_rows += n
@@ -214,7 +211,7 @@ class DynamicBatcher:
         future.add_done_callback(lambda f: self._withdraw(req) if f.cancelled() else None)
         return future
 
-    def _withdraw(self, req: _Request) -> None:
+    def _withdraw(self, req: PendingRequest) -> None:
         """The caller cancelled: drop the request if it is still queued (never computed)."""
         with self._lock:
             if req.queued:
@@ -238,9 +235,9 @@ class DynamicBatcher:
             for req in stranded:
                 self._fail(req, exc)
 
-    def _next_batch(self) -> list[_Request] | None:
+    def _next_batch(self) -> list[PendingRequest] | None:
         """Block until the policy yields a batch for this (free) instance; None: stop."""
-        expired: list[tuple[_Request, BaseException]] = []
+        expired: list[tuple[PendingRequest, BaseException]] = []
         try:
             with self._lock:
                 while True:
@@ -264,7 +261,7 @@ class DynamicBatcher:
             for req, error in expired:  # outside the lock: done callbacks take it
                 self._fail(req, error)
 
-    def _claim(self, req: _Request) -> bool:
+    def _claim(self, req: PendingRequest) -> bool:
         """Under the lock: take a request out of the queue for computing."""
         self._unqueue(req)
         if req.future.set_running_or_notify_cancel():
@@ -272,11 +269,11 @@ class DynamicBatcher:
         self._stats.dropped_cancelled += 1  # cancelled a moment ago
         return False
 
-    def _run(self, batch: list[_Request]) -> None:
+    def _run(self, batch: list[PendingRequest]) -> None:
         dispatched = time.monotonic()
         rows = sum(r.rows for r in batch)
         try:
-            out, compute_ns = self._compute([r.inputs for r in batch], rows)
+            out, maps, compute_ns = self._compute(batch, rows)
             for req in batch:  # req <-> future is a cycle: free the megabytes without the GC
                 req.inputs = None  # type: ignore[assignment]
         except Exception as exc:
@@ -298,7 +295,10 @@ class DynamicBatcher:
             s.batch_sizes[rows] = (count + 1, total + compute_ns)
         offset = 0
         for req in batch:
-            req.future.set_result(out[offset : offset + req.rows])
+            part = out[offset : offset + req.rows]
+            req.future.set_result(
+                (part, maps[offset : offset + req.rows]) if req.features else part
+            )
             offset += req.rows
         if self.observer is not None:
             try:
@@ -307,11 +307,15 @@ class DynamicBatcher:
             except Exception:  # metrics must never fail inference
                 log.exception("batch observer of model %r failed", self.name)
 
-    def _compute(self, inputs: list[np.ndarray], rows: int) -> tuple[np.ndarray, int]:
-        """Concatenate, run, check one row out per row in."""
+    def _compute(self, batch: list[PendingRequest], rows: int) -> tuple[np.ndarray, Any, int]:
+        """Concatenate, run (with the feature map if a request wants it), check rows."""
+        inputs = [r.inputs for r in batch]
         x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
         start = time.monotonic_ns()
-        out = np.asarray(self.run_batch(x))
+        if self.run_features is not None and any(r.features for r in batch):
+            out, maps = self.run_features(x)
+        else:
+            out, maps = np.asarray(self.run_batch(x)), None
         elapsed = time.monotonic_ns() - start
         got = out.shape[0] if out.ndim else 0
         if got != rows:
@@ -319,18 +323,18 @@ class DynamicBatcher:
                 f"model {self.name!r} returned {got} rows (shape {out.shape})"
                 f" for a batch of {rows} rows ({len(inputs)} requests)"
             )
-        return out, elapsed
+        return out, maps, elapsed
 
     def _form(
-        self, now: float, expired: list[tuple[_Request, BaseException]]
-    ) -> tuple[list[_Request], float]:
+        self, now: float, expired: list[tuple[PendingRequest, BaseException]]
+    ) -> tuple[list[PendingRequest], float]:
         """Under the lock: (batch, 0) to dispatch now, or ([], seconds) to wait."""
         cfg = self.config
         self._purge(now, expired)
         if not self._pending:
             return [], 0.0
         head = self._pending[0]
-        batch: list[_Request] = []
+        batch: list[PendingRequest] = []
         rows, full = 0, not cfg.dynamic_batching
         for req in self._pending if cfg.dynamic_batching else [head]:
             x, h = req.inputs, head.inputs
@@ -357,23 +361,18 @@ class DynamicBatcher:
             return batch, 0.0
         return [], deadline - now
 
-    def _purge(self, now: float, expired: list[tuple[_Request, BaseException]]) -> None:
+    def _purge(self, now: float, expired: list[tuple[PendingRequest, BaseException]]) -> None:
         """Under the lock: take out expired requests; the caller fails them after."""
-        for req in [r for r in self._pending if _expired(r, now)]:
+        for req in [r for r in self._pending if is_expired(r, now)]:
             self._pending.remove(req)
             self._unqueue(req)
             self._stats.dropped_deadline += 1
-            error = DeadlineExceededError(self._late_message(req.deadline or now, req.arrival, now))
+            error = DeadlineExceededError(
+                late_message(self.name, req.deadline or now, req.arrival, now)
+            )
             expired.append((req, error))
 
-    def _late_message(self, deadline: float, arrival: float, now: float) -> str:
-        late_ms, queued_ms = (now - deadline) * 1e3, (now - arrival) * 1e3
-        return (
-            f"deadline of a request to model {self.name!r} passed {late_ms:.1f} ms ago,"
-            f" {queued_ms:.1f} ms queued; not computed"
-        )
-
-    def _take_all(self) -> list[_Request]:
+    def _take_all(self) -> list[PendingRequest]:
         """Under the lock: empty the queue (the caller fails what it returns)."""
         taken = list(self._pending)
         self._pending.clear()
@@ -381,12 +380,12 @@ class DynamicBatcher:
             self._unqueue(req)
         return taken
 
-    def _unqueue(self, req: _Request) -> None:
+    def _unqueue(self, req: PendingRequest) -> None:
         req.queued = False
         self._stats.queue_rows -= req.rows
         self._shares.remove(req.owner, req.rows)
 
-    def _fail(self, req: _Request, exc: BaseException) -> None:
+    def _fail(self, req: PendingRequest, exc: BaseException) -> None:
         """Outside the lock: fail a request nobody answered yet."""
         try:
             if req.future.cancelled():

@@ -6,8 +6,16 @@ reads them without the thread logic.
 
 from __future__ import annotations
 
+import concurrent.futures
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+import numpy as np
+
+# One forward pass giving (logits, feature map), for requests that ask for class
+# activation maps (DynamicBatcher's ``run_features``).
+RunFeatures = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 class BatcherError(Exception):
@@ -58,3 +66,30 @@ class BatchObserver(Protocol):
     def on_batch(
         self, batch_size: int, queue_seconds: list[float], compute_seconds: float
     ) -> None: ...
+
+
+@dataclass(eq=False)  # identity equality: deque.remove must not compare arrays
+class PendingRequest:
+    """One caller's rows in the batcher's queue."""
+
+    inputs: np.ndarray
+    rows: int
+    deadline: float | None
+    future: concurrent.futures.Future[Any]  # its rows, or (rows, feature rows) with features
+    arrival: float
+    arrived_busy: bool  # every instance was busy when it arrived
+    owner: Hashable | None = None  # the client, for its share of the queue
+    queued: bool = True
+    features: bool = False  # also wants the feature map (class activation maps)
+
+
+def is_expired(req: PendingRequest, now: float) -> bool:
+    return req.deadline is not None and req.deadline <= now
+
+
+def late_message(model: str, deadline: float, arrival: float, now: float) -> str:
+    late_ms, queued_ms = (now - deadline) * 1e3, (now - arrival) * 1e3
+    return (
+        f"deadline of a request to model {model!r} passed {late_ms:.1f} ms ago,"
+        f" {queued_ms:.1f} ms queued; not computed"
+    )

@@ -17,7 +17,7 @@ import numpy as np
 
 from modelrepo.keys import RUNTIME_PREFIX
 from protos import grpc_service_pb2 as pb
-from server import batching, explain, limits, tensors
+from server import batching, ensemble, explain, limits, tensors
 from server.errors import (
     DeadlineExceeded,
     InferenceError,
@@ -194,11 +194,17 @@ class DataPlane:
         return array
 
     async def _run(
-        self, served: ServedVersion, array: np.ndarray, deadline: float | None, owner: object
+        self,
+        served: ServedVersion,
+        array: np.ndarray,
+        deadline: float | None,
+        owner: object,
+        features: bool = False,
     ):
+        """The logits of ``array`` (with ``features``: and the feature map, a tuple)."""
         future = None
         try:
-            future = served.batcher.submit_future(array, deadline, owner)
+            future = served.batcher.submit_future(array, deadline, owner, features)
             return await asyncio.wrap_future(future)
         except batching.QueueFullError as exc:
             raise ResourceExhausted(str(exc)) from exc
@@ -286,10 +292,15 @@ class DataPlane:
         try:
             array = await self._input_array(served, request, deadline)
             wanted = explain.parse(request)  # takes 'explanation' off the requested outputs
+            if wanted is not None:
+                combined = ensemble.is_ensemble(served.spec)
+                explain.check_method(wanted, served.spec.name, served.cam is not None, combined)
             self._check_outputs(
                 served, request, len(array)
             )  # before queueing: bad requests cost nothing
-            logits = await self._run(served, array, deadline, owner)
+            cam = wanted is not None and wanted.method == "cam"
+            result = await self._run(served, array, deadline, owner, features=cam)
+            logits, maps = result if cam else (result, None)
             response = pb.ModelInferResponse(
                 model_name=served.spec.name, model_version=str(served.version), id=request.id
             )
@@ -297,7 +308,9 @@ class DataPlane:
             if wanted is not None:
                 run = functools.partial(self._run, served, deadline=deadline, owner=owner)
                 limit = served.batcher.config.max_batch_size
-                explain.attach(response, await explain.explain(wanted, run, array, logits, limit))
+                head = (served.cam, maps) if cam and served.cam is not None else None
+                heat = await explain.explain(wanted, run, array, logits, limit, head)
+                explain.attach(response, heat)
         except BaseException as exc:
             served.failure_ns[0] += 1
             served.failure_ns[1] += time.perf_counter_ns() - started

@@ -202,8 +202,14 @@ class EnsembleBatcher:
             return dataclasses.replace(self._stats, batch_sizes=dict(self._stats.batch_sizes))
 
     def submit_future(
-        self, inputs: np.ndarray, deadline: float | None = None, owner: Hashable | None = None
+        self,
+        inputs: np.ndarray,
+        deadline: float | None = None,
+        owner: Hashable | None = None,
+        features: bool = False,
     ) -> concurrent.futures.Future[np.ndarray]:
+        if features:  # the data plane refuses class activation maps for ensembles first
+            raise ValueError(f"ensemble {self.name!r} has no feature map (members differ)")
         if not self._accepting:
             raise BatcherClosedError(f"ensemble {self.name!r} is not accepting requests")
         started = time.perf_counter_ns()

@@ -1,17 +1,20 @@
-"""What the model looked at: occlusion sensitivity (Zeiler & Fergus, 2014) on a ModelInfer.
+"""What the model looked at, on a ModelInfer: occlusion sensitivity (Zeiler & Fergus, 2014)
+for every model, class activation maps (server/cam.py) where the export holds their data.
 
 A client asks with request parameters (tritonclient sends them as ``parameters=``):
 
-    explain         "occlusion"
-    explain_patch   side of the grey square, input pixels (default: 1/7 of the side)
-    explain_stride  step between squares (default: half the patch)
+    explain         "occlusion" or "cam"
+    explain_patch   occlusion: side of the grey square, input pixels (default: 1/7 of the side)
+    explain_stride  occlusion: step between squares (default: half the patch)
     explain_class   the class to explain (default: each image's top class)
 
 and gets, beside the usual outputs, ``explanation``: FP32 [N, H, W] at the input's
-resolution, each pixel the mean drop in the class probability over the squares
-that covered it (positive: hiding it hurts the class). The occluded copies go
-through the model's own batcher in max-batch chunks, so they count against its
-queue bound like any image; a full queue fails the request RESOURCE_EXHAUSTED.
+resolution. Occlusion: each pixel the mean drop in the class probability over the
+squares that covered it (positive: hiding it hurts the class); the occluded copies
+go through the model's own batcher in max-batch chunks, so they count against its
+queue bound like any image (a full queue fails the request RESOURCE_EXHAUSTED).
+CAM: the class's evidence at each pixel in logit units, from the same forward
+pass as the logits.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modelrepo.cam import CamHead
 from protos import grpc_service_pb2 as pb
+from server.cam import class_maps
 from server.errors import InvalidArgument, shown
 from server.tensors import softmax
 
 OUTPUT = "explanation"
-METHODS = ("occlusion",)
+METHODS = ("occlusion", "cam")
 MAX_POSITIONS = 1024  # occluded copies per image: beyond this a request is a denial of service
 _INTEGER = re.compile(r"\s*[0-9]{1,9}\s*")
 
@@ -76,6 +81,22 @@ def parse(request: pb.ModelInferRequest) -> ExplainOptions | None:
     )
 
 
+def check_method(opts: ExplainOptions, model: str, has_cam: bool, ensemble: bool) -> None:
+    """Before queueing: CAM only where the model's export holds its data."""
+    if opts.method != "cam" or has_cam:
+        return
+    why = (
+        "an ensemble's members each have their own feature maps"
+        if ensemble
+        else "its config.pbtxt names no cam_features_output (its head is not global average "
+        "pooling then one linear layer, it was exported with --no-cam or for TensorRT)"
+    )
+    raise InvalidArgument(
+        f"model '{model}' has no class activation maps: {why}; explain methods it supports: "
+        "['occlusion']"
+    )
+
+
 def positions(size: int, patch: int, stride: int) -> list[int]:
     """Square offsets along one side; the last square ends at the edge."""
     starts = list(range(0, size - patch + 1, stride))
@@ -103,9 +124,6 @@ async def occlusion(
 ) -> np.ndarray:
     """[N, H, W] drop in class probability per pixel, the copies run through ``run``."""
     n, _, height, width = images.shape
-    classes = logits.shape[1]
-    if opts.target is not None and not 0 <= opts.target < classes:
-        raise InvalidArgument(f"explain_class {opts.target} is not in 0..{classes - 1}")
     patch, ys, xs = _geometry(opts, height, width)
     base = softmax(np.asarray(logits, dtype=np.float64))
     heat = np.zeros((n, height, width), dtype=np.float32)
@@ -130,10 +148,26 @@ async def occlusion(
 
 
 async def explain(
-    opts: ExplainOptions, run: RunBatch, images: np.ndarray, logits: np.ndarray, max_batch: int
+    opts: ExplainOptions,
+    run: RunBatch,
+    images: np.ndarray,
+    logits: np.ndarray,
+    max_batch: int,
+    cam: tuple[CamHead, np.ndarray] | None = None,
 ) -> np.ndarray:
+    """The map asked for; ``cam``: the head and the feature map of this forward pass."""
     if images.ndim != 4:
         raise InvalidArgument(f"explanations need NCHW images, got shape {list(images.shape)}")
+    classes = logits.shape[1]
+    if opts.target is not None and not 0 <= opts.target < classes:
+        raise InvalidArgument(f"explain_class {opts.target} is not in 0..{classes - 1}")
+    if opts.method == "cam":
+        if cam is None:  # check_method refuses such requests before they are queued
+            raise InvalidArgument("class activation maps need the model's feature map")
+        head, features = cam
+        top = [int(t) for t in logits.argmax(1)]
+        targets = top if opts.target is None else [opts.target] * len(images)
+        return class_maps(head, features, targets, images.shape[2], images.shape[3])
     return await occlusion(run, images, logits, opts, max_batch)
 
 

@@ -26,17 +26,20 @@ import numpy as np
 
 from engines import Backend, BackendConfig, create_backend
 from modelrepo import keys
+from modelrepo.cam import CamHead, features_output, read_head
 from modelrepo.files import model_folders
 from modelrepo.serving import ServingConfig, read_serving
 from modelrepo.spec import ModelConfigError, ModelSpec, load_spec
 from server import ensemble
 from server.batching import DynamicBatcher
+from server.batching_types import RunFeatures
 from server.errors import InvalidArgument, NotFound, Unavailable, shown
 from server.limits import max_spatial_size
 from server.metrics import Metrics, ModelMetrics
 
 log = logging.getLogger(__name__)
 
+RunBatch = Callable[[np.ndarray], np.ndarray]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -68,6 +71,7 @@ class ServedVersion:
     failure_ns: list[int] = field(default_factory=lambda: [0, 0])
     preprocess_ns: list[int] = field(default_factory=lambda: [0, 0])
     last_inference_ms: int = 0
+    cam: CamHead | None = None  # class activation map data (None: the model has none)
 
     async def close(self, drain: bool = True) -> None:
         await self.batcher.stop(drain=drain)
@@ -122,6 +126,7 @@ def _backend_config(
         intra_op_threads=serving.intra_op_threads,
         use_tensorrt_ep=any(a.name == "tensorrt" for a in accel),
         session_config=(*_session_params(spec), *opts.onnxruntime_config),
+        features_output=features_output(spec.config),
     )
 
 
@@ -252,18 +257,22 @@ class ModelManager:
             if self.opts.warmup:
                 self._warm_up(spec, backends, bcfg)
             metrics = self.metrics.bind(name, str(version))
+            cam = read_head(spec.config, spec.version_dir(version))
+            run, run_features = _pool_runners(backends)
             served[version] = ServedVersion(
                 spec=spec,
                 version=version,
                 backends=backends,
                 batcher=DynamicBatcher(
-                    _pool_runner(backends),
+                    run,
                     bcfg,
                     name=f"{name}/{version}",
                     observer=metrics,
                     max_queue_share=self.opts.max_queue_share,
+                    run_features=run_features if cam is not None else None,
                 ),
                 metrics=metrics,
+                cam=cam,
             )
         return served
 
@@ -352,8 +361,8 @@ def release_memory() -> None:
         pass
 
 
-def _pool_runner(backends: list[Backend]):
-    """run_batch for the batcher: each call borrows one instance's backend."""
+def _pool_runners(backends: list[Backend]) -> tuple[RunBatch, RunFeatures]:
+    """run_batch and run_features for the batcher: each call borrows one instance's backend."""
     pool: queue.SimpleQueue[Backend] = queue.SimpleQueue()
     for backend in backends:
         pool.put(backend)
@@ -369,4 +378,12 @@ def _pool_runner(backends: list[Backend]):
         # after an unload. Copying the logits costs microseconds.
         return np.array(out, copy=True)
 
-    return run
+    def run_features(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        backend = pool.get()
+        try:
+            out, maps = backend.infer_features(np.ascontiguousarray(batch, dtype=np.float32))
+        finally:
+            pool.put(backend)
+        return np.array(out, copy=True), np.array(maps, copy=True)  # copied as in run
+
+    return run, run_features

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from server.batching import (
+    DynamicBatcher,
     QueueFullError,
     RequestTooLargeError,
 )
 from tests.batcher_kit import (
     WIDTH,
     Model,
+    batching,
     expected,
     occupy,
     queued,
@@ -312,5 +314,36 @@ def test_one_owner_holds_at_most_its_share_and_others_still_get_in() -> None:
             await asyncio.wrap_future(future)
         assert b.stats().queue_rows == 0 and b._shares._rows == {}
         await b.stop()
+
+    run(main())
+
+
+def test_feature_maps_are_computed_only_for_batches_that_ask() -> None:
+    async def main() -> None:
+        model = Model(hold=True)
+        with_maps: list[int] = []
+
+        def run_features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            with_maps.append(len(x))
+            return expected(x), x[:, :, None] * 10
+
+        b = DynamicBatcher(model, batching(max_batch_size=8), name="m", run_features=run_features)
+        b.start()
+        first = await occupy(b, model)  # a plain request: run_batch, no feature map
+        plain = asyncio.wrap_future(b.submit_future(rows(1)))
+        cam = asyncio.wrap_future(b.submit_future(rows(2, 2), features=True))
+        await queued(b, 3)
+        model.gate.set()
+        await first
+        np.testing.assert_array_equal(await plain, expected(rows(1)))
+        logits, maps = await cam
+        np.testing.assert_array_equal(logits, expected(rows(2, 2)))
+        np.testing.assert_array_equal(maps, rows(2, 2)[:, :, None] * 10)
+        assert model.sizes == [1] and with_maps == [3]  # one pass for the mixed batch
+        await b.stop()
+        plain_only = await started(Model())
+        with pytest.raises(ValueError, match="no feature map"):
+            plain_only.submit_future(rows(3), features=True)
+        await plain_only.stop()
 
     run(main())

@@ -1,8 +1,7 @@
 """Occlusion explanations through a real server, checked against the photos' content.
 
-The boxes below were drawn by hand on the 224x224 centre crops the server makes
-of the bundled photos (efficientnet_lite0's preprocessing: shorter side 256,
-centre crop 224): (top, left, bottom, right) around the object the class names.
+The boxes (exporter/samples.py) were drawn by hand on the 224x224 centre crops the
+server makes of the bundled photos: (top, left, bottom, right) around the object.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import pytest
 from PIL import Image
 
 from client.cli import main
-from exporter.samples import EXPECTED
+from exporter.samples import BOXES, EXPECTED
 from imaging.preprocess import preprocess
 from modelrepo.spec import load_spec
 from protos import grpc_service_pb2 as pb
@@ -27,13 +26,6 @@ from tests.stress import image_request
 from tests.triton_child import triton_features
 
 LITE0 = "efficientnet_lite0"
-BOXES = {
-    # the launch complex: the rocket and its two towers ("missile" leans on them: the peak
-    # sits beside the rocket's nose, by the left tower, not on the rocket itself)
-    "rocket.jpg": (40, 30, 224, 200),
-    "coffee.png": (0, 40, 150, 190),  # the cup, without the saucer
-    "motorcycle_left.png": (45, 0, 224, 224),  # the motorcycle, below the shelves
-}
 PATCH = STRIDE = 32  # 7x7 occluded copies per photo: the default-suite budget
 
 
@@ -44,16 +36,18 @@ def server(lite0_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     srv.terminate(timeout=60)
 
 
-def explain_request(model: str, elements: list[bytes], **params: int) -> pb.ModelInferRequest:
+def explain_request(
+    model: str, elements: list[bytes], method: str = "occlusion", **params: int
+) -> pb.ModelInferRequest:
     req = image_request(elements)
     req.model_name = model
-    req.parameters["explain"].string_param = "occlusion"
+    req.parameters["explain"].string_param = method
     for key, value in params.items():
         req.parameters[f"explain_{key}"].int64_param = value
     return req
 
 
-def _heat(resp: pb.ModelInferResponse) -> np.ndarray:
+def heat_of(resp: pb.ModelInferResponse) -> np.ndarray:
     index = [o.name for o in resp.outputs].index(OUTPUT)
     shape = list(resp.outputs[index].shape)
     return np.frombuffer(resp.raw_output_contents[index], dtype="<f4").reshape(shape)
@@ -74,7 +68,7 @@ def test_occlusion_peaks_inside_the_object(
     # the photos and every occluded copy went through the model's batcher
     assert after.inference_count - before.inference_count == len(names) * (1 + copies)
     logits = np.frombuffer(resp.raw_output_contents[0], dtype="<f4").reshape(len(names), -1)
-    heat = _heat(resp)
+    heat = heat_of(resp)
     assert heat.shape == (len(names), 224, 224)
     session = ort.InferenceSession(
         str(lite0_repo / LITE0 / "1" / "model.onnx"), providers=["CPUExecutionProvider"]

@@ -7,7 +7,8 @@ standard library.
     python tests/triton_features.py PLAN.json
 
 PLAN.json: {"url": ..., "ensemble": name or null, "digits": "x.npy" or null,
-"explain_model": name or null, "photo": path or null}
+"explain_model": name or null, "photo": path or null, "explain_method": "occlusion" (default)
+or "cam"}
 """
 
 from __future__ import annotations
@@ -37,12 +38,15 @@ def ensemble(client: grpcclient.InferenceServerClient, name: str, digits: str) -
     }
 
 
-def explanation(client: grpcclient.InferenceServerClient, name: str, photo: str) -> dict:
+def explanation(
+    client: grpcclient.InferenceServerClient, name: str, photo: str, method: str
+) -> dict:
     inp = grpcclient.InferInput("input", [1], "BYTES")
     inp.set_data_from_numpy(np.array([Path(photo).read_bytes()], dtype=np.object_))
-    result = client.infer(
-        name, [inp], parameters={"explain": "occlusion", "explain_patch": 32, "explain_stride": 96}
-    )
+    params: dict[str, Any] = {"explain": method}
+    if method == "occlusion":
+        params.update(explain_patch=32, explain_stride=96)
+    result = client.infer(name, [inp], parameters=params)
     heat = result.as_numpy("explanation")
     return {"shape": list(heat.shape), "top": int(result.as_numpy("logits")[0].argmax())}
 
@@ -54,7 +58,8 @@ def main() -> None:
     if plan.get("ensemble"):
         report["ensemble"] = ensemble(client, plan["ensemble"], plan["digits"])
     if plan.get("explain_model"):
-        report["explanation"] = explanation(client, plan["explain_model"], plan["photo"])
+        method = plan.get("explain_method", "occlusion")
+        report["explanation"] = explanation(client, plan["explain_model"], plan["photo"], method)
     print(json.dumps(report))
 
 
