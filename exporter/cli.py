@@ -217,6 +217,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("export", help="export a model (or 'all') into a model repository")
+    _add_export_target(p)
+    _add_onnx_options(p)
+    _add_serving_options(p)
+    _add_precision_options(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("ensemble", help="member entries and one ensemble entry serving them")
+    _add_ensemble_arguments(p)
+    p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("predict", help="classify image files with an exported model (ONNX Runtime)")
+    p.add_argument("model")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--repository", default="model_repository")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--version", type=int, default=None)
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def _add_export_target(p: argparse.ArgumentParser) -> None:
+    """What to export, with which weights, and where to."""
     p.add_argument("model", help="a model name, a family alias, or 'all'")
     p.add_argument(
         "--weights",
@@ -228,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", default="model_repository")
     p.add_argument("--version", type=int, default=None, help="overwrite this version")
     p.add_argument("--input-size", type=int, default=None, help="export at HxW=N")
+
+
+def _add_onnx_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
@@ -238,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
         "average pooling then one linear layer: an extra ONNX output and cam_head.npz)",
     )
     p.add_argument("--seed", type=int, default=0)
+
+
+def _add_serving_options(p: argparse.ArgumentParser) -> None:
+    """The config.pbtxt batching and instance settings."""
     p.add_argument("--max-batch-size", type=int, default=DEFAULT.max_batch_size)
     p.add_argument(
         "--preferred-batch-size", type=int, nargs="+", default=list(DEFAULT.preferred_batch_sizes)
@@ -245,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-delay-us", type=int, default=DEFAULT.max_queue_delay_us)
     p.add_argument("--instances", type=int, default=DEFAULT.instance_count)
     p.add_argument("--instance-kind", choices=tuple(KINDS), default=DEFAULT.instance_kind)
+
+
+def _add_precision_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("precision and runtime")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32")
     g.add_argument(
@@ -276,9 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT builder workspace")
     g.add_argument("--timing-cache", default=None, help="TensorRT timing cache file")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("ensemble", help="member entries and one ensemble entry serving them")
+
+def _add_ensemble_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="the ensemble's entry name, e.g. lenet5x5")
     p.add_argument("--members", type=_csv(str), required=True, help="model names, comma-separated")
     p.add_argument(
@@ -292,16 +324,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", default="model_repository")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--epochs", type=int, default=40, help="training epochs of seeded members")
-    p.set_defaults(func=cmd_ensemble)
-
-    p = sub.add_parser("predict", help="classify image files with an exported model (ONNX Runtime)")
-    p.add_argument("model")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--repository", default="model_repository")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--version", type=int, default=None)
-    p.set_defaults(func=cmd_predict)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from engines.gpu import unavailable_reason
 from exporter import cam, onnx_export, optimize
 from exporter.config import ModelCfg
@@ -106,117 +108,81 @@ def _check_tensorrt(request: ExportRequest) -> None:
         raise PrecisionError(f"--backend tensorrt builds on an NVIDIA GPU with TensorRT: {reason}")
 
 
-def export_model(request: ExportRequest, progress: Progress = print) -> ExportResult:
-    """Export ``request.model`` into the repository; raises before writing on any failure."""
+@dataclass(frozen=True)
+class _Job:
+    """One export's fixed facts, settled (and checked) before any slow stage runs."""
+
+    request: ExportRequest
+    cfg: ModelCfg
+    repository: Path
+    entry: str
+    version: int
+    export_size: tuple[int, int, int]
+    started: float
+    progress: Progress
+
+    def stage(self, msg: str) -> None:
+        self.progress(f"[{self.entry}] {msg} ({time.perf_counter() - self.started:.1f}s)")
+
+
+@dataclass(frozen=True)
+class _Onnx:
+    """The staged ONNX file and whether its H/W axes stayed dynamic (and why not)."""
+
+    path: Path
+    dynamic_hw: bool
+    fixed_reason: str
+
+
+def _plan(request: ExportRequest, progress: Progress) -> _Job:
+    """Refuse what can be refused before the slow stages: model, backend, size, repository."""
     started = time.perf_counter()
     cfg = get_cfg(request.model)
     _check_tensorrt(request)
     export_size = _export_size(cfg, request.input_size)
     repository = files.check_writable(request.repository)
     entry = request.entry_name or cfg.name
-    model_dir = repository / entry
-    version = files.choose_version(model_dir, request.version)
-    dynamic_hw = not cfg.fixed_input_size
+    version = files.choose_version(repository / entry, request.version)
+    return _Job(request, cfg, repository, entry, version, export_size, started, progress)
 
-    def stage(msg: str) -> None:
-        progress(f"[{entry}] {msg} ({time.perf_counter() - started:.1f}s)")
 
+def export_model(request: ExportRequest, progress: Progress = print) -> ExportResult:
+    """Export ``request.model`` into the repository; raises before writing on any failure."""
+    job = _plan(request, progress)
+    cfg, export_size = job.cfg, job.export_size
     model, prov = load_with_weights(
         cfg.name, request.weights, seed=request.onnx.seed, input_size=export_size
     )
-    stage(f"built, weights: {prov.description}")
+    job.stage(f"built, weights: {prov.description}")
     params = count_params(model)
     macs = count_macs(model, cfg.input_size)
-    stage(f"{params / 1e6:.2f}M params, {macs / 1e9:.3f} GMACs at {cfg.input_size}")
+    job.stage(f"{params / 1e6:.2f}M params, {macs / 1e9:.3f} GMACs at {cfg.input_size}")
 
     exported, cam_split = cam.prepare(model, request.cam, request.precision.backend)
-    outputs = (onnx_export.OUTPUT_NAME, *([cam.FEATURES_OUTPUT] if exported is not model else []))
-    with files.staging(repository) as scratch:
-        version_dir = scratch / str(version)
+    with files.staging(job.repository) as scratch:
+        version_dir = scratch / str(job.version)
         version_dir.mkdir()
-        onnx_path = version_dir / "model.onnx"
-        fixed_reason = onnx_export.export(
-            exported,
-            onnx_path,
-            export_size,
-            dynamic_hw=dynamic_hw,
-            options=request.onnx,
-            min_hw=cfg.min_input_size,
-            outputs=outputs,
+        onnx = _write_onnx(
+            job, exported, version_dir / "model.onnx", with_cam=exported is not model
         )
-        if fixed_reason:
-            dynamic_hw = False
-            stage(f"H/W fixed at {export_size[1]}x{export_size[2]}: {fixed_reason}")
-        stage(f"exported ONNX opset {request.onnx.opset} ({request.onnx.exporter})")
-        onnx_export.check(onnx_path)
-        if request.onnx.simplify:
-            onnx_export.simplify(onnx_path)
-            onnx_export.check(onnx_path)
-        stage("onnx.checker full check passed" + (", simplified" if request.onnx.simplify else ""))
-        checks = [(request.onnx.parity_batch, *export_size)]
-        if dynamic_hw:  # prove the dynamic H/W axes on another size too
-            checks.append((2, cfg.channels, export_size[1] + 32, export_size[2] + 32))
-        reports = [onnx_export.parity(model, onnx_path, shape, request.onnx) for shape in checks]
-        for rep in reports:
-            if not rep.passed:
-                raise onnx_export.ParityError(
-                    f"{cfg.name}: parity check failed on input {rep.input_shape}: {rep.reason} "
-                    f"(max rel err {rep.max_rel_err:.2e}, max abs err {rep.max_abs_err:.2e}, "
-                    f"top-1 agreement {rep.top1_agreement:.0%}); nothing was written"
-                )
-        stage(
-            f"parity vs PyTorch: max rel err {max(r.max_rel_err for r in reports):.2e}, "
-            f"top-1 agreement {min(r.top1_agreement for r in reports):.0%}"
-        )
+        reports = _check_parity(job, model, onnx)
         config = model_config(
             cfg,
             request.serving,
             input_hw=(export_size[1], export_size[2]),
-            dynamic_hw=dynamic_hw,
+            dynamic_hw=onnx.dynamic_hw,
             parameters=_config_parameters(cfg, prov),
         )
-        config.name = entry
-        cam_report = cam.write(version_dir, cam_split, export_size)
-        if cam_report["available"]:
-            config.parameters[keys.CAM_FEATURES_OUTPUT].string_value = cam.FEATURES_OUTPUT
-            shape = cam_report["features_shape"]
-            stage(f"CAM: feature map {shape} as output {cam.FEATURES_OUTPUT}")
-        else:
-            stage(f"no class activation maps: {cam_report['reason']}")
-        precision, engine = _precision_stage(
-            request, cfg, config, version_dir, onnx_path, export_size, prov.trained, stage
-        )
+        config.name = job.entry
+        cam_report = _cam_stage(job, config, version_dir, cam_split)
+        precision, engine = _precision_stage(job, config, version_dir, onnx.path, prov.trained)
         report = {
             "model": cfg.name,
-            "version": version,
+            "version": job.version,
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "export_seconds": round(time.perf_counter() - started, 2),
-            "config": cfg.to_dict(),
-            "input": {
-                "name": onnx_export.INPUT_NAME,
-                "shape": [
-                    -1,
-                    cfg.channels,
-                    *((-1, -1) if dynamic_hw and not engine else export_size[1:]),
-                ],
-                "exported_at_size": list(export_size),
-            },
-            "output": {"name": onnx_export.OUTPUT_NAME, "shape": [-1, cfg.num_classes]},
-            "params": params,
-            "reference_params": cfg.reference_params,
-            "macs": macs,
-            "gmacs": round(macs / 1e9, 4),
-            "macs_input_size": list(cfg.input_size),
-            "onnx": {
-                "file": onnx_path.name,
-                "opset": request.onnx.opset,
-                "exporter": request.onnx.exporter,
-                "simplified": request.onnx.simplify,
-                "dynamic_hw": dynamic_hw,
-                "fixed_hw_reason": fixed_reason or None,
-                "bytes": onnx_path.stat().st_size,
-                "sha256": file_sha256(onnx_path),
-            },
+            "export_seconds": round(time.perf_counter() - job.started, 2),
+            **_shape_report(job, onnx, engine, params, macs),
+            "onnx": _onnx_report(request.onnx, onnx),
             "parity": [r.to_dict() for r in reports],
             "cam": cam_report,
             "precision": precision,
@@ -227,29 +193,122 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
         }
         (version_dir / keys.EXPORT_REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
         target = files.commit(
-            repository,
-            entry,
-            version,
+            job.repository,
+            job.entry,
+            job.version,
             version_dir,
             config,
             labels_for(cfg.labels, cfg.num_classes),
         )
-    stage(f"written to {target}")
-    return ExportResult(name=entry, version=version, path=target, report=report)
+    job.stage(f"written to {target}")
+    return ExportResult(name=job.entry, version=job.version, path=target, report=report)
+
+
+def _write_onnx(job: _Job, model: nn.Module, onnx_path: Path, *, with_cam: bool) -> _Onnx:
+    """Export, check and (if asked) simplify; H/W stay dynamic unless the model forbids it.
+
+    ``with_cam``: ``model`` is the CAM wrapper, whose second output is the feature map.
+    """
+    cfg, opts, export_size = job.cfg, job.request.onnx, job.export_size
+    dynamic_hw = not cfg.fixed_input_size
+    fixed_reason = onnx_export.export(
+        model,
+        onnx_path,
+        export_size,
+        dynamic_hw=dynamic_hw,
+        options=opts,
+        min_hw=cfg.min_input_size,
+        outputs=(onnx_export.OUTPUT_NAME, *([cam.FEATURES_OUTPUT] if with_cam else [])),
+    )
+    if fixed_reason:
+        dynamic_hw = False
+        job.stage(f"H/W fixed at {export_size[1]}x{export_size[2]}: {fixed_reason}")
+    job.stage(f"exported ONNX opset {opts.opset} ({opts.exporter})")
+    onnx_export.check(onnx_path)
+    if opts.simplify:
+        onnx_export.simplify(onnx_path)
+        onnx_export.check(onnx_path)
+    job.stage("onnx.checker full check passed" + (", simplified" if opts.simplify else ""))
+    return _Onnx(onnx_path, dynamic_hw, fixed_reason)
+
+
+def _check_parity(job: _Job, model: nn.Module, onnx: _Onnx) -> list[onnx_export.ParityReport]:
+    """ONNX Runtime against PyTorch at the export size (and another, when H/W are dynamic)."""
+    cfg, opts, export_size = job.cfg, job.request.onnx, job.export_size
+    checks = [(opts.parity_batch, *export_size)]
+    if onnx.dynamic_hw:  # prove the dynamic H/W axes on another size too
+        checks.append((2, cfg.channels, export_size[1] + 32, export_size[2] + 32))
+    reports = [onnx_export.parity(model, onnx.path, shape, opts) for shape in checks]
+    for rep in reports:
+        if not rep.passed:
+            raise onnx_export.ParityError(
+                f"{cfg.name}: parity check failed on input {rep.input_shape}: {rep.reason} "
+                f"(max rel err {rep.max_rel_err:.2e}, max abs err {rep.max_abs_err:.2e}, "
+                f"top-1 agreement {rep.top1_agreement:.0%}); nothing was written"
+            )
+    job.stage(
+        f"parity vs PyTorch: max rel err {max(r.max_rel_err for r in reports):.2e}, "
+        f"top-1 agreement {min(r.top1_agreement for r in reports):.0%}"
+    )
+    return reports
+
+
+def _cam_stage(
+    job: _Job, config: Any, version_dir: Path, split: cam.CamSplit | str
+) -> dict[str, Any]:
+    """Write the CAM head (when the family has one) and name the feature output in ``config``."""
+    report = cam.write(version_dir, split, job.export_size)
+    if report["available"]:
+        config.parameters[keys.CAM_FEATURES_OUTPUT].string_value = cam.FEATURES_OUTPUT
+        job.stage(f"CAM: feature map {report['features_shape']} as output {cam.FEATURES_OUTPUT}")
+    else:
+        job.stage(f"no class activation maps: {report['reason']}")
+    return report
+
+
+def _shape_report(
+    job: _Job, onnx: _Onnx, engine: dict[str, Any] | None, params: int, macs: int
+) -> dict[str, Any]:
+    """The report's config, input/output and size entries (in the report's key order)."""
+    cfg, export_size = job.cfg, job.export_size
+    return {
+        "config": cfg.to_dict(),
+        "input": {
+            "name": onnx_export.INPUT_NAME,
+            "shape": [
+                -1,
+                cfg.channels,
+                *((-1, -1) if onnx.dynamic_hw and not engine else export_size[1:]),
+            ],
+            "exported_at_size": list(export_size),
+        },
+        "output": {"name": onnx_export.OUTPUT_NAME, "shape": [-1, cfg.num_classes]},
+        "params": params,
+        "reference_params": cfg.reference_params,
+        "macs": macs,
+        "gmacs": round(macs / 1e9, 4),
+        "macs_input_size": list(cfg.input_size),
+    }
+
+
+def _onnx_report(opts: onnx_export.OnnxOptions, onnx: _Onnx) -> dict[str, Any]:
+    return {
+        "file": onnx.path.name,
+        "opset": opts.opset,
+        "exporter": opts.exporter,
+        "simplified": opts.simplify,
+        "dynamic_hw": onnx.dynamic_hw,
+        "fixed_hw_reason": onnx.fixed_reason or None,
+        "bytes": onnx.path.stat().st_size,
+        "sha256": file_sha256(onnx.path),
+    }
 
 
 def _precision_stage(
-    request: ExportRequest,
-    cfg: ModelCfg,
-    config: Any,
-    version_dir: Path,
-    onnx_path: Path,
-    export_size: tuple[int, int, int],
-    trained: bool,
-    stage: Progress,
+    job: _Job, config: Any, version_dir: Path, onnx_path: Path, trained: bool
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Apply --precision/--backend to the staged FP32 ONNX and to ``config`` (in place)."""
-    opts = request.precision
+    opts = job.request.precision
     config.parameters[keys.MODEL_PRECISION].string_value = opts.precision
     if opts.is_default:
         return {"precision": "fp32", "backend": "onnxruntime"}, None
@@ -257,14 +316,14 @@ def _precision_stage(
     result = optimize.apply(
         version_dir,
         onnx_path,
-        cfg,
+        job.cfg,
         preprocess_from(config),
-        request.serving,
+        job.request.serving,
         opts,
-        export_size,
+        job.export_size,
         trained=trained,
-        stage=stage,
+        stage=job.stage,
     )
     if result.tensorrt is not None:
-        engine_config(config, export_size)
+        engine_config(config, job.export_size)
     return result.report, result.tensorrt

@@ -150,34 +150,17 @@ def build_engine(
     started = time.perf_counter()
     logger = capturing_logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise TensorRTBuildError(f"TensorRT cannot parse {onnx_path}:\n{errors}\n{logger.tail()}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    name = network.get_input(0).name
-    opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(name, profile.min, profile.opt, profile.max)
-    config.add_optimization_profile(opt_profile)
-    if precision == "fp32":
-        config.clear_flag(trt.BuilderFlag.TF32)  # TF32 matmuls would miss the 1e-3 FP32 gate
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)  # int8: layers without int8 kernels use fp16
+    # the parser owns the parsed weights: it stays referenced until the build is done
+    network, parser = _parse(trt, builder, logger, onnx_path)
+    config = _builder_config(trt, builder, network, precision, profile, workspace_mib)
     calibrator = None
     calib_cache = None
     if precision == "int8":
         assert calibration is not None
-        batch = calibration_batch(len(calibration), profile.opt[0])
-        shape = (batch, *profile.opt[1:])
-        calib_profile = builder.create_optimization_profile()
-        calib_profile.set_shape(name, shape, shape, shape)
-        config.set_calibration_profile(calib_profile)
         calib_cache = cache_path("calibration", calibration_key or "default")
-        calibrator = _entropy_calibrator(trt, calibration, batch, calib_cache)
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = calibrator
+        calibrator = _int8_calibration(
+            trt, builder, network, config, profile, calibration, calib_cache
+        )
     cache_file = timing_cache or cache_path(
         "timing", f"trt{trt.__version__}-sm{gpu.compute_capability}"
     )
@@ -194,10 +177,7 @@ def build_engine(
             f"on {gpu.name}:\n{logger.tail()}"
         )
     plan_path.write_bytes(bytes(serialized))
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
-    tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    os.replace(tmp, cache_file)
+    _save_timing_cache(config, cache_file)
     return {
         "version": trt.__version__,
         "gpu": gpu.to_dict(),
@@ -210,3 +190,63 @@ def build_engine(
         "plan_bytes": plan_path.stat().st_size,
         "builder_warnings": sum(1 for line in logger.lines if line.startswith("[WARNING]")),
     }
+
+
+def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
+    """The network parsed from ``onnx_path``, and its parser (which owns the weights)."""
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise TensorRTBuildError(f"TensorRT cannot parse {onnx_path}:\n{errors}\n{logger.tail()}")
+    return network, parser
+
+
+def _builder_config(
+    trt: Any,
+    builder: Any,
+    network: Any,
+    precision: Precision,
+    profile: ProfileShapes,
+    workspace_mib: int,
+) -> Any:
+    """Workspace, the optimization profile and the precision flags (INT8 is added apart)."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    opt_profile = builder.create_optimization_profile()
+    opt_profile.set_shape(network.get_input(0).name, profile.min, profile.opt, profile.max)
+    config.add_optimization_profile(opt_profile)
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)  # TF32 matmuls would miss the 1e-3 FP32 gate
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)  # int8: layers without int8 kernels use fp16
+    return config
+
+
+def _int8_calibration(
+    trt: Any,
+    builder: Any,
+    network: Any,
+    config: Any,
+    profile: ProfileShapes,
+    calibration: np.ndarray,
+    cache: Path,
+) -> Any:
+    """Set the INT8 flag and calibrator on ``config``; returns the calibrator (to free)."""
+    batch = calibration_batch(len(calibration), profile.opt[0])
+    shape = (batch, *profile.opt[1:])
+    calib_profile = builder.create_optimization_profile()
+    calib_profile.set_shape(network.get_input(0).name, shape, shape, shape)
+    config.set_calibration_profile(calib_profile)
+    calibrator = _entropy_calibrator(trt, calibration, batch, cache)
+    config.set_flag(trt.BuilderFlag.INT8)
+    config.int8_calibrator = calibrator
+    return calibrator
+
+
+def _save_timing_cache(config: Any, cache_file: Path) -> None:
+    """Written beside ``cache_file`` and renamed over it, so no reader sees half a cache."""
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".tmp")
+    tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    os.replace(tmp, cache_file)

@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from exporter.cam import FEATURES_OUTPUT
 from exporter.pipeline import ExportRequest, export_model
 from modelrepo.spec import load_spec
 
@@ -74,7 +75,8 @@ def check_entry(repo: Path, name: str, version: int = 1) -> dict:
 
     graph = onnx.load(str(version_dir / "model.onnx"), load_external_data=False).graph
     assert [i.name for i in graph.input] == ["input"]
-    assert [o.name for o in graph.output] == ["logits"]
+    cam_outputs = [FEATURES_OUTPUT] if report["cam"]["available"] else []
+    assert [o.name for o in graph.output] == ["logits", *cam_outputs]
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param, "batch axis must be dynamic"
     return report
 

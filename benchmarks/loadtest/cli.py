@@ -63,49 +63,10 @@ def _numbers(text: str, kind: type, flag: str) -> list:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", required=True)
-    p.add_argument("--model-version", default="")
-    p.add_argument("--url", default="127.0.0.1:8001", help="a running server's gRPC address")
-    p.add_argument("--metrics-url", default=DEFAULT_METRICS_URL, help="'' to skip metrics")
-    p.add_argument("--server-pid", type=int, default=None, help="report the server's CPU too")
-    p.add_argument("--concurrency", default=None, help="closed-loop levels (default 1,2,4,8)")
-    p.add_argument("--rate", default=None, help="open-loop levels, requests/s")
-    p.add_argument("--seconds", type=float, default=10.0, help="timed window per level")
-    p.add_argument("--warmup", type=float, default=1.0, help="uncounted seconds per level")
-    p.add_argument("--batch", type=int, default=1, help="images per request")
-    p.add_argument("--images", nargs="+", type=Path, help="send these encoded images (BYTES)")
-    p.add_argument("--sample-images", action="store_true", help="send the bundled photos")
-    p.add_argument("--shared-channel", action="store_true", help="one channel for all workers")
-    p.add_argument(
-        "--shared-memory",
-        choices=("none", "system"),
-        default="none",
-        help="system: pass the input tensor through POSIX shared memory (Triton's\n"
-        "extension, as perf_analyzer --shared-memory system); client and server on one host",
-    )
-    p.add_argument(
-        "--streaming",
-        action="store_true",
-        help="closed loop over ModelStreamInfer: one open stream per worker (perf_analyzer\n"
-        "--streaming); the per-request --timeout does not apply to streams",
-    )
-    p.add_argument("--timeout", type=float, default=60.0, help="per-request deadline (s)")
-    p.add_argument("--start-server", action="store_true", help="start a server on --repository")
-    p.add_argument("--repository", type=Path, default=default_repository())
-    p.add_argument("--server-args", default="", help="extra flags for a started server")
-    p.add_argument(
-        "--compare-batching",
-        action="store_true",
-        help="(starts servers) every level with dynamic batching, then with --no-batching",
-    )
-    p.add_argument(
-        "--photo-comparison",
-        action="store_true",
-        help="FP32 tensor vs JPEG 512x512/1280x960/4032x3024 vs UINT8, each against its "
-        "in-process limit (benchmarks/loadtest/photos.py)",
-    )
-    p.add_argument("--out", type=Path, default=Path("results"))
-    p.add_argument("--no-chart", action="store_true")
+    _add_target_arguments(p)
+    _add_level_arguments(p)
+    _add_request_arguments(p)
+    _add_run_arguments(p)
     a = p.parse_args(argv)
     if a.batch < 1:
         p.error("--batch must be >= 1")
@@ -123,6 +84,64 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.levels = _numbers(a.concurrency, int, "--concurrency") if a.concurrency else []
     a.rates = _numbers(a.rate, float, "--rate") if a.rate else []
     return a
+
+
+def _add_target_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, and the server to load and watch."""
+    p.add_argument("--model", required=True)
+    p.add_argument("--model-version", default="")
+    p.add_argument("--url", default="127.0.0.1:8001", help="a running server's gRPC address")
+    p.add_argument("--metrics-url", default=DEFAULT_METRICS_URL, help="'' to skip metrics")
+    p.add_argument("--server-pid", type=int, default=None, help="report the server's CPU too")
+
+
+def _add_level_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--concurrency", default=None, help="closed-loop levels (default 1,2,4,8)")
+    p.add_argument("--rate", default=None, help="open-loop levels, requests/s")
+    p.add_argument("--seconds", type=float, default=10.0, help="timed window per level")
+    p.add_argument("--warmup", type=float, default=1.0, help="uncounted seconds per level")
+    p.add_argument("--batch", type=int, default=1, help="images per request")
+
+
+def _add_request_arguments(p: argparse.ArgumentParser) -> None:
+    """What a request carries, and how it travels."""
+    p.add_argument("--images", nargs="+", type=Path, help="send these encoded images (BYTES)")
+    p.add_argument("--sample-images", action="store_true", help="send the bundled photos")
+    p.add_argument("--shared-channel", action="store_true", help="one channel for all workers")
+    p.add_argument(
+        "--shared-memory",
+        choices=("none", "system"),
+        default="none",
+        help="system: pass the input tensor through POSIX shared memory (Triton's\n"
+        "extension, as perf_analyzer --shared-memory system); client and server on one host",
+    )
+    p.add_argument(
+        "--streaming",
+        action="store_true",
+        help="closed loop over ModelStreamInfer: one open stream per worker (perf_analyzer\n"
+        "--streaming); the per-request --timeout does not apply to streams",
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="per-request deadline (s)")
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Servers this run starts itself, the comparisons that need them, and the output."""
+    p.add_argument("--start-server", action="store_true", help="start a server on --repository")
+    p.add_argument("--repository", type=Path, default=default_repository())
+    p.add_argument("--server-args", default="", help="extra flags for a started server")
+    p.add_argument(
+        "--compare-batching",
+        action="store_true",
+        help="(starts servers) every level with dynamic batching, then with --no-batching",
+    )
+    p.add_argument(
+        "--photo-comparison",
+        action="store_true",
+        help="FP32 tensor vs JPEG 512x512/1280x960/4032x3024 vs UINT8, each against its "
+        "in-process limit (benchmarks/loadtest/photos.py)",
+    )
+    p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--no-chart", action="store_true")
 
 
 def _image_bytes(a: argparse.Namespace) -> list[bytes] | None:

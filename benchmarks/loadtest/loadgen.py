@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
 
-from benchmarks.common.machine import machine_cpu_seconds, process_cpu_seconds, thread_cpu_seconds
-from benchmarks.common.stats import summarize
 from benchmarks.loadtest.infer_requests import CHANNEL_OPTIONS, INFER_METHOD, STREAM_METHOD
-from benchmarks.loadtest.server_metrics import metrics_delta, parse_metrics, scrape, server_figures
+from benchmarks.loadtest.window import Probe, Window, summary
 
 Requests = bytes | Sequence[bytes]
 # A ModelStreamInferResponse is serialized in field order, so an answer that starts with
@@ -50,51 +47,6 @@ def poisson_schedule(rate: float, duration: float, seed: int = 0) -> np.ndarray:
     return times[times < duration]
 
 
-@dataclass
-class _Window:
-    """The timed window (perf_counter seconds) and what happened inside it."""
-
-    start: float = float("inf")
-    end: float = float("inf")
-    latencies: list[float] = field(default_factory=list)
-    errors: Counter = field(default_factory=Counter)
-    last_done: float = 0.0
-
-    def record(self, sent: float, done: float, code: str | None, need_done_in: bool) -> None:
-        if sent < self.start or (need_done_in and done > self.end):
-            return
-        if code is None:
-            self.latencies.append(done - sent)
-            self.last_done = max(self.last_done, done)
-        else:
-            self.errors[code] += 1
-
-
-class _Probe:
-    """Scrapes server metrics and CPU counters at the window's ends (off the event loop)."""
-
-    def __init__(self, metrics_url: str | None, model: str | None, server_pid: int | None):
-        self.metrics_url, self.model, self.server_pid = metrics_url, model, server_pid
-        self.error: str | None = None
-
-    def _take(self) -> tuple:
-        metrics = None
-        if self.metrics_url and self.model:
-            try:
-                metrics = parse_metrics(scrape(self.metrics_url), self.model)
-            except Exception as exc:  # a level's figures must not die with the endpoint
-                self.error = f"{type(exc).__name__}: {exc}"
-        pid = self.server_pid
-        cpu = process_cpu_seconds(pid) if pid else None
-        loop = thread_cpu_seconds(pid, pid) if pid else None
-        return time.perf_counter(), metrics, cpu, loop, machine_cpu_seconds()
-
-    async def take(self) -> tuple:
-        """(perf_counter, metrics, server CPU s, its main thread's CPU s, machine CPU s);
-        each but the first None where unavailable."""
-        return await asyncio.to_thread(self._take)
-
-
 def _channels(url: str, n: int) -> list[grpc.aio.Channel]:
     return [grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS) for _ in range(n)]
 
@@ -106,46 +58,55 @@ def _as_list(requests: Requests) -> list[bytes]:
     return out
 
 
-def _summary(
-    mode: str,
-    window: _Window,
-    window_s: float,
-    batch_size: int,
-    client_cpu_s: float,
-    probe: _Probe,
-    before: tuple,
-    after: tuple,
-) -> dict:
-    requests = len(window.latencies)
-    result: dict = {
-        "mode": mode,
-        "seconds": window_s,
-        "batch_size": batch_size,
-        "requests": requests,
-        "errors": dict(window.errors),
-        "error_count": sum(window.errors.values()),
-        "throughput": requests * batch_size / window_s,
-        "requests_per_s": requests / window_s,
-        "client_cpu_pct": 100 * client_cpu_s / window_s,
-        "latency": asdict(summarize(window.latencies, batch_size)) if requests else None,
-    }
-    (t0, m0, c0, loop0, all0), (t1, m1, c1, loop1, all1) = before, after
-    result["server"] = (
-        server_figures(metrics_delta(m0, m1), t1 - t0) if m0 is not None and m1 else None
+async def _unary_worker(
+    channel: grpc.aio.Channel, requests: list[bytes], window: Window, first: int, timeout: float
+) -> None:
+    """Send the next request as soon as the previous answer arrives, until the window ends."""
+    call = channel.unary_unary(INFER_METHOD, request_serializer=None)
+    n, clock, record = len(requests), time.perf_counter, window.record
+    k = first
+    while True:
+        sent = clock()
+        if sent >= window.end:
+            return
+        try:
+            await call(requests[k % n], timeout=timeout)
+            code = None
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+        record(sent, clock(), code, True)
+        k += 1
+        if code is not None:
+            await asyncio.sleep(0.001)  # no hot spin against a refusing server
+
+
+async def _stream_worker(
+    channel: grpc.aio.Channel, requests: list[bytes], window: Window, first: int
+) -> None:
+    """As ``_unary_worker`` over one ModelStreamInfer stream, reopened when it fails."""
+    opener = channel.stream_stream(
+        STREAM_METHOD, request_serializer=None, response_deserializer=None
     )
-    result["server_cpu_pct"] = 100 * (c1 - c0) / (t1 - t0) if c0 is not None and c1 else None
-    result["server_loop_cpu_pct"] = (
-        100 * (loop1 - loop0) / (t1 - t0) if loop0 is not None and loop1 is not None else None
-    )
-    if all0 is not None and all1 is not None:
-        result["machine_cpu_pct"] = 100 * (all1 - all0) / (t1 - t0)
-        if result["server_cpu_pct"] is not None:
-            result["other_cpu_pct"] = (
-                result["machine_cpu_pct"] - result["server_cpu_pct"] - result["client_cpu_pct"]
-            )
-    if probe.error:
-        result["metrics_error"] = probe.error
-    return result
+    n, clock, record = len(requests), time.perf_counter, window.record
+    k, call = first, opener()
+    try:
+        while (sent := clock()) < window.end:
+            try:
+                await call.write(requests[k % n])
+                answer = await call.read()
+                code = None
+                if answer is grpc.aio.EOF:
+                    code, call = "STREAM_ENDED", opener()
+                elif answer[:1] == _STREAM_ERROR_TAG:
+                    code = "STREAM_ERROR"
+            except grpc.aio.AioRpcError as exc:
+                code, call = exc.code().name, opener()
+            record(sent, clock(), code, True)
+            k += 1
+            if code is not None:
+                await asyncio.sleep(0.001)
+    finally:
+        call.cancel()
 
 
 async def _closed_loop(
@@ -155,60 +116,22 @@ async def _closed_loop(
     seconds: float,
     warmup: float,
     batch_size: int,
-    probe: _Probe,
+    probe: Probe,
     shared_channel: bool,
     timeout: float,
     streaming: bool,
 ) -> dict:
     channels = _channels(url, 1 if shared_channel else concurrency)
-    window = _Window()
+    window = Window()
     try:
 
-        async def stream_worker(i: int) -> None:
-            opener = channels[i % len(channels)].stream_stream(
-                STREAM_METHOD, request_serializer=None, response_deserializer=None
-            )
-            n, clock, record = len(requests), time.perf_counter, window.record
-            k, call = i, opener()
-            try:
-                while (sent := clock()) < window.end:
-                    try:
-                        await call.write(requests[k % n])
-                        answer = await call.read()
-                        code = None
-                        if answer is grpc.aio.EOF:
-                            code, call = "STREAM_ENDED", opener()
-                        elif answer[:1] == _STREAM_ERROR_TAG:
-                            code = "STREAM_ERROR"
-                    except grpc.aio.AioRpcError as exc:
-                        code, call = exc.code().name, opener()
-                    record(sent, clock(), code, True)
-                    k += 1
-                    if code is not None:
-                        await asyncio.sleep(0.001)
-            finally:
-                call.cancel()
+        def worker(i: int) -> Coroutine[Any, Any, None]:
+            channel = channels[i % len(channels)]
+            if streaming:
+                return _stream_worker(channel, requests, window, i)
+            return _unary_worker(channel, requests, window, i, timeout)
 
-        async def worker(i: int) -> None:
-            call = channels[i % len(channels)].unary_unary(INFER_METHOD, request_serializer=None)
-            n, clock, record = len(requests), time.perf_counter, window.record
-            k = i
-            while True:
-                sent = clock()
-                if sent >= window.end:
-                    return
-                try:
-                    await call(requests[k % n], timeout=timeout)
-                    code = None
-                except grpc.aio.AioRpcError as exc:
-                    code = exc.code().name
-                record(sent, clock(), code, True)
-                k += 1
-                if code is not None:
-                    await asyncio.sleep(0.001)  # no hot spin against a refusing server
-
-        run = stream_worker if streaming else worker
-        tasks = [asyncio.create_task(run(i)) for i in range(concurrency)]
+        tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
         await asyncio.sleep(warmup)
         before = await probe.take()
         cpu0 = time.process_time()
@@ -221,13 +144,71 @@ async def _closed_loop(
     finally:
         for channel in channels:
             await channel.close()
-    result = _summary("closed", window, seconds, batch_size, cpu1 - cpu0, probe, before, after)
+    result = summary("closed", window, seconds, batch_size, cpu1 - cpu0, probe, before, after)
     return {
         "concurrency": concurrency,
         "channels": len(channels),
         "streaming": streaming,
         **result,
     }
+
+
+class _Arrivals:
+    """Open-loop sending: each arrival becomes a task, whatever is still in flight."""
+
+    def __init__(
+        self,
+        calls: list[grpc.aio.UnaryUnaryMultiCallable],
+        requests: list[bytes],
+        window: Window,
+        timeout: float,
+        max_in_flight: int,
+    ) -> None:
+        self.calls, self.requests, self.window = calls, requests, window
+        self.timeout, self.max_in_flight = timeout, max_in_flight
+        self.lags: list[float] = []  # send time - due time, of arrivals inside the window
+        self.overflow = 0  # arrivals inside the window not sent: max_in_flight reached
+        self.in_flight: set[asyncio.Task] = set()
+
+    async def _one(self, k: int, sent: float) -> None:
+        try:
+            await self.calls[k % len(self.calls)](
+                self.requests[k % len(self.requests)], timeout=self.timeout
+            )
+            code = None
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+        self.window.record(sent, time.perf_counter(), code, False)
+
+    async def send(self, arrivals: np.ndarray, t0: float) -> None:
+        """Send arrival k at ``t0 + arrivals[k]`` (or as soon after as the loop allows)."""
+        window, in_flight = self.window, self.in_flight
+        for k, offset in enumerate(arrivals):
+            due = t0 + offset
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = time.perf_counter()
+            if now >= window.start:
+                self.lags.append(now - due)
+            if len(in_flight) >= self.max_in_flight:
+                self.overflow += now >= window.start
+                continue
+            task = asyncio.create_task(self._one(k, now))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+
+
+async def _open_window(
+    window: Window, probe: Probe, t0: float, warmup: float, seconds: float
+) -> tuple[tuple, float]:
+    """Open the window after the warm-up; returns the probe and process CPU at its start."""
+    await asyncio.sleep(max(0.0, t0 + warmup - time.perf_counter()))
+    before = await probe.take()
+    cpu0 = time.process_time()
+    window.start = time.perf_counter()
+    window.end = t0 + warmup + seconds
+    return before, cpu0
 
 
 async def _open_loop(
@@ -237,7 +218,7 @@ async def _open_loop(
     seconds: float,
     warmup: float,
     batch_size: int,
-    probe: _Probe,
+    probe: Probe,
     max_in_flight: int,
     channel_count: int,
     timeout: float,
@@ -245,60 +226,27 @@ async def _open_loop(
 ) -> dict:
     channels = _channels(url, channel_count)
     calls = [c.unary_unary(INFER_METHOD, request_serializer=None) for c in channels]
-    window = _Window()
-    lags: list[float] = []
-    overflow = 0
-    in_flight: set[asyncio.Task] = set()
-
-    async def one(k: int, sent: float) -> None:
-        try:
-            await calls[k % len(calls)](requests[k % len(requests)], timeout=timeout)
-            code = None
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code().name
-        window.record(sent, time.perf_counter(), code, False)
-
-    state: dict = {}
-
-    async def control(t0: float) -> None:
-        await asyncio.sleep(max(0.0, t0 + warmup - time.perf_counter()))
-        state["before"] = await probe.take()
-        state["cpu0"] = time.process_time()
-        window.start = time.perf_counter()
-        window.end = t0 + warmup + seconds
-
+    window = Window()
+    sender = _Arrivals(calls, requests, window, timeout, max_in_flight)
     try:
         arrivals = poisson_schedule(rate, warmup + seconds, seed)
         t0 = time.perf_counter()
-        controller = asyncio.create_task(control(t0))
-        for k, offset in enumerate(arrivals):
-            due = t0 + offset
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            now = time.perf_counter()
-            if now >= window.start:
-                lags.append(now - due)
-            if len(in_flight) >= max_in_flight:
-                overflow += now >= window.start
-                continue
-            task = asyncio.create_task(one(k, now))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-        await controller
+        controller = asyncio.create_task(_open_window(window, probe, t0, warmup, seconds))
+        await sender.send(arrivals, t0)
+        before, cpu0 = await controller
         await asyncio.sleep(max(0.0, window.end - time.perf_counter()))
-        if in_flight:
-            await asyncio.gather(*in_flight)
+        if sender.in_flight:
+            await asyncio.gather(*sender.in_flight)
         cpu1 = time.process_time()
         after = await probe.take()
     finally:
         for channel in channels:
             await channel.close()
-    before, cpu0 = state["before"], state["cpu0"]
     # Answers that come after the window still count: the offered load is what matters.
     span = max(window.end, window.last_done) - window.start
     span = span if span > 0 else seconds
-    result = _summary("open", window, span, batch_size, cpu1 - cpu0, probe, before, after)
+    result = summary("open", window, span, batch_size, cpu1 - cpu0, probe, before, after)
+    lags, overflow = sender.lags, sender.overflow
     lag = np.asarray(lags or [0.0]) * 1e3
     return {
         "rate": rate,
@@ -335,7 +283,7 @@ def run_closed_loop(
     """
     if concurrency < 1 or seconds <= 0 or warmup < 0:
         raise ValueError("concurrency >= 1, seconds > 0 and warmup >= 0 required")
-    probe = _Probe(metrics_url, model, server_pid)
+    probe = Probe(metrics_url, model, server_pid)
     return asyncio.run(
         _closed_loop(
             url,
@@ -377,7 +325,7 @@ def run_open_loop(
     """
     if rate <= 0 or seconds <= 0 or warmup < 0 or channels < 1:
         raise ValueError("rate > 0, seconds > 0, warmup >= 0 and channels >= 1 required")
-    probe = _Probe(metrics_url, model, server_pid)
+    probe = Probe(metrics_url, model, server_pid)
     return asyncio.run(
         _open_loop(
             url,
