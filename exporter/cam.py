@@ -41,6 +41,10 @@ class CamExport(nn.Module):
         self.model = model  # owns the parameters the features and head use
         self._features = split.features
         self.head = split.head
+        # the model's mode, not nn.Module's default (training): the torchscript exporter
+        # restores the wrapper's mode afterwards, and would put the model's BatchNorms
+        # into training mode for the parity check that follows
+        self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self._features(x)

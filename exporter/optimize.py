@@ -61,9 +61,9 @@ def ort_logits(path: Path, x: np.ndarray, batch: int = 16) -> np.ndarray:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    name, out = session.get_inputs()[0].name, [session.get_outputs()[0].name]  # the logits
     return np.concatenate(
-        [session.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
+        [session.run(out, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
     )
 
 

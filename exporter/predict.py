@@ -55,7 +55,8 @@ def predict(
     session = ort.InferenceSession(
         str(spec.model_file(version)), providers=["CPUExecutionProvider"]
     )
-    logits = session.run(None, {spec.config.input[0].name: batch})[0]
+    output = [spec.config.output[0].name]  # not the CAM feature map a model may also have
+    logits = session.run(output, {spec.config.input[0].name: batch})[0]
     probs = softmax(logits)
     results = []
     for path, row in zip(images, probs, strict=True):

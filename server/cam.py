@@ -39,8 +39,8 @@ def class_maps(
             f"feature map of shape {list(features.shape)} does not fit the CAM head's "
             f"{head.channels} channels"
         )
-    weights = head.weight[targets].astype(np.float64)  # [N, C]
-    grid = np.einsum("nc,nchw->nhw", weights, features.astype(np.float64))
-    rows = bilinear_matrix(height, grid.shape[1])
-    cols = bilinear_matrix(width, grid.shape[2])
-    return np.einsum("hy,nyx,wx->nhw", rows, grid, cols).astype(np.float32)
+    n, channels, h, w = features.shape
+    weights = head.weight[targets].astype(np.float64)[:, None, :]  # [N, 1, C]
+    grid = weights @ features.reshape(n, channels, h * w).astype(np.float64)  # [N, 1, h*w]
+    rows, cols = bilinear_matrix(height, h), bilinear_matrix(width, w)
+    return (rows @ grid.reshape(n, h, w) @ cols.T).astype(np.float32)  # [N, height, width]

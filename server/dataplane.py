@@ -308,8 +308,8 @@ class DataPlane:
             if wanted is not None:
                 run = functools.partial(self._run, served, deadline=deadline, owner=owner)
                 limit = served.batcher.config.max_batch_size
-                head = (served.cam, maps) if cam and served.cam is not None else None
-                heat = await explain.explain(wanted, run, array, logits, limit, head)
+                found = (served.cam, maps) if cam and served.cam is not None else None
+                heat = await explain.explain(wanted, run, array, logits, limit, found)
                 explain.attach(response, heat)
         except BaseException as exc:
             served.failure_ns[0] += 1

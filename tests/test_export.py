@@ -32,6 +32,9 @@ FAMILIES = [
     ("convnext_tiny", 64),
     ("vit_b_16", None),
 ]
+# Global average pooling then one linear layer: exported with class activation map data.
+CAM = {"googlenet", "inception_v3", "resnet50", "densenet121", "seresnet50", "mobilenet_v1"}
+CAM |= {"mobilenet_v2", "xception", "efficientnet_b0", "efficientnet_b7", "resnet18", "resnet152"}
 # The slowest exports (make test-all): full-size giants, and the three families whose
 # graphs take longest to trace (their CAM splits stay in tests/test_cam_export.py).
 HEAVY = [
@@ -82,8 +85,16 @@ def check_entry(repo: Path, name: str, version: int = 1) -> dict:
 
     graph = onnx.load(str(version_dir / "model.onnx"), load_external_data=False).graph
     assert [i.name for i in graph.input] == ["input"]
-    cam_outputs = [FEATURES_OUTPUT] if report["cam"]["available"] else []
-    assert [o.name for o in graph.output] == ["logits", *cam_outputs]
+    cam = report["cam"]
+    assert [o.name for o in graph.output] == ["logits"] + (
+        [FEATURES_OUTPUT] if cam["available"] else []
+    )
+    assert cam["available"] == (name in CAM), cam
+    cam_files = (
+        "cam_features_output" in spec.config.parameters,
+        (version_dir / "cam_head.npz").is_file(),
+    )
+    assert cam_files == (cam["available"],) * 2
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param, "batch axis must be dynamic"
     return report
 
@@ -128,17 +139,18 @@ def test_dynamic_hw_is_exported_where_allowed(tmp_path: Path) -> None:
     assert spec.input_dims == (3, -1, -1)
 
 
-def test_torchscript_exporter_also_passes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "mobilenet_v2"])  # without, with CAM
+def test_torchscript_exporter_also_passes(name: str, tmp_path: Path) -> None:
     from exporter.onnx_export import OnnxOptions
 
     export_model(
         ExportRequest(
-            model="mobilenet_v3_small",
+            model=name,
             repository=tmp_path,
             input_size=64,
             onnx=OnnxOptions(exporter="torchscript", simplify=False),
         ),
         progress=_quiet,
     )
-    report = check_entry(tmp_path, "mobilenet_v3_small")
+    report = check_entry(tmp_path, name)
     assert report["onnx"]["exporter"] == "torchscript" and not report["onnx"]["simplified"]

@@ -147,8 +147,10 @@ def _ort(
     inp = session.get_inputs()[0]
     dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
 
+    logits = [session.get_outputs()[0].name]  # only: a CAM export has a feature map too
+
     def run(x: np.ndarray) -> np.ndarray:
-        out = session.run(None, {inp.name: x.astype(dtype, copy=False)})[0]
+        out = session.run(logits, {inp.name: x.astype(dtype, copy=False)})[0]
         return out.astype(np.float32, copy=False)
 
     return Runner(backend, precision, run, path.stat().st_size / 2**20, ",".join(got))

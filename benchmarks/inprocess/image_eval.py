@@ -163,7 +163,7 @@ def evaluate(model_dir: Path, files: list[Path]) -> Agreement:
         with Image.open(io.BytesIO(data)) as probe:
             megapixels = max(megapixels, probe.size[0] * probe.size[1] / 1e6)
         batch = np.stack([preprocess(data, spec.preprocess), reference(data, spec.preprocess)])
-        fast, ref = session.run(None, {name: batch})[0]
+        fast, ref = session.run([session.get_outputs()[0].name], {name: batch})[0]
         agree += int(fast.argmax() == ref.argmax())
         top = set(np.argsort(-fast)[:5]) & set(np.argsort(-ref)[:5])
         overlap += len(top) / 5
