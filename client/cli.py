@@ -255,20 +255,11 @@ def cmd_explain(client: InferenceClient, args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m client", description=__doc__.split("\n")[0])
-    p.add_argument("--url", default=DEFAULT_URL, help=f"server host:port (default {DEFAULT_URL})")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
-    p.add_argument("--tls", action="store_true", help="TLS, checking the server with system CAs")
-    p.add_argument("--tls-ca", type=Path, help="PEM CA that signed the server's certificate")
-    p.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
-    p.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
+    _add_connection_arguments(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def model_args(q: argparse.ArgumentParser, required: bool = True) -> None:
-        q.add_argument("--model", "-m", required=required)
-        q.add_argument("--version", default="", help="model version (default: the server's)")
-
     q = sub.add_parser("classify", help="top-k labels for JPEG/PNG files (decoded by the server)")
-    model_args(q)
+    _model_args(q)
     q.add_argument("--top-k", "-k", type=_positive_int, default=5)
     q.add_argument(
         "--send",
@@ -281,18 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_classify)
 
     q = sub.add_parser("infer", help="raw FP32 tensor round trip; prints shape, top-1, latency")
-    model_args(q)
-    source = q.add_mutually_exclusive_group(required=True)
-    source.add_argument("--random", action="store_true", help="a seeded normal batch")
-    source.add_argument("--input", metavar="FILE.npy", help="an NCHW (or CHW) array")
-    q.add_argument(
-        "--batch", "-b", type=_positive_int, default=None, help="rows for --random (default 1)"
-    )
-    q.add_argument("--seed", type=int, default=0)
+    _add_infer_arguments(q)
     q.set_defaults(func=cmd_infer)
 
     q = sub.add_parser("explain", help="heat map of what the model looked at, laid over the image")
-    model_args(q)
+    _model_args(q)
     q.add_argument("file", metavar="FILE")
     q.add_argument(
         "--method",
@@ -314,15 +298,41 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_models)
 
     q = sub.add_parser("metadata", help="a model's inputs, outputs and versions")
-    model_args(q)
+    _model_args(q)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_metadata)
 
     q = sub.add_parser("stats", help="inference statistics (every model by default)")
-    model_args(q, required=False)
+    _model_args(q, required=False)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_stats)
     return p
+
+
+def _add_connection_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the server is, how long to wait, and TLS."""
+    p.add_argument("--url", default=DEFAULT_URL, help=f"server host:port (default {DEFAULT_URL})")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    p.add_argument("--tls", action="store_true", help="TLS, checking the server with system CAs")
+    p.add_argument("--tls-ca", type=Path, help="PEM CA that signed the server's certificate")
+    p.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
+    p.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
+
+
+def _model_args(q: argparse.ArgumentParser, required: bool = True) -> None:
+    q.add_argument("--model", "-m", required=required)
+    q.add_argument("--version", default="", help="model version (default: the server's)")
+
+
+def _add_infer_arguments(q: argparse.ArgumentParser) -> None:
+    _model_args(q)
+    source = q.add_mutually_exclusive_group(required=True)
+    source.add_argument("--random", action="store_true", help="a seeded normal batch")
+    source.add_argument("--input", metavar="FILE.npy", help="an NCHW (or CHW) array")
+    q.add_argument(
+        "--batch", "-b", type=_positive_int, default=None, help="rows for --random (default 1)"
+    )
+    q.add_argument("--seed", type=int, default=0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,10 +31,10 @@ from exporter.samples import EXPECTED
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server.cluster.nodes import NodeOptions
+from tests.fuzz_kit import broken_request, image_element, outcome
 from tests.ray_netns import ROOT, NetnsCluster, netns_available
 from tests.serving import digits, tensor_request
 from tests.stress import flip, image_request, report
-from tests.test_fuzz import broken_request, image_element, outcome
 
 pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
 
@@ -155,7 +155,7 @@ def test_each_replica_serves_the_single_servers_metrics(cluster: NetnsCluster) -
     assert served > 0
 
 
-# --- the protocol fuzz (tests/test_fuzz.py's strategies) through the cluster ------------
+# --- the protocol fuzz (tests/fuzz_kit.py's strategies) through the cluster ------------
 CLUSTER_FUZZ = settings(
     max_examples=40,
     deadline=None,

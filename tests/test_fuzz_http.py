@@ -1,4 +1,4 @@
-"""The fuzz strategies of test_fuzz.py against the HTTP/REST frontend (hypothesis).
+"""The gRPC fuzz strategies (fuzz_kit.py) against the HTTP/REST frontend (hypothesis).
 
 Each broken gRPC request of test_fuzz.py is sent again as a REST request
 (JSON header, tensor bytes in Triton's binary extension), beside random JSON
@@ -21,11 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protos import grpc_service_pb2 as pb
+from tests.fuzz_kit import FUZZ as FUZZ_GRPC
+from tests.fuzz_kit import broken_request, image_element, stream, texts  # noqa: F401 (fixture)
 from tests.http_kit import HEADER_LENGTH, Reply, binary_request, call, length_prefixed
 from tests.serving import ServerProcess, start_server
 from tests.stress import report
-from tests.test_fuzz import FUZZ as FUZZ_GRPC
-from tests.test_fuzz import broken_request, image_element, stream, texts  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("stream")  # valid gRPC requests succeed all the while
 # The gRPC suite's settings, fewer cases by default: each HTTP case is also a new connection.

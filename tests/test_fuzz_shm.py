@@ -22,9 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protos import grpc_service_pb2 as pb
+from tests.fuzz_kit import FUZZ as FUZZ_ALL
 from tests.serving import ServerProcess, digits, start_server, tensor_request
 from tests.stress import ValidStream
-from tests.test_fuzz import FUZZ as FUZZ_ALL
 from tests.test_shared_memory import LENET_INPUT, LENET_OUTPUT, shm_params
 
 FUZZ = settings(FUZZ_ALL, max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")))

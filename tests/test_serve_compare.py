@@ -36,43 +36,49 @@ def test_a_bad_server_layout_is_refused_before_any_timing(variant: str, named: s
     assert named in capsys.readouterr().err
 
 
+def _inproc(p50: float, thr: float) -> dict:
+    """An in-process slice (at 199% of a core)."""
+    return {"p50_ms": p50, "throughput": thr, "other_cpu_pct": 0.0, "own_cpu_pct": 199.0}
+
+
+def _server_slice(p50: float, thr: float) -> dict:
+    """A server slice: 180% of a core, 30% of it the event loop, on a machine at 190%."""
+    return {
+        "latency": {"p50_ms": p50, "p99_ms": p50 * 2},
+        "throughput": thr,
+        "error_count": 0,
+        "client_cpu_pct": 5.0,
+        "server_cpu_pct": 180.0,
+        "server_loop_cpu_pct": 30.0,
+        "machine_cpu_pct": 190.0,
+        "other_cpu_pct": 0.0,
+        "server": {"batching_efficiency": 4.0, "compute_ms_mean": 10.0},
+    }
+
+
+def _level(ref: tuple, srv: tuple, ref_after: tuple | None = None) -> dict:
+    """A server slice between two in-process ones (the same, unless ``ref_after``)."""
+    return {
+        "before": _inproc(*ref),
+        "server": _server_slice(*srv),
+        "after": _inproc(*(ref_after or ref)),
+    }
+
+
 def test_pairs_straddling_a_speed_change_are_left_out() -> None:
     from benchmarks.comparison.compare import paired, summarize_variant
 
-    def inproc(p50: float, thr: float) -> dict:
-        return {"p50_ms": p50, "throughput": thr, "other_cpu_pct": 0.0, "own_cpu_pct": 199.0}
-
-    def server(p50: float, thr: float) -> dict:
-        return {
-            "latency": {"p50_ms": p50, "p99_ms": p50 * 2},
-            "throughput": thr,
-            "error_count": 0,
-            "client_cpu_pct": 5.0,
-            "server_cpu_pct": 180.0,
-            "server_loop_cpu_pct": 30.0,
-            "machine_cpu_pct": 190.0,
-            "other_cpu_pct": 0.0,
-            "server": {"batching_efficiency": 4.0, "compute_ms_mean": 10.0},
-        }
-
-    def level(ref: tuple, srv: tuple, ref_after: tuple | None = None) -> dict:
-        return {
-            "before": inproc(*ref),
-            "server": server(*srv),
-            "after": inproc(*(ref_after or ref)),
-        }
-
     rounds = [
-        {1: level((4.0, 240), (5.5, 130)), 8: level((16.0, 250), (16.0, 200))},
-        {1: level((4.0, 240), (6.0, 130), (7.0, 140)), 8: level((16, 250), (16, 150), (28, 140))},
-        {1: level((4.2, 238), (5.1, 130)), 8: level((16.0, 240), (16.0, 180))},
+        {1: _level((4.0, 240), (5.5, 130)), 8: _level((16.0, 250), (16.0, 200))},
+        {1: _level((4.0, 240), (6.0, 130), (7.0, 140)), 8: _level((16, 250), (16, 150), (28, 140))},
+        {1: _level((4.2, 238), (5.1, 130)), 8: _level((16.0, 240), (16.0, 180))},
     ]
     stable, every, unstable = paired(
         [r[1] for r in rounds], "p50_ms", lambda s: s["latency"]["p50_ms"], lambda v, r: v - r
     )
     assert stable == pytest.approx([1.5, 0.9]) and len(every) == 3 and unstable == 1
     for r, own in zip(rounds, [(260, 262), (255, 150), (250, 250)], strict=True):
-        r[8]["layout_before"], r[8]["layout_after"] = (inproc(10.0, t) for t in own)
+        r[8]["layout_before"], r[8]["layout_after"] = (_inproc(10.0, t) for t in own)
     summary = summarize_variant("--x 1", rounds, best=4, cores=2)
     own = summary["own_layout"]  # round 2 straddles a speed change here too: left out
     assert own["ratio"] == pytest.approx((200 / 261 + 180 / 250) / 2)

@@ -41,29 +41,23 @@ thread) and the top functions are written next to the results.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
 from benchmarks.common.machine import machine, machine_cpu_seconds
-from benchmarks.comparison.compare import NOISY_PCT, report, summarize_variant
+from benchmarks.comparison.compare import NOISY_PCT, report
 from benchmarks.comparison.session import (
     InProcess,
     ensure_exported,
-    inproc_line,
     input_shape,
     instance_count,
     sweep,
 )
+from benchmarks.comparison.variant import layout_of, run_variant, split_variant
 from benchmarks.loadtest import cli as load
-from benchmarks.loadtest.infer_requests import shared_memory_request
-from devtools.launch import Launched, launch
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def other_cpu_pct(seconds: float = 2.0) -> float | None:
@@ -87,179 +81,7 @@ def wait_quiet(timeout: float, threshold: float = NOISY_PCT) -> float | None:
     return other
 
 
-def _server_line(row: dict) -> str:
-    srv = row["server"] or {}
-    lat = row["latency"] or {}
-    return (
-        f"server c={row['concurrency']:<2} p50 {lat.get('p50_ms', 0):7.2f} ms"
-        f" {row['throughput']:6.1f} img/s  errors {row['error_count']}"
-        f"  batch eff. {srv.get('batching_efficiency') or 0:.2f}"
-        f"  queue {srv.get('queue_ms_mean') or 0:.2f} ms"
-        f"  compute {srv.get('compute_ms_mean') or 0:.2f} ms"
-        f"  server e2e {srv.get('request_ms_mean') or 0:.2f} ms"
-        f"  CPU client {row['client_cpu_pct']:.0f}%"
-        f" server {row['server_cpu_pct'] or 0:.0f}%"
-        f" others {row.get('other_cpu_pct') or 0:.0f}%"
-    )
-
-
-# --- the server ---------------------------------------------------------------
-
-
-def split_variant(text: str) -> tuple[dict[str, str], list[str]]:
-    """``"MALLOC_ARENA_MAX=2 --max-queue-delay-us 0"`` -> ({env}, [server flags]).
-
-    Leading NAME=VALUE words set the server's environment, as in a shell.
-    """
-    words = shlex.split(text)
-    env: dict[str, str] = {}
-    while words and "=" in words[0] and not words[0].startswith("-"):
-        name, value = words.pop(0).split("=", 1)
-        if not name.isidentifier():
-            raise SystemExit(f"--server-args: {name!r} is not an environment variable name")
-        env[name] = value
-    return env, words
-
-
-def layout_of(flags: list[str], instances: int, threads: int) -> tuple[int, int]:
-    """(model instances, intra-op threads each) a server started with ``flags`` runs:
-    its ``--instance-count``/``--intra-op-threads`` where given, else the defaults."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--instance-count", type=int, default=instances)
-    parser.add_argument("--intra-op-threads", type=int, default=threads)
-    known, _ = parser.parse_known_args(flags)
-    return known.instance_count, known.intra_op_threads
-
-
-def start_server(
-    repository: Path,
-    model: str,
-    threads: int,
-    extra: list[str],
-    log: Path,
-    profile: Path | None = None,
-    timeout: float = 180,
-    env: dict[str, str] | None = None,
-) -> Launched:
-    """``python -m server`` for ``model`` on OS-picked localhost ports, once ready.
-
-    ``extra`` flags come last, so they override ours (``--model-repository`` too).
-    """
-    python = [sys.executable]
-    if profile is not None:
-        python += ["-m", "cProfile", "-o", str(profile)]
-    return launch(
-        repository, "--model", model, "--intra-op-threads", str(threads), *extra,
-        log=log, python=python, cwd=ROOT, env=env, timeout=timeout,
-    )  # fmt: skip
-
-
-def profile_top(prof: Path, out: Path, lines: int = 40) -> str:
-    """The server's cProfile, by own time and by cumulative time, as text."""
-    import io
-    import pstats
-
-    buf = io.StringIO()
-    stats = pstats.Stats(str(prof), stream=buf)
-    stats.strip_dirs().sort_stats("tottime").print_stats(lines)
-    stats.sort_stats("cumulative").print_stats(lines)
-    out.write_text(buf.getvalue())
-    return buf.getvalue()
-
-
 MODES = ("raw", "shm", "stream-raw", "stream-shm")
-
-
-def run_variant(
-    args: argparse.Namespace,
-    index: int,
-    variant: str,
-    inproc: InProcess,
-    best: int,
-    mode: str = "raw",
-    own_layout: tuple[InProcess, int] | None = None,
-) -> dict:
-    """Start one server; rounds of [in-process, server level, in-process] per level.
-
-    ``mode``: "raw" sends the tensor in each request; "shm" passes it through system
-    shared memory (Triton's extension), as a client on the same host would; the
-    "stream-" forms send the same requests over ModelStreamInfer, one stream per client.
-    ``own_layout``: the server's instances x threads in process, at its best batch, which
-    then also sandwiches the highest concurrency (``layout_before``/``layout_after``).
-    """
-    env, extra = split_variant(variant)
-    tag = f"{index}-{mode}"
-    profile = args.out / f"server-{tag}.prof" if args.profile else None
-    server = start_server(
-        args.repository,
-        args.model,
-        args.threads,
-        extra,
-        args.out / f"server-{tag}.log",
-        profile,
-        env=env,
-    )
-
-    def reference(batch: int, session: InProcess = inproc) -> dict:
-        row = session.measure(batch, args.inproc_seconds)
-        print("    " + inproc_line(row), flush=True)
-        return row
-
-    rounds: list[dict[int, dict]] = []
-    try:
-        info = load.model_info(server.url, args.model)
-        with contextlib.ExitStack() as stack:
-            if mode.endswith("shm"):
-                request = stack.enter_context(shared_memory_request(server.url, info, 1))
-            else:
-                request = load.tensor_request(info, 1)
-            load.check_request(server.url, request)
-            for r in range(args.rounds):
-                print(f"  round {r + 1}/{args.rounds} ({mode} inputs)", flush=True)
-                levels: dict[int, dict] = {}
-                for n in args.concurrency:
-                    batch = 1 if n == 1 else best  # single stream vs batch 1, else vs the best
-                    before = reference(batch)
-                    own = own_layout if n == max(args.concurrency) and n > 1 else None
-                    own_before = reference(own[1], own[0]) if own else None
-                    row = load.run_closed_loop(
-                        server.url,
-                        request,
-                        n,
-                        args.seconds,
-                        args.warmup,
-                        metrics_url=server.metrics_url,
-                        model=args.model,
-                        server_pid=server.proc.pid,
-                        shared_channel=args.shared_channel,
-                        streaming=mode.startswith("stream"),
-                    )
-                    print("    " + _server_line(row), flush=True)
-                    levels[n] = {"server": row, "before": before}
-                    if own:
-                        levels[n]["layout_before"] = own_before
-                        levels[n]["layout_after"] = reference(own[1], own[0])
-                    levels[n]["after"] = reference(batch)
-                rounds.append(levels)
-    finally:
-        rc = server.terminate()
-    result = {
-        "server_args": variant,
-        "inputs": mode,
-        "env": env,
-        "exit_code": rc,
-        "best_batch": best,
-        "rounds": [{str(n): level for n, level in levels.items()} for levels in rounds],
-    }
-    result["summary"] = summarize_variant(variant, rounds, best)
-    result["summary"]["inputs"] = mode
-    if own_layout is not None and "own_layout" in result["summary"]:
-        result["summary"]["own_layout"]["name"] = own_layout[0].layout
-        result["summary"]["own_layout"]["best_batch"] = own_layout[1]
-    if profile is not None and profile.is_file():
-        result["profile"] = str(profile)
-        profile_top(profile, args.out / f"server-{tag}.profile.txt")
-    return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

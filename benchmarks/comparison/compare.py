@@ -8,6 +8,7 @@ straddles a change of the host's speed and is left out.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -102,6 +103,22 @@ def cpu_per_image(slices: list[dict], cores: int) -> dict[str, float | None]:
     }
 
 
+_SERVER_KEYS = (  # the server's own figures (its metrics), medians per level
+    "batching_efficiency",
+    "queue_ms_mean",
+    "compute_ms_mean",
+    "request_ms_mean",
+    "compute_busy_pct",
+)
+_CPU_KEYS = (
+    "client_cpu_pct",
+    "server_cpu_pct",
+    "server_loop_cpu_pct",
+    "other_cpu_pct",
+    "machine_cpu_pct",
+)
+
+
 def summarize_variant(
     variant: str, rounds: list[dict[int, dict]], best: int, cores: int | None = None
 ) -> dict:
@@ -116,82 +133,84 @@ def summarize_variant(
     def slices(n: int) -> list[dict]:
         return [levels_[n] for levels_ in rounds]
 
-    def median_of(n: int, get) -> float | None:
-        return median_of_kept([get(sl["server"]) for sl in slices(n)])
-
-    noisy = [
-        f"round {r + 1} c={n} {part}"
-        for r, levels_ in enumerate(rounds)
-        for n, sl in levels_.items()
-        for part, row in (("server", sl["server"]), ("in-process", sl["before"]))
-        if (row.get("other_cpu_pct") or 0) > NOISY_PCT
-    ]
     base = _ratio_figures(slices(top), BOTH_SIDES)
     out.update(
         {
             "best_inprocess_throughput": base["throughput"],
             "concurrency": top,
-            "server_throughput": median_of(top, lambda row: row["throughput"]),
+            "server_throughput": _server_median(slices(top), lambda row: row["throughput"]),
             "throughput_ratio": base["ratio"],
             "throughput_ratio_range": base["ratio_range"],
             "throughput_pairs": base["pairs"],
             "throughput_target_met": base["target_met"],
-            "batching_efficiency": median_of(
-                top, lambda row: (row["server"] or {}).get("batching_efficiency")
+            "batching_efficiency": _server_median(
+                slices(top), lambda row: (row["server"] or {}).get("batching_efficiency")
             ),
-            "levels": {
-                str(n): {
-                    "p50_ms": median_of(n, lambda row: (row["latency"] or {}).get("p50_ms")),
-                    "p99_ms": median_of(n, lambda row: (row["latency"] or {}).get("p99_ms")),
-                    "throughput": median_of(n, lambda row: row["throughput"]),
-                    "errors": sum(sl["server"]["error_count"] for sl in slices(n)),
-                    **{
-                        key: median_of(n, lambda row, k=key: (row["server"] or {}).get(k))
-                        for key in (
-                            "batching_efficiency",
-                            "queue_ms_mean",
-                            "compute_ms_mean",
-                            "request_ms_mean",
-                            "compute_busy_pct",
-                        )
-                    },
-                    **{
-                        key: median_of(n, lambda row, k=key: row.get(k))
-                        for key in (
-                            "client_cpu_pct",
-                            "server_cpu_pct",
-                            "server_loop_cpu_pct",
-                            "other_cpu_pct",
-                            "machine_cpu_pct",
-                        )
-                    },
-                }
-                for n in levels
-            },
-            "noisy": noisy,  # slices during which other processes took > NOISY_PCT of a core
+            "levels": {str(n): _level_figures(slices(n)) for n in levels},
+            "noisy": _noisy(rounds),  # slices during which others took > NOISY_PCT of a core
             "cpu_per_image": cpu_per_image(slices(top), cores),
         }
     )
     if all(OWN_SIDES[0] in sl for sl in slices(top)):
         out["own_layout"] = _ratio_figures(slices(top), OWN_SIDES)
     if 1 in levels:
-        stable, every, unstable = paired(
-            slices(1),
-            "p50_ms",
-            lambda row: (row["latency"] or {}).get("p50_ms"),
-            lambda v, ref: v - ref,
-        )
-        diffs = stable or every
-        if diffs:
-            out["inprocess_b1_p50_ms"] = median_of_kept(
-                [(sl["before"]["p50_ms"] + sl["after"]["p50_ms"]) / 2 for sl in slices(1)]
-            )
-            out["server_single_p50_ms"] = out["levels"]["1"]["p50_ms"]
-            out["p50_overhead_ms"] = median_of_kept(diffs)
-            out["p50_overhead_range_ms"] = [min(diffs), max(diffs)]
-            out["latency_pairs"] = {"stable": len(stable), "unstable": unstable}
-            out["latency_target_met"] = out["p50_overhead_ms"] <= LATENCY_TARGET_MS
+        out.update(_latency_figures(slices(1), out["levels"]["1"]["p50_ms"]))
     return out
+
+
+def _server_median(slices: list[dict], get: Callable[[dict], float | None]) -> float | None:
+    """The median of ``get`` over the slices' server rows."""
+    return median_of_kept([get(sl["server"]) for sl in slices])
+
+
+def _level_figures(slices: list[dict]) -> dict:
+    """One concurrency level: the server's latency, throughput, errors, metrics and CPU."""
+    return {
+        "p50_ms": _server_median(slices, lambda row: (row["latency"] or {}).get("p50_ms")),
+        "p99_ms": _server_median(slices, lambda row: (row["latency"] or {}).get("p99_ms")),
+        "throughput": _server_median(slices, lambda row: row["throughput"]),
+        "errors": sum(sl["server"]["error_count"] for sl in slices),
+        **{
+            key: _server_median(slices, lambda row, k=key: (row["server"] or {}).get(k))
+            for key in _SERVER_KEYS
+        },
+        **{key: _server_median(slices, lambda row, k=key: row.get(k)) for key in _CPU_KEYS},
+    }
+
+
+def _noisy(rounds: list[dict[int, dict]]) -> list[str]:
+    """The server and in-process slices during which other processes took the CPU."""
+    return [
+        f"round {r + 1} c={n} {part}"
+        for r, levels_ in enumerate(rounds)
+        for n, sl in levels_.items()
+        for part, row in (("server", sl["server"]), ("in-process", sl["before"]))
+        if (row.get("other_cpu_pct") or 0) > NOISY_PCT
+    ]
+
+
+def _latency_figures(slices: list[dict], server_single_p50_ms: float | None) -> dict:
+    """Single-stream p50 against in-process batch 1 (nothing when no pair has figures)."""
+    stable, every, unstable = paired(
+        slices,
+        "p50_ms",
+        lambda row: (row["latency"] or {}).get("p50_ms"),
+        lambda v, ref: v - ref,
+    )
+    diffs = stable or every
+    if not diffs:
+        return {}
+    overhead = median_of_kept(diffs)
+    return {
+        "inprocess_b1_p50_ms": median_of_kept(
+            [(sl["before"]["p50_ms"] + sl["after"]["p50_ms"]) / 2 for sl in slices]
+        ),
+        "server_single_p50_ms": server_single_p50_ms,
+        "p50_overhead_ms": overhead,
+        "p50_overhead_range_ms": [min(diffs), max(diffs)],
+        "latency_pairs": {"stable": len(stable), "unstable": unstable},
+        "latency_target_met": overhead <= LATENCY_TARGET_MS,
+    }
 
 
 def _ratio_figures(slices: list[dict], sides: tuple[str, str]) -> dict:
@@ -228,34 +247,8 @@ def report(summary: dict) -> None:
         print("  no rounds")
         return
     if "p50_overhead_ms" in summary:
-        ok = "met" if summary["latency_target_met"] else "MISSED"
-        lo, hi = summary["p50_overhead_range_ms"]
-        print(
-            f"  in-process batch-1 p50   {summary['inprocess_b1_p50_ms']:8.2f} ms\n"
-            f"  server single-stream p50 {summary['server_single_p50_ms']:8.2f} ms\n"
-            f"  difference               {summary['p50_overhead_ms']:+8.2f} ms"
-            f" (median of {_pairs(summary['latency_pairs'])}, range {lo:+.2f}..{hi:+.2f};"
-            f" target <= +{LATENCY_TARGET_MS} ms: {ok})"
-        )
-    ok = "met" if summary["throughput_target_met"] else "MISSED"
-    lo, hi = summary["throughput_ratio_range"]
-    top = summary["levels"][str(summary["concurrency"])]
-    print(
-        f"  best in-process          {summary['best_inprocess_throughput']:8.1f} img/s"
-        f" at batch {summary['best_inprocess_batch']}\n"
-        f"  server, {summary['concurrency']} clients       "
-        f"{summary['server_throughput']:8.1f} img/s\n"
-        f"  ratio                    {summary['throughput_ratio']:8.3f}"
-        f"    (median of {_pairs(summary['throughput_pairs'])}, range {lo:.3f}..{hi:.3f};"
-        f" target >= {THROUGHPUT_TARGET}: {ok})\n"
-        f"  batching efficiency      {summary['batching_efficiency'] or 0:8.2f} images/batch"
-        f" (queue {top['queue_ms_mean'] or 0:.2f} ms, compute {top['compute_ms_mean'] or 0:.2f}"
-        f" ms per batch, server e2e {top['request_ms_mean'] or 0:.2f} ms)\n"
-        "  client CPU               "
-        + ", ".join(f"c={k}: {v['client_cpu_pct']:.1f}%" for k, v in summary["levels"].items())
-        + "\n  server CPU               "
-        + ", ".join(f"c={k}: {v['server_cpu_pct'] or 0:.0f}%" for k, v in summary["levels"].items())
-    )
+        _report_latency(summary)
+    _report_throughput(summary)
     own = summary.get("own_layout")
     if own and own.get("ratio") is not None:
         lo, hi = own["ratio_range"]
@@ -280,3 +273,37 @@ def report(summary: dict) -> None:
             f"  WARNING: other processes took > {NOISY_PCT:.0f}% of a core during "
             + ", ".join(summary["noisy"])
         )
+
+
+def _report_latency(summary: dict) -> None:
+    ok = "met" if summary["latency_target_met"] else "MISSED"
+    lo, hi = summary["p50_overhead_range_ms"]
+    print(
+        f"  in-process batch-1 p50   {summary['inprocess_b1_p50_ms']:8.2f} ms\n"
+        f"  server single-stream p50 {summary['server_single_p50_ms']:8.2f} ms\n"
+        f"  difference               {summary['p50_overhead_ms']:+8.2f} ms"
+        f" (median of {_pairs(summary['latency_pairs'])}, range {lo:+.2f}..{hi:+.2f};"
+        f" target <= +{LATENCY_TARGET_MS} ms: {ok})"
+    )
+
+
+def _report_throughput(summary: dict) -> None:
+    ok = "met" if summary["throughput_target_met"] else "MISSED"
+    lo, hi = summary["throughput_ratio_range"]
+    top = summary["levels"][str(summary["concurrency"])]
+    print(
+        f"  best in-process          {summary['best_inprocess_throughput']:8.1f} img/s"
+        f" at batch {summary['best_inprocess_batch']}\n"
+        f"  server, {summary['concurrency']} clients       "
+        f"{summary['server_throughput']:8.1f} img/s\n"
+        f"  ratio                    {summary['throughput_ratio']:8.3f}"
+        f"    (median of {_pairs(summary['throughput_pairs'])}, range {lo:.3f}..{hi:.3f};"
+        f" target >= {THROUGHPUT_TARGET}: {ok})\n"
+        f"  batching efficiency      {summary['batching_efficiency'] or 0:8.2f} images/batch"
+        f" (queue {top['queue_ms_mean'] or 0:.2f} ms, compute {top['compute_ms_mean'] or 0:.2f}"
+        f" ms per batch, server e2e {top['request_ms_mean'] or 0:.2f} ms)\n"
+        "  client CPU               "
+        + ", ".join(f"c={k}: {v['client_cpu_pct']:.1f}%" for k, v in summary["levels"].items())
+        + "\n  server CPU               "
+        + ", ".join(f"c={k}: {v['server_cpu_pct'] or 0:.0f}%" for k, v in summary["levels"].items())
+    )

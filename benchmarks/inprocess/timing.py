@@ -158,19 +158,17 @@ def _load(
     return loaded, not_run
 
 
-def measure_model(name: str, cfg: BenchCfg, progress: Progress) -> list[dict]:
-    subject = ensure_exported(name, cfg.repository, progress.log)
-    facts = subject.facts()
-    evalset = inputs.eval_set(subject)
-    loaded, rows = _load(subject, cfg, evalset, facts, progress)
-    if not loaded:
-        return rows
+def _agreement(
+    loaded: list[tuple[Runner, float | None, np.ndarray]], evalset: inputs.EvalSet, trained: bool
+) -> list[dict]:
+    """Each runner's outputs against the reference (PyTorch FP32 where it loaded, else the
+    first runner), and its top-1 on the eval set where the weights are trained."""
     ref_runner, _, ref = next(
         (item for item in loaded if (item[0].backend, item[0].precision) == ("torch", "fp32")),
         loaded[0],
     )
-    scored = subject.trained and evalset.accepted is not None
-    common = [
+    scored = trained and evalset.accepted is not None
+    return [
         {
             "reference": f"{ref_runner.backend} {ref_runner.precision}",
             **_compare(out, ref),
@@ -179,6 +177,16 @@ def measure_model(name: str, cfg: BenchCfg, progress: Progress) -> list[dict]:
         }
         for _, _, out in loaded
     ]
+
+
+def measure_model(name: str, cfg: BenchCfg, progress: Progress) -> list[dict]:
+    subject = ensure_exported(name, cfg.repository, progress.log)
+    facts = subject.facts()
+    evalset = inputs.eval_set(subject)
+    loaded, rows = _load(subject, cfg, evalset, facts, progress)
+    if not loaded:
+        return rows
+    common = _agreement(loaded, evalset, subject.trained)
     own0, all0 = time.process_time(), machine_cpu_seconds()
     wall0 = time.perf_counter()
     for batch in cfg.batch_sizes:

@@ -239,7 +239,6 @@ def markdown(rows: list[dict], meta: dict, charts: list[Path], serve: Path | Non
     batches = sorted({r["batch"] for r in okr})
     threads = okr[0]["threads"] if okr else None
     other = [max(0.0, r["other_cpu_pct"]) for r in okr if r.get("other_cpu_pct") is not None]
-    budget = meta.get("budget") or {}
     lines = [
         f"# In-process latency: {len(models(rows))} models, "
         + ", ".join(label(*c) for c in combos(rows)),
@@ -269,7 +268,14 @@ def markdown(rows: list[dict], meta: dict, charts: list[Path], serve: Path | Non
     lines += ["## Skipped", ""] + skipped_table(rows) + [""]
     lines += serve_vs_inprocess_section(serve)
     lines += ["## All results", ""] + full_table(rows) + [""]
-    lines += [
+    lines += _method(meta, threads)
+    return "\n".join(lines)
+
+
+def _method(meta: dict, threads: int | None) -> list[str]:
+    """How the figures were taken: windows, inputs, threads, memory, random weights."""
+    budget = meta.get("budget") or {}
+    return [
         "## Method",
         "",
         f"- Per (model, backend, precision, batch): {budget.get('repeats')} timed windows, "
@@ -296,7 +302,6 @@ def markdown(rows: list[dict], meta: dict, charts: list[Path], serve: Path | Non
         "the published figure for the architecture, not this network's.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def console_table(rows: list[dict], title: str) -> object:

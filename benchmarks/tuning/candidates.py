@@ -140,16 +140,8 @@ def space_from_curve(
     by_threads: dict[int, list[CurvePoint]] = {}
     for p in sorted(curve, key=lambda p: (p.threads, p.batch)):
         by_threads.setdefault(p.threads, []).append(p)
-    fastest = min((pts[0] for pts in by_threads.values()), key=lambda p: p.p50_ms)
-    if fastest.p50_ms > target_ms:
-        raise TargetUnreachable(
-            f"p99 target {target_ms:g} ms is out of reach on this machine: ONNX Runtime alone "
-            f"takes {fastest.p50_ms:.3g} ms (p50, batch {fastest.batch}, {fastest.threads} "
-            "thread(s), in process) before any serving overhead; raise --p99-ms well above "
-            f"{fastest.p50_ms:.3g} ms or use a smaller model"
-        )
+    _check_reachable(by_threads, target_ms)
     limit = target_ms * pruning.feasible_fraction
-    notes: list[str] = []
     feasible = {
         t: [p for p in pts if p.p50_ms <= limit] or pts[:1] for t, pts in by_threads.items()
     }
@@ -157,35 +149,10 @@ def space_from_curve(
     splits = [
         (i, t) for i in range(1, max_instances + 1) for t in sorted(by_threads) if i * t <= cores
     ] or [(1, min(by_threads))]
-    predicted = {(i, t): i * max(p.throughput for p in feasible[t]) for i, t in splits}
-    best = max(predicted.values())
-    kept = sorted(
-        (s for s in splits if predicted[s] >= best * (1 - pruning.prune_margin)),
-        key=lambda s: (-predicted[s], s),
-    )
-    for s in splits:
-        if s not in kept:
-            notes.append(
-                f"{s[0]} instance(s) x {s[1]} thread(s) dropped: predicted "
-                f"{predicted[s]:.0f} img/s, more than {pruning.prune_margin:.0%} below "
-                f"{kept[0][0]}x{kept[0][1]}'s {best:.0f}"
-            )
+    kept, notes = _best_layouts(splits, feasible, pruning)
     instances, threads = kept[0]
-    pts = feasible[threads]
-    knee = _knee(pts, pruning.knee_gain)
-    sizes = [p.batch for p in pts]
-    past = sizes[sizes.index(knee) + 1 : sizes.index(knee) + 2]
-    batch_sizes = tuple(b for b in sizes if b <= knee) + tuple(past)
-    too_slow = [p.batch for p in by_threads[threads] if p.p50_ms > limit]
-    if too_slow:
-        notes.append(
-            f"batch sizes from {min(too_slow)} up dropped: the compute of a batch of "
-            f"{min(too_slow)} alone exceeds {pruning.feasible_fraction:.0%} of the "
-            f"{target_ms:g} ms target"
-        )
-    notes.append(
-        f"in-process knee at batch {knee} ({threads} threads): larger batches add less than "
-        f"{pruning.knee_gain:.0%} images/s; max_batch_size tried in {list(batch_sizes)}"
+    knee, batch_sizes, batch_notes = _batch_sizes(
+        feasible[threads], by_threads[threads], threads, target_ms, pruning
     )
     bound_us = target_ms * 1e3 * pruning.delay_fraction
     delays = tuple(sorted({d for d in DELAYS_US if d <= bound_us})) or (0,)
@@ -199,4 +166,66 @@ def space_from_curve(
     )
     grid_sizes = {*GRID_BATCH_SIZES, default.max_batch_size}
     grid = len(splits) * len(grid_sizes) * len(DELAYS_US) * 3  # 3 preferred-size choices
-    return Space(tuple(kept), batch_sizes, delays, seed, grid, tuple(notes))
+    return Space(tuple(kept), batch_sizes, delays, seed, grid, (*notes, *batch_notes))
+
+
+def _check_reachable(by_threads: dict[int, list[CurvePoint]], target_ms: float) -> None:
+    """Refuse a target that ONNX Runtime alone, at its fastest, already misses."""
+    fastest = min((pts[0] for pts in by_threads.values()), key=lambda p: p.p50_ms)
+    if fastest.p50_ms > target_ms:
+        raise TargetUnreachable(
+            f"p99 target {target_ms:g} ms is out of reach on this machine: ONNX Runtime alone "
+            f"takes {fastest.p50_ms:.3g} ms (p50, batch {fastest.batch}, {fastest.threads} "
+            "thread(s), in process) before any serving overhead; raise --p99-ms well above "
+            f"{fastest.p50_ms:.3g} ms or use a smaller model"
+        )
+
+
+def _best_layouts(
+    splits: list[tuple[int, int]], feasible: dict[int, list[CurvePoint]], pruning: Pruning
+) -> tuple[list[tuple[int, int]], list[str]]:
+    """The (instances, threads) splits predicted within the prune margin of the best, best
+    first, and a note for each one dropped."""
+    predicted = {(i, t): i * max(p.throughput for p in feasible[t]) for i, t in splits}
+    best = max(predicted.values())
+    kept = sorted(
+        (s for s in splits if predicted[s] >= best * (1 - pruning.prune_margin)),
+        key=lambda s: (-predicted[s], s),
+    )
+    notes = [
+        f"{s[0]} instance(s) x {s[1]} thread(s) dropped: predicted "
+        f"{predicted[s]:.0f} img/s, more than {pruning.prune_margin:.0%} below "
+        f"{kept[0][0]}x{kept[0][1]}'s {best:.0f}"
+        for s in splits
+        if s not in kept
+    ]
+    return kept, notes
+
+
+def _batch_sizes(
+    feasible: list[CurvePoint],
+    measured: list[CurvePoint],
+    threads: int,
+    target_ms: float,
+    pruning: Pruning,
+) -> tuple[int, tuple[int, ...], list[str]]:
+    """(knee, the max_batch_size values to try, notes): feasible sizes up to the knee, and
+    one past it."""
+    limit = target_ms * pruning.feasible_fraction
+    knee = _knee(feasible, pruning.knee_gain)
+    sizes = [p.batch for p in feasible]
+    past = sizes[sizes.index(knee) + 1 : sizes.index(knee) + 2]
+    batch_sizes = tuple(b for b in sizes if b <= knee) + tuple(past)
+    notes = []
+    too_slow = [p.batch for p in measured if p.p50_ms > limit]
+    if too_slow:
+        notes.append(
+            f"batch sizes from {min(too_slow)} up dropped: the compute of a batch of "
+            f"{min(too_slow)} alone exceeds {pruning.feasible_fraction:.0%} of the "
+            f"{target_ms:g} ms target"
+        )
+    notes.append(
+        f"in-process knee at batch {knee} ({threads} threads): larger batches add less than "
+        f"{pruning.knee_gain:.0%} images/s; max_batch_size tried in {list(batch_sizes)}"
+    )
+    return knee, batch_sizes, notes

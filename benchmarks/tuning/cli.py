@@ -33,6 +33,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from rich.console import Console
+
 from benchmarks.common.machine import machine
 from benchmarks.inprocess.timing import Budget
 from benchmarks.loadtest.infer_requests import model_info, tensor_request
@@ -217,14 +219,20 @@ def main(argv: list[str] | None = None) -> int:
     code = 0 if result.winner is not None else 2
     if a.apply:
         code = _apply(a, result, console)
-    # The figures to quote, last: same run, with their spread, and the time it all took.
+    _quote(a.model, result, space.grid_size, total, console)
+    return code
+
+
+def _quote(
+    model: str, result: SearchResult, grid_size: int, total: float, console: Console
+) -> None:
+    """The figures to quote, last: same run, with their spread, and the time it all took."""
     minutes, seconds = divmod(round(total), 60)  # without --apply's check
     if result.winner is not None:
         console.print(f"winner: {result.winner.candidate.label}; {result.reason}")
-    console.print(f"{a.model}: {result.verdict()}")
+    console.print(f"{model}: {result.verdict()}")
     console.print(
-        f"{a.model}: search took {minutes} min {seconds} s ({len(result.measurements)} candidates"
+        f"{model}: search took {minutes} min {seconds} s ({len(result.measurements)} candidates"
         f" measured, {sum(len(m.trials) for m in result.measurements)} trials; a blind grid: "
-        f"{space.grid_size} candidates)"
+        f"{grid_size} candidates)"
     )
-    return code

@@ -135,6 +135,7 @@ class _Run:
         self.start = clock()
         self.found: dict[ServingConfig, Measurement] = {}
         self.durations: list[float] = []
+        self.stopped: str | None = None  # why exploring ended early
 
     def trial(self, candidate: ServingConfig, phase: str) -> Measurement:
         self.progress.start(candidate, phase)
@@ -159,6 +160,19 @@ class _Run:
         est = statistics.fmean(self.durations) if self.durations else 0.0
         return self.elapsed() + est * (1 + trials_after) <= self.settings.budget_s
 
+    def allowed(self) -> bool:
+        """Room for one more candidate and the re-measurement of the finalists after it."""
+        settings = self.settings
+        finalists = min(settings.top_k + 1, len(self.found) + 1)
+        if len(self.found) >= settings.max_candidates:
+            self.stopped = f"stopped exploring at {settings.max_candidates} candidates"
+        elif not self.affordable(finalists * (settings.repeats - 1)):
+            self.stopped = (
+                f"stopped exploring after {self.elapsed():.0f} s to keep the re-measurement "
+                f"inside the {settings.budget_s:.0f} s budget"
+            )
+        return self.stopped is None
+
 
 def search(
     measure: Measure,
@@ -172,67 +186,71 @@ def search(
     progress = progress or SearchProgress()
     run = _Run(measure, settings, clock, progress)
     progress.plan(2 + 2 * len(DIMENSIONS) + (settings.top_k + 1) * (settings.repeats - 1))
-    stopped: str | None = None
-    noise = settings.noise_pct
-
-    def allowed() -> bool:
-        """Room for one more candidate and the re-measurement of the finalists after it."""
-        nonlocal stopped
-        finalists = min(settings.top_k + 1, len(run.found) + 1)
-        if len(run.found) >= settings.max_candidates:
-            stopped = f"stopped exploring at {settings.max_candidates} candidates"
-        elif not run.affordable(finalists * (settings.repeats - 1)):
-            stopped = (
-                f"stopped exploring after {run.elapsed():.0f} s to keep the re-measurement "
-                f"inside the {settings.budget_s:.0f} s budget"
-            )
-        return stopped is None
-
-    best = run.trial(default, "default")
-    if space.seed != default and allowed():
-        seed = run.trial(space.seed, "seed")
-        best = seed if _better(seed, best, noise) else best
-    for dim in DIMENSIONS:
-        if stopped:
-            break
-        options = space.options(dim, best.candidate)
-        if dim in ("parallelism", "preferred_batch_sizes"):  # unordered: try each
-            for option in options:
-                if option != best.candidate and allowed():
-                    m = run.get(option, dim)
-                    best = m if _better(m, best, noise) else best
-            continue
-        start = options.index(best.candidate)
-        for step in (1, -1):  # up first; down only if up did not help
-            j, moved = start + step, False
-            while 0 <= j < len(options) and allowed():
-                m = run.get(options[j], dim)
-                if not _better(m, best, noise):
-                    break
-                best, moved, j = m, True, j + step
-            if moved or stopped:
-                break
-    ranked = sorted(run.found.values(), key=_rank_key, reverse=True)
-    finalists = [m.candidate for m in ranked if m.rate > 0][: settings.top_k]
-    tied = [m.candidate for m in ranked if m.rate > 0 and within_noise(m, ranked[0], noise)]
-    simplest = sorted(tied, key=lambda c: simplicity(c, default))[:1]  # may win the tie-break
-    finalists = list(dict.fromkeys([default, *simplest, *finalists]))[: settings.top_k + 1]
-    rounds = [  # interleaved, the order rotated per round
-        finalists[r % len(finalists) :] + finalists[: r % len(finalists)]
-        for r in range(settings.repeats - 1)
-    ]
-    queue = [c for order in rounds for c in order]
+    _climb(run, space, default)
+    queue = _remeasure_queue(run, default)
     progress.plan(len(run.durations) + len(queue))
     for i, candidate in enumerate(queue):
         if not run.affordable(0):
             cut = f"re-measurement cut by the budget ({len(queue) - i} trials left out)"
-            stopped = f"{stopped}; {cut}" if stopped else cut
+            run.stopped = f"{run.stopped}; {cut}" if run.stopped else cut
             break
         run.trial(candidate, "re-measure")
     measured = list(run.found.values())
     spreads = [m.spread_pct for m in measured if m.spread_pct is not None]
     noise = max([settings.noise_pct, *spreads])
-    return _decide(settings, measured, run.found[default], default, noise, run, stopped)
+    return _decide(settings, measured, run.found[default], default, noise, run, run.stopped)
+
+
+def _climb(run: _Run, space: Space, default: ServingConfig) -> None:
+    """The default, the seed, then each dimension in turn from the best so far."""
+    noise = run.settings.noise_pct
+    best = run.trial(default, "default")
+    if space.seed != default and run.allowed():
+        seed = run.trial(space.seed, "seed")
+        best = seed if _better(seed, best, noise) else best
+    for dim in DIMENSIONS:
+        if run.stopped:
+            break
+        options = space.options(dim, best.candidate)
+        if dim in ("parallelism", "preferred_batch_sizes"):  # unordered: try each
+            for option in options:
+                if option != best.candidate and run.allowed():
+                    m = run.get(option, dim)
+                    best = m if _better(m, best, noise) else best
+            continue
+        best = _walk(run, dim, options, best)
+
+
+def _walk(run: _Run, dim: str, options: list[ServingConfig], best: Measurement) -> Measurement:
+    """Step along an ordered dimension while each step beats the best by more than noise."""
+    noise = run.settings.noise_pct
+    start = options.index(best.candidate)
+    for step in (1, -1):  # up first; down only if up did not help
+        j, moved = start + step, False
+        while 0 <= j < len(options) and run.allowed():
+            m = run.get(options[j], dim)
+            if not _better(m, best, noise):
+                break
+            best, moved, j = m, True, j + step
+        if moved or run.stopped:
+            break
+    return best
+
+
+def _remeasure_queue(run: _Run, default: ServingConfig) -> list[ServingConfig]:
+    """The finalists' further trials: the default, the simplest of those tied with the
+    best, and the best by rate; interleaved, the order rotated per round."""
+    settings, noise = run.settings, run.settings.noise_pct
+    ranked = sorted(run.found.values(), key=_rank_key, reverse=True)
+    finalists = [m.candidate for m in ranked if m.rate > 0][: settings.top_k]
+    tied = [m.candidate for m in ranked if m.rate > 0 and within_noise(m, ranked[0], noise)]
+    simplest = sorted(tied, key=lambda c: simplicity(c, default))[:1]  # may win the tie-break
+    finalists = list(dict.fromkeys([default, *simplest, *finalists]))[: settings.top_k + 1]
+    rounds = [
+        finalists[r % len(finalists) :] + finalists[: r % len(finalists)]
+        for r in range(settings.repeats - 1)
+    ]
+    return [c for order in rounds for c in order]
 
 
 def _decide(
