@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from exporter import cam
+from exporter.cli import _request, build_parser
 from exporter.registry import build_model, get_cfg
 from modelrepo import keys
 from modelrepo.cam import CamDataError, read_head, write_head
@@ -80,3 +81,9 @@ def test_a_head_that_does_not_fit_is_refused(lite0_repo: Path, tmp_path: Path) -
         read_head(config, tmp_path)
     with pytest.raises(CamDataError, match=r"bias \[classes\]"):
         write_head(tmp_path, np.zeros((10, 4)), np.zeros(9))
+
+
+def test_no_cam_flag_reaches_the_export_request() -> None:
+    for extra, wanted in (([], True), (["--no-cam"], False)):
+        args = build_parser().parse_args(["export", "mobilenet_v2", *extra])
+        assert _request(args, "mobilenet_v2").cam is wanted
