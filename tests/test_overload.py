@@ -15,6 +15,7 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -52,6 +53,44 @@ def _burst(srv: ServerProcess, clients: int, requests: int) -> list[tuple[str, s
         return list(pool.map(call, range(requests)))
 
 
+@dataclass
+class _Watched:
+    """A burst, the queue depths sampled during it, and the server's counts of it."""
+
+    results: list[tuple[str, str, float]]
+    wall: float  # seconds
+    depths: list[float]
+    rows: int  # images computed
+    batches: int
+
+
+def _watched_burst(srv: ServerProcess, clients: int, requests: int) -> _Watched:
+    depths: list[float] = []
+    stop = threading.Event()
+
+    def watch_queue() -> None:
+        while not stop.is_set():
+            depths.append(metric(srv, "inference_queue_depth", model="mobilenet_v2"))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch_queue)
+    before = _stats(srv)
+    watcher.start()
+    started = time.perf_counter()
+    results = _burst(srv, clients, requests)
+    wall = time.perf_counter() - started
+    stop.set()
+    watcher.join()
+    after = _stats(srv)
+    return _Watched(
+        results,
+        wall,
+        depths,
+        rows=after.inference_count - before.inference_count,
+        batches=after.execution_count - before.execution_count,
+    )
+
+
 def test_burst_far_above_capacity(
     serve_repo: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -64,23 +103,8 @@ def test_burst_far_above_capacity(
         for _ in range(2):  # reach the working set: the buffers of 48 concurrent requests
             _burst(srv, 48, 192)
         rss_warm = rss_mib(srv.proc.pid)
-        depths: list[float] = []
-        stop = threading.Event()
-
-        def watch_queue() -> None:
-            while not stop.is_set():
-                depths.append(metric(srv, "inference_queue_depth", model="mobilenet_v2"))
-                time.sleep(0.05)
-
-        watcher = threading.Thread(target=watch_queue)
-        before = _stats(srv)
-        watcher.start()
-        started = time.perf_counter()
-        results = _burst(srv, 48, 768)
-        wall = time.perf_counter() - started
-        stop.set()
-        watcher.join()
-        after = _stats(srv)
+        burst = _watched_burst(srv, 48, 768)
+        results, max_depth = burst.results, max(burst.depths)
         rss_after = rss_mib(srv.proc.pid)
 
         ok = [t for code, _, t in results if code == "OK"]
@@ -88,11 +112,9 @@ def test_burst_far_above_capacity(
         assert len(ok) + len(refused) == len(results), {c for c, _, _ in results}
         assert all("full" in m and f"limit {Q}" in m for m, _ in refused), refused[:3]
         assert len(refused) > len(ok) > 0  # far above capacity, and still serving
-        assert max(depths) <= Q  # the queue bound holds
-        rows = after.inference_count - before.inference_count
-        assert rows == len(ok)  # every accepted request was computed, nothing else
-        batches = after.execution_count - before.execution_count
-        t_batch = wall / batches
+        assert max_depth <= Q  # the queue bound holds
+        assert burst.rows == len(ok)  # every accepted request was computed, nothing else
+        t_batch = burst.wall / burst.batches
         bound = (math.ceil(Q / B) + 2) * t_batch
         p99, refused_p50 = percentile(ok, 0.99), percentile([t for _, t in refused], 0.5)
         assert p99 <= 3 * bound, (p99, bound)
@@ -110,7 +132,7 @@ def test_burst_far_above_capacity(
             f"{len(refused)} RESOURCE_EXHAUSTED (p50 {refused_p50 * 1e3:.0f} ms); accepted p99 "
             f"{p99 * 1e3:.0f} ms vs bound (ceil(Q/B)+2) x t_batch = {bound * 1e3:.0f} ms "
             f"(Q={Q}, B={B}, t_batch={t_batch * 1e3:.0f} ms); max queue depth seen "
-            f"{max(depths):.0f}; RSS {rss_warm:.0f} -> {rss_after:.0f} -> {rss_again:.0f} MiB",
+            f"{max_depth:.0f}; RSS {rss_warm:.0f} -> {rss_after:.0f} -> {rss_again:.0f} MiB",
         )
     finally:
         assert srv.terminate() == 0, srv.output()[-2000:]

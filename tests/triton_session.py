@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,11 +137,35 @@ def health(client: grpcclient.InferenceServerClient) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Tally:
+    """Requests and rows answered OK, for the pytest side to compare with the counters."""
+
+    requests: int = 0
+    rows: int = 0
+
+    def add(self, requests: int, rows: int) -> None:
+        self.requests += requests
+        self.rows += rows
+
+
 def lenet_session(client: grpcclient.InferenceServerClient, digits: np.ndarray) -> dict[str, Any]:
     """Raw FP32 tensors: serial, client options, threads, async; counters around them."""
     out: dict[str, Any] = {"stats_before": statistics(client, LENET)}
-    requests = rows = 0
+    tally = _Tally()
+    out.update(_lenet_serial(client, digits, tally))
+    out["threaded"] = _lenet_threaded(client, digits, tally)
+    out["async_completed"], out["async"] = _lenet_async(client, digits, tally)
+    out["requests_ok"], out["rows_ok"] = tally.requests, tally.rows
+    out["stats_after"] = statistics(client, LENET)
+    return out
 
+
+def _lenet_serial(
+    client: grpcclient.InferenceServerClient, digits: np.ndarray, tally: _Tally
+) -> dict[str, Any]:
+    """One request at a time: all outputs by name, a Triton user's options, top-3."""
+    out: dict[str, Any] = {}
     result = client.infer(
         LENET, [fp32_input(digits)], outputs=[grpcclient.InferRequestedOutput("logits")]
     )
@@ -151,7 +176,7 @@ def lenet_session(client: grpcclient.InferenceServerClient, digits: np.ndarray) 
         "model_version": result.get_response().model_version,
         "outputs": result.get_response(as_json=True)["outputs"],
     }
-    requests, rows = requests + 1, rows + len(digits)
+    tally.add(1, len(digits))
 
     # Everything requested when no output is named; options a Triton user passes.
     options = client.infer(
@@ -167,13 +192,18 @@ def lenet_session(client: grpcclient.InferenceServerClient, digits: np.ndarray) 
         "model_version": options.get_response().model_version,
         "logits": options.as_numpy("logits").tolist(),
     }
-    requests, rows = requests + 1, rows + 2
+    tally.add(1, 2)
 
     classified = client.infer(LENET, [fp32_input(digits[:3])], outputs=top_k(3))
     out["top3"] = strings(classified)
-    requests, rows = requests + 1, rows + 3
+    tally.add(1, 3)
+    return out
 
-    # 16 requests at once from threads (released together), each its own slice of 1-3 rows.
+
+def _lenet_threaded(
+    client: grpcclient.InferenceServerClient, digits: np.ndarray, tally: _Tally
+) -> list[dict[str, Any]]:
+    """16 requests at once from threads (released together), each its own slice of 1-3 rows."""
     slices = [(j % len(digits), min(j % len(digits) + 1 + j % 3, len(digits))) for j in range(16)]
 
     start_together = threading.Barrier(THREADS)
@@ -190,11 +220,17 @@ def lenet_session(client: grpcclient.InferenceServerClient, digits: np.ndarray) 
 
     with ThreadPoolExecutor(THREADS) as pool:
         threaded = list(pool.map(one, slices))
-    out["threaded"] = [{"slice": list(s), **r} for s, r in zip(slices, threaded, strict=True)]
-    requests += sum(r["ok"] for r in threaded)
-    rows += sum(b - a for (a, b), r in zip(slices, threaded, strict=True) if r["ok"])
+    tally.add(
+        sum(r["ok"] for r in threaded),
+        sum(b - a for (a, b), r in zip(slices, threaded, strict=True) if r["ok"]),
+    )
+    return [{"slice": list(s), **r} for s, r in zip(slices, threaded, strict=True)]
 
-    # async_infer: callbacks from tritonclient's own threads.
+
+def _lenet_async(
+    client: grpcclient.InferenceServerClient, digits: np.ndarray, tally: _Tally
+) -> tuple[bool, list[dict[str, Any]]]:
+    """async_infer: callbacks from tritonclient's own threads; (all completed, answers)."""
     done = threading.Event()
     lock = threading.Lock()
     answers: dict[int, dict[str, Any]] = {}
@@ -219,16 +255,11 @@ def lenet_session(client: grpcclient.InferenceServerClient, digits: np.ndarray) 
             lambda result, error, index=index: callback(index, result, error),
             request_id=f"async-{index}",
         )
-    out["async_completed"] = done.wait(30)
-    out["async"] = [
-        answers.get(i, {"ok": False, "status": "missing"}) for i in range(ASYNC_REQUESTS)
-    ]
-    requests += sum(a["ok"] for a in answers.values())
-    rows += sum(a["ok"] for a in answers.values())
-
-    out["requests_ok"], out["rows_ok"] = requests, rows
-    out["stats_after"] = statistics(client, LENET)
-    return out
+    completed = done.wait(30)
+    listed = [answers.get(i, {"ok": False, "status": "missing"}) for i in range(ASYNC_REQUESTS)]
+    ok = sum(a["ok"] for a in answers.values())
+    tally.add(ok, ok)
+    return completed, listed
 
 
 def lite0_session(

@@ -30,8 +30,10 @@ def _input(array: np.ndarray) -> grpcclient.InferInput:
     return tensor
 
 
-def stream_session(client: grpcclient.InferenceServerClient, digits: np.ndarray) -> dict[str, Any]:
-    """Every digit as its own request on one stream, with a bad and a top-3 one in the middle."""
+def _plan(
+    digits: np.ndarray,
+) -> list[tuple[str, np.ndarray, list[grpcclient.InferRequestedOutput]]]:
+    """(request id, input, outputs): every digit, with a bad and a top-3 one in the middle."""
     plan: list[tuple[str, np.ndarray, list[grpcclient.InferRequestedOutput]]] = []
     logits_out = [grpcclient.InferRequestedOutput("logits")]
     for i, row in enumerate(digits):
@@ -41,7 +43,12 @@ def stream_session(client: grpcclient.InferenceServerClient, digits: np.ndarray)
             top3 = [grpcclient.InferRequestedOutput("logits", class_count=3)]
             plan.append((TOP3, digits[:TOP3_ROWS], top3))
         plan.append((str(i), row[None], logits_out))
+    return plan
 
+
+def stream_session(client: grpcclient.InferenceServerClient, digits: np.ndarray) -> dict[str, Any]:
+    """Every digit as its own request on one stream, with a bad and a top-3 one in the middle."""
+    plan = _plan(digits)
     lock = threading.Lock()
     done = threading.Event()
     out: dict[str, Any] = {
