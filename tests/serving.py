@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -56,6 +57,13 @@ def start_server(
     return ServerProcess(
         launched.proc, launched.port, launched.metrics_port, launched.log, launched.http_port
     )
+
+
+def served(repository: Path, log_dir: Path) -> Iterator[ServerProcess]:
+    """The body of a fixture that serves ``repository`` until its scope ends."""
+    srv = start_server(repository, log_dir=log_dir)
+    yield srv
+    srv.terminate(timeout=60)
 
 
 def tensor_request(model: str, x: np.ndarray, version: str = "") -> pb.ModelInferRequest:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.explain_maps import Lite0, hiding_drops, load, peak, pearson
+from benchmarks.explain_maps import Explained, hiding_drops, load, peak, pearson
 from client.cli import main
 from engines import BackendConfig, BackendError, create_backend
 from exporter.samples import BOXES, EXPECTED
@@ -29,7 +29,7 @@ from protos import grpc_service_pb2 as pb
 from server.cam import class_maps
 from server.errors import InvalidArgument
 from server.explain import OUTPUT, ExplainOptions, check_method
-from tests.serving import ServerProcess, start_server, tensor_request
+from tests.serving import ServerProcess, served, tensor_request
 from tests.test_explain import explain_request, heat_of
 from tests.triton_child import triton_features
 
@@ -53,13 +53,11 @@ def cam_repo(lite0_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture(scope="module")
 def server(cam_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = start_server(cam_repo, log_dir=tmp_path_factory.mktemp("cam-server"))
-    yield srv
-    srv.terminate(timeout=60)
+    yield from served(cam_repo, tmp_path_factory.mktemp("cam-server"))
 
 
 @pytest.fixture(scope="module")
-def lite0(cam_repo: Path) -> Lite0:
+def lite0(cam_repo: Path) -> Explained:
     return load(cam_repo)
 
 
@@ -70,7 +68,7 @@ def _count(stub, model: str) -> int:
 
 
 def test_cam_peaks_inside_the_object_in_one_pass(
-    server: ServerProcess, lite0: Lite0, photos: dict[str, Path]
+    server: ServerProcess, lite0: Explained, photos: dict[str, Path]
 ) -> None:
     stub = server.stub()
     names = list(BOXES)

