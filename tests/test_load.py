@@ -363,3 +363,11 @@ def test_photo_comparison_measures_every_form(
     assert phone["preprocess_cpu_ms"] < phone["reference_cpu_ms"], phone
     assert rows[4]["request_bytes"] < rows[0]["request_bytes"] / 3  # UINT8: a quarter
     assert "| jpeg 4032x3024 |" in photos.markdown(rows)
+
+
+def test_photo_comparison_measures_both_layouts_unless_told_one() -> None:
+    both = photos.layouts("")
+    assert len(both) == 2 and [] in both.values()  # the default server is one of them
+    (tuned,) = [args for args in both.values() if args]
+    assert tuned[:2] == ["--intra-op-threads", "1"] and int(tuned[-1]) >= 1
+    assert photos.layouts("--instance-count 3") == {"--instance-count 3": ["--instance-count", "3"]}

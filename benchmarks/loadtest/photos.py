@@ -4,7 +4,10 @@
 
 One run measures, for the FP32 tensor, three JPEG photo sizes (512x512,
 1280x960 and a 12 MP phone photo, 4032x3024) and UINT8 pixels:
-- the server: single-client p50 and images/s with 8 clients (closed loop);
+- the server: single-client p50 and images/s with 8 clients (closed loop), in
+  two thread layouts unless --server-args names one: the default (one instance,
+  ONNX Runtime's threads over all cores) and one 1-thread instance per core, the
+  layout of the in-process limit's second worker setup;
 - its in-process limit: the same decode + preprocess + ONNX Runtime pipeline in
   this process, the best of two thread layouts (decode all then infer, or two
   workers each decoding and inferring);
@@ -18,6 +21,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import shlex
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -132,7 +137,25 @@ def inprocess_limit(model_file: Path, pre: Preprocess, write: Callable, seconds:
     return max(phased, paired)
 
 
-def compare(url: str, info: ModelInfo, repository: Path, seconds: float, log: Callable) -> list:
+def layouts(server_args: str) -> dict[str, list[str]]:
+    """The server layouts to measure: the one ``server_args`` names, else both standard ones."""
+    if server_args:
+        return {server_args: shlex.split(server_args)}
+    cores = str(os.cpu_count() or 1)
+    return {
+        "1 instance x all cores (default)": [],
+        f"{cores} instances x 1 thread": ["--intra-op-threads", "1", "--instance-count", cores],
+    }
+
+
+def compare(
+    url: str,
+    info: ModelInfo,
+    repository: Path,
+    seconds: float,
+    log: Callable,
+    server_pid: int | None = None,
+) -> list:
     """One row per request form: server p50 and img/s, in-process limit, preprocess CPU."""
     spec = load_spec(repository / info.name)
     pre = spec.preprocess
@@ -147,7 +170,7 @@ def compare(url: str, info: ModelInfo, repository: Path, seconds: float, log: Ca
         kind = "tensor" if data is None else "uint8" if form.startswith("uint8") else "jpeg"
         write = _writers(kind, data, pre)
         one = run_closed_loop(url, request, 1, seconds, warmup=1.0)
-        many = run_closed_loop(url, request, CLIENTS, seconds, warmup=1.0)
+        many = run_closed_loop(url, request, CLIENTS, seconds, warmup=1.0, server_pid=server_pid)
         limit = inprocess_limit(spec.model_file(), pre, write, seconds)
         row = {
             "form": form,
@@ -157,6 +180,9 @@ def compare(url: str, info: ModelInfo, repository: Path, seconds: float, log: Ca
             "images_per_s_8_clients": many["throughput"],
             "inprocess_images_per_s": limit,
             "server_vs_inprocess": many["throughput"] / limit,
+            # the load generator shares the cores: its CPU is not the server's to use
+            "client_cpu_pct_8_clients": many["client_cpu_pct"],
+            "server_cpu_pct_8_clients": many["server_cpu_pct"],
             "errors": one["error_count"] + many["error_count"],
         }
         if kind != "tensor":
@@ -197,25 +223,34 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(a: argparse.Namespace) -> int:
-    """``load.py --photo-comparison``: a server of its own (or --url), the table, JSON."""
-
-    a.model = ensure_exported(a.model, a.repository, log=print).name
+def _measure_layout(a: argparse.Namespace, label: str, args: list[str]) -> list[dict]:
+    """The rows of one server layout: a server of its own (or the one at --url)."""
     server = None
     url = a.url
     if a.start_server:
-        server = launch(a.repository, "--model", a.model, log=a.out / "photo-server.log")
+        log = a.out / f"photo-server-{len(args)}.log"
+        server = launch(a.repository, "--model", a.model, *args, log=log)
         url = server.url
     try:
         info = model_info(url, a.model, a.model_version)
-        print(f"photo comparison on {a.model}, {a.seconds:g} s per level", flush=True)
-        rows = compare(url, info, a.repository, a.seconds, log=lambda t: print(t, flush=True))
+        print(f"photo comparison on {a.model}, server {label}, {a.seconds:g} s per level")
+        pid = server.proc.pid if server is not None else a.server_pid
+        rows = compare(url, info, a.repository, a.seconds, lambda t: print(t, flush=True), pid)
     finally:
         if server is not None:
             server.terminate()
-    table = markdown(rows)
+    return [{"server": label, **row} for row in rows]
+
+
+def run(a: argparse.Namespace) -> int:
+    """``load.py --photo-comparison``: the rows of each layout, the tables, JSON."""
+    a.model = ensure_exported(a.model, a.repository, log=print).name
+    chosen = layouts(a.server_args) if a.start_server else {"at --url": []}
+    measured = {label: _measure_layout(a, label, args) for label, args in chosen.items()}
+    table = "\n".join(f"Server: {label}\n\n{markdown(rows)}" for label, rows in measured.items())
     meta = {"model": a.model, "machine": machine(), "seconds": a.seconds}
     meta["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    rows = [row for layout in measured.values() for row in layout]
     (a.out / "photo_compare.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     (a.out / "photo_compare.md").write_text(table)
     print(table)
