@@ -294,7 +294,9 @@ class DataPlane:
             wanted = explain.parse(request)  # takes 'explanation' off the requested outputs
             if wanted is not None:
                 combined = ensemble.is_ensemble(served.spec)
-                explain.check_method(wanted, served.spec.name, served.cam is not None, combined)
+                classes = int(np.prod(served.spec.config.output[0].dims))
+                has_cam = served.cam is not None
+                explain.check_method(wanted, served.spec.name, has_cam, combined, classes)
             self._check_outputs(
                 served, request, len(array)
             )  # before queueing: bad requests cost nothing

@@ -81,8 +81,13 @@ def parse(request: pb.ModelInferRequest) -> ExplainOptions | None:
     )
 
 
-def check_method(opts: ExplainOptions, model: str, has_cam: bool, ensemble: bool) -> None:
-    """Before queueing: CAM only where the model's export holds its data."""
+def check_method(
+    opts: ExplainOptions, model: str, has_cam: bool, ensemble: bool, classes: int = 0
+) -> None:
+    """Before queueing: CAM only where the model's export holds its data, and a named
+    class within the model's ``classes`` (0: not known from the config)."""
+    if opts.target is not None and classes > 0 and not 0 <= opts.target < classes:
+        raise InvalidArgument(f"explain_class {opts.target} is not in 0..{classes - 1}")
     if opts.method != "cam" or has_cam:
         return
     why = (

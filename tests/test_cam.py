@@ -119,8 +119,10 @@ def test_cam_needs_the_models_data(server: ServerProcess) -> None:
     req = tensor_request(LITE0, x)
     req.parameters["explain"].string_param = "cam"
     req.parameters["explain_class"].int64_param = 1000
+    before = _count(stub, LITE0)
     with pytest.raises(grpc.RpcError, match="not in 0..999"):
         stub.ModelInfer(req, timeout=60)
+    assert _count(stub, LITE0) == before  # refused before it was queued: no forward pass
     req = tensor_request(LITE0, x)
     req.parameters["explain"].string_param = "cam"
     req.parameters["explain_class"].int64_param = 5
@@ -153,3 +155,5 @@ def test_an_ensemble_refuses_cam_saying_why() -> None:
     with pytest.raises(InvalidArgument, match="ensemble's members each have their own"):
         check_method(ExplainOptions(method="cam"), "lenet5x5", has_cam=False, ensemble=True)
     check_method(ExplainOptions(method="occlusion"), "lenet5x5", has_cam=False, ensemble=True)
+    with pytest.raises(InvalidArgument, match="explain_class 10 is not in 0..9"):
+        check_method(ExplainOptions(method="occlusion", target=10), "lenet5", False, False, 10)

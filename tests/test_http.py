@@ -19,10 +19,12 @@ import numpy as np
 import pytest
 from google.protobuf import json_format
 
-from exporter.samples import EXPECTED
+from exporter.samples import BOXES, EXPECTED
 from protos import grpc_service_pb2 as pb
+from server.explain import OUTPUT as EXPLANATION
 from tests.http_kit import HEADER_LENGTH, binary_request, call, fp32, length_prefixed
 from tests.serving import ServerProcess, tensor_request
+from tests.test_explain import explain_request, heat_of
 from tests.triton_helpers import LENET, LITE0, Digits, assert_close, parse
 
 
@@ -256,3 +258,31 @@ def test_cors_is_off_unless_enabled(http_server: ServerProcess, origin: str | No
     headers = {"Origin": origin} if origin else {}
     reply = call(f"{http_server.http_url}/v2/health/ready", headers=headers)
     assert reply.status == 200 and "Access-Control-Allow-Origin" not in reply.headers
+
+
+def test_explanations_over_http_match_grpc(
+    http_server: ServerProcess, photos: dict[str, Path]
+) -> None:
+    """``explain`` is a request parameter over HTTP too: the same map as over gRPC."""
+    data = photos["coffee.png"].read_bytes()
+    body = {
+        "inputs": [{"name": "input", "datatype": "BYTES", "shape": [1],
+                    "parameters": {"content_type": "base64"},
+                    "data": [base64.b64encode(data).decode()]}],
+        "parameters": {"explain": "cam"},
+    }  # fmt: skip
+    reply = call(_infer(http_server, LITE0), body)
+    assert reply.status == 200, reply.body
+    outputs = {o["name"]: o for o in reply.json()["outputs"]}
+    assert set(outputs) == {"logits", EXPLANATION}
+    heat = np.reshape(outputs[EXPLANATION]["data"], outputs[EXPLANATION]["shape"])
+    assert heat.shape == (1, 224, 224)
+    resp = http_server.stub().ModelInfer(explain_request(LITE0, [data], "cam"), timeout=120)
+    np.testing.assert_allclose(heat, heat_of(resp), rtol=1e-5, atol=1e-6)
+    y, x = np.unravel_index(int(heat[0].argmax()), heat[0].shape)
+    top, left, bottom, right = BOXES["coffee.png"]
+    assert top <= y < bottom and left <= x < right, (y, x)
+    body["parameters"] = {"explain": "gradcam"}
+    reply = call(_infer(http_server, LITE0), body)
+    assert reply.status == 400 and "occlusion" in reply.json()["error"], reply.body
+    assert call(_infer(http_server, LITE0), {**body, "parameters": {}}).status == 200
