@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from benchmarks.tuning.candidates import CurvePoint
 from benchmarks.tuning.measure import Measurement, Point
 from benchmarks.tuning.search import SearchProgress
@@ -10,15 +13,6 @@ from modelrepo.serving import ServingConfig
 
 class RichProgress(SearchProgress):
     def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
         console = Console()
         if not console.is_terminal:  # logs and pipes: do not squeeze tables to 80 columns
             console = Console(width=150)
