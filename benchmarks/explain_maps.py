@@ -5,7 +5,7 @@
 
 Exports each model with its packaged ImageNet weights when the repository lacks
 it, then, in process with ONNX Runtime and the server's own functions
-(``server.explain.occlusion``, ``server.cam.class_maps``), computes both maps of
+(``server.core.explain.occlusion``, ``server.core.cam.class_maps``), computes both maps of
 each photo's top class and prints a Markdown table per model: the class, Pearson r
 between the two maps, whether the CAM peak lies in the hand-drawn box
 (exporter/samples.py), and how much hiding a square centred on the CAM peak lowers
@@ -33,9 +33,9 @@ from imaging.preprocess import preprocess
 from imaging.transform import resize_crop
 from modelrepo.cam import CamHead, read_head
 from modelrepo.spec import ModelSpec, load_spec
-from server.cam import class_maps
-from server.explain import ExplainOptions, occlusion
-from server.tensors import softmax
+from server.core.cam import class_maps
+from server.core.explain import ExplainOptions, occlusion
+from server.core.tensors import softmax
 
 MODELS = ("efficientnet_lite0",)
 PHOTOS = ("rocket.jpg", "coffee.png", "motorcycle_left.png", "chelsea.png")

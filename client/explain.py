@@ -1,7 +1,7 @@
 """``python -m client explain``: ask the server what a model looked at, and draw it.
 
 The request is an ordinary ModelInfer with the ``explain`` parameters (see
-server/explain.py): occlusion sensitivity for any model, or a class activation map
+server/core/explain.py): occlusion sensitivity for any model, or a class activation map
 ("cam", one forward pass) where the model's export holds its data. The heat map
 comes back at the model's input resolution, so it is laid over the same centre
 crop the server made of the photo.

@@ -61,6 +61,6 @@ WORKDIR /tmp
 EXPOSE 8000 8001 8002
 # TensorRT builds its engines while models warm up: give the start more time.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=600s --retries=3 \
-    CMD ["python", "-m", "server.probe", "--address", "127.0.0.1:8001", "--timeout", "3"]
+    CMD ["python", "-m", "server.grpc.probe", "--address", "127.0.0.1:8001", "--timeout", "3"]
 ENTRYPOINT ["python", "-m", "server"]
 CMD ["--model-repository", "/models"]

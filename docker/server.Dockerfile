@@ -27,7 +27,7 @@ COPY client/ client/
 # hadolint ignore=DL3013
 RUN pip install ".[${EXTRAS}]" \
     && python -I -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
-    && python -I -c "import server.app, server.probe"
+    && python -I -c "import server.app, server.grpc.probe"
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 cnn \
@@ -41,6 +41,6 @@ WORKDIR /tmp
 EXPOSE 8000 8001 8002
 # grpc.health.v1 says SERVING only once every model is loaded and warmed up.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-m", "server.probe", "--address", "127.0.0.1:8001", "--timeout", "3"]
+    CMD ["python", "-m", "server.grpc.probe", "--address", "127.0.0.1:8001", "--timeout", "3"]
 ENTRYPOINT ["python", "-m", "server"]
 CMD ["--model-repository", "/models"]

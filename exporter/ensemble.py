@@ -25,7 +25,7 @@ from modelrepo.serving import DEFAULT, ServingConfig
 from modelrepo.spec import parse_config
 from protos import model_config_pb2 as mc
 
-COMBINATIONS = ("mean_softmax", "weighted_mean", "majority_vote")  # as server/ensemble.py
+COMBINATIONS = ("mean_softmax", "weighted_mean", "majority_vote")  # as server/core/ensemble.py
 TRAINED_HERE = ("lenet5",)  # models whose weights a seed can retrain
 _KEPT_PARAMETERS = ("preprocess.", "model.family", "model.source", "weights.")
 

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 from server.app import AppOptions, repository_path, serve
+from server.core.images import ImageOptions
+from server.core.memory import TrimOptions
+from server.core.models import ServerOptions
+from server.grpc.transport import TlsFiles
 from server.image_args import add_image_arguments, image_options
-from server.images import ImageOptions
-from server.memory import TrimOptions
-from server.models import ServerOptions
-from server.transport import TlsFiles
 
 
 def _key_value(text: str) -> tuple[str, str]:

@@ -19,16 +19,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2 as pb
-from server.dataplane import DataPlane
+from server.core.dataplane import DataPlane
+from server.core.images import ImageOptions, ImagePipeline
+from server.core.memory import MemoryTrimmer, TrimOptions
+from server.core.metrics import Metrics
+from server.core.models import ModelManager, ServerOptions
+from server.core.shared_memory import SharedMemoryManager
+from server.grpc.servicer import InferenceServicer
+from server.grpc.transport import TlsFiles, add_inference_service
 from server.http.frontend import HttpFrontend, HttpOptions
-from server.images import ImageOptions, ImagePipeline
-from server.memory import MemoryTrimmer, TrimOptions
-from server.metrics import Metrics
-from server.models import ModelManager, ServerOptions
-from server.servicer import InferenceServicer
-from server.shared_memory import SharedMemoryManager
 from server.startup import EXIT_CODE, StartupError, bind_error, check_repository, check_tls
-from server.transport import TlsFiles, add_inference_service
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ class AppOptions:
     tls: TlsFiles | None = None  # None: plaintext gRPC
     shared_memory: bool = True  # Triton's system shared-memory extension
     images: ImageOptions = ImageOptions()  # decode pool and image limits
-    max_spatial_size: int | None = None  # dynamic H/W cap for every model (server/limits.py)
-    memory: TrimOptions = TrimOptions()  # giving memory back (server/memory.py)
+    max_spatial_size: int | None = None  # dynamic H/W cap for every model (server/core/limits.py)
+    memory: TrimOptions = TrimOptions()  # giving memory back (server/core/memory.py)
     extra: dict[str, str] = field(default_factory=dict)
 
 

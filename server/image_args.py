@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from imaging.decode import ImageLimits
-from server.images import ImageOptions, MiB
+from server.core.images import ImageOptions, MiB
 
 
 def add_image_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ import socket
 import ssl
 from pathlib import Path
 
-from server.transport import TlsFiles
+from server.grpc.transport import TlsFiles
 
 EXIT_CODE = 2
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from modelrepo.serving import ServingConfig
-from server.batching import DynamicBatcher
+from server.batching.batcher import DynamicBatcher
 
 WIDTH = 3
 

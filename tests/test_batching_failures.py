@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from server.batching import (
+from server.batching.batcher import (
     BatcherClosedError,
     BatchSizeMismatchError,
     DeadlineExceededError,

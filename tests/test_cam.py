@@ -26,9 +26,9 @@ from imaging.preprocess import preprocess
 from modelrepo import keys
 from modelrepo.files import read_config, write_config
 from protos import grpc_service_pb2 as pb
-from server.cam import class_maps
-from server.errors import InvalidArgument
-from server.explain import OUTPUT, ExplainOptions, check_method
+from server.core.cam import class_maps
+from server.core.errors import InvalidArgument
+from server.core.explain import OUTPUT, ExplainOptions, check_method
 from tests.serving import ServerProcess, served, tensor_request
 from tests.test_explain import explain_request, heat_of
 from tests.triton_child import triton_features

@@ -143,7 +143,7 @@ def test_server_images_run_as_non_root_with_a_grpc_healthcheck() -> None:
         text = (DOCKER / f"{name}.Dockerfile").read_text()
         final = text.split("\nFROM ")[-1]
         assert re.search(r"^USER 10001:10001$", final, re.M), name
-        assert "server.probe" in final.split("HEALTHCHECK", 1)[1].split("\n\n")[0], name
+        assert "server.grpc.probe" in final.split("HEALTHCHECK", 1)[1].split("\n\n")[0], name
         assert "torch" not in re.sub(r"#.*|find_spec\('torch'\)", "", text), name
 
 

@@ -15,8 +15,8 @@ from exporter.digits import Recipe, split
 from exporter.ensemble import EnsembleRequest, export_ensemble, member_entries
 from modelrepo.spec import ModelConfigError, load_spec
 from protos import grpc_service_pb2 as pb
-from server.ensemble import EnsemblePlan, combine, plan_of
-from server.tensors import parse_bytes_elements, softmax
+from server.core.ensemble import EnsemblePlan, combine, plan_of
+from server.core.tensors import parse_bytes_elements, softmax
 from tests.serving import ServerProcess, in_process, logits_of, start_server, tensor_request
 from tests.triton_child import triton_features
 

@@ -20,7 +20,7 @@ from exporter.samples import BOXES, EXPECTED
 from imaging.preprocess import preprocess
 from modelrepo.spec import load_spec
 from protos import grpc_service_pb2 as pb
-from server.explain import OUTPUT, positions
+from server.core.explain import OUTPUT, positions
 from tests.serving import ServerProcess, served, tensor_request
 from tests.stress import image_request
 from tests.triton_child import triton_features

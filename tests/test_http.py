@@ -21,7 +21,7 @@ from google.protobuf import json_format
 
 from exporter.samples import BOXES, EXPECTED
 from protos import grpc_service_pb2 as pb
-from server.explain import OUTPUT as EXPLANATION
+from server.core.explain import OUTPUT as EXPLANATION
 from tests.http_kit import HEADER_LENGTH, binary_request, call, fp32, length_prefixed
 from tests.serving import ServerProcess, tensor_request
 from tests.test_explain import explain_request, heat_of

@@ -70,3 +70,43 @@ def test_the_floor_and_the_server_never_import_torch() -> None:
                     else []
                 )
                 assert not {n.split(".")[0] for n in names} & heavy, f"{path} imports torch"
+
+
+# Rooms inside server/: the frontends translate at their edge and call only the core;
+# the core uses batching; batching stands alone. Top-level modules (app, __main__,
+# settings, startup) wire the rooms together and may use them all.
+ROOMS = {
+    "core": {"core", "batching", "settings"},
+    "batching": {"batching", "settings"},
+    "grpc": {"grpc", "core", "settings"},
+    "http": {"http", "core", "settings", "grpc"},  # grpc: TlsFiles until the settings tree
+    # grpc: until the replica calls the data plane instead of the servicer (issue 24)
+    "cluster": {"cluster", "core", "settings", "grpc"},
+}
+
+
+def server_rooms_imported(path: Path) -> set[str]:
+    rooms: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        modules = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module]
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+            else []
+        )
+        for module in modules:
+            parts = module.split(".")
+            if parts[0] == "server" and len(parts) > 1:
+                rooms.add(parts[1])
+    return rooms
+
+
+@pytest.mark.parametrize("room", sorted(ROOMS))
+def test_server_rooms_import_only_what_lies_below(room: str) -> None:
+    bad = {}
+    for path in sorted((ROOT / "server" / room).rglob("*.py")):
+        extra = server_rooms_imported(path) - ROOMS[room]
+        if extra:
+            bad[str(path.relative_to(ROOT))] = sorted(extra)
+    assert not bad, f"server/{room} may import only {sorted(ROOMS[room])}; found {bad}"

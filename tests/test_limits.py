@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from modelrepo.spec import load_spec
-from server.limits import max_spatial_size
+from server.core.limits import max_spatial_size
 from tests.serving import ServerProcess, start_server, tensor_request
 from tests.stress import ValidStream, peak_rss_mib, reset_peak_rss
 

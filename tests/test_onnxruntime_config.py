@@ -12,7 +12,7 @@ import pytest
 from engines.base import create_backend
 from modelrepo.spec import load_spec
 from server.__main__ import parse_args
-from server.models import ServerOptions, _backend_config, batching_config
+from server.core.models import ServerOptions, _backend_config, batching_config
 
 PARAMS = """
 parameters {

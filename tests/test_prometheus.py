@@ -270,7 +270,7 @@ def healthcheck_command() -> list[str]:
     """The server image's HEALTHCHECK CMD, with the venv's python."""
     text = (DOCKER / "server.Dockerfile").read_text().replace("\\\n", " ")
     cmd = json.loads(re.search(r"^HEALTHCHECK .*?CMD (\[.*\])$", text, re.M).group(1))
-    assert cmd[:3] == ["python", "-m", "server.probe"], cmd
+    assert cmd[:3] == ["python", "-m", "server.grpc.probe"], cmd
     return [sys.executable, *cmd[1:]]
 
 

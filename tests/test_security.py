@@ -194,7 +194,7 @@ def test_mutual_tls_needs_a_client_certificate(serve_repo: Path, pki: Path, tmp_
         assert done.returncode == 0 and "lenet5" in done.stdout, done.stderr
         refused = subprocess.run([*cli, "models"], capture_output=True, text=True, cwd=ROOT)
         assert refused.returncode == 2 and "error:" in refused.stderr, refused.stderr
-        probe = [sys.executable, "-m", "server.probe", "--address", srv.url, "--timeout", "5"]
+        probe = [sys.executable, "-m", "server.grpc.probe", "--address", srv.url, "--timeout", "5"]
         tls = ["--tls-ca", str(pki / "ca.pem")]
         healthy = subprocess.run([*probe, *tls, *mine], capture_output=True, text=True, cwd=ROOT)
         assert healthy.returncode == 0 and "SERVING" in healthy.stdout, healthy.stderr

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from protos import grpc_service_pb2 as pb
-from server.shared_memory import SharedMemoryManager, ShmRef
+from server.core.shared_memory import SharedMemoryManager, ShmRef
 from tests.serving import (
     ServerProcess,
     digits,

@@ -1,5 +1,5 @@
 """ModelStreamInfer against a real server: one answer per request, batched, errors alone,
-cancellation and shutdown (server/streaming.py). Reference: ONNX Runtime in this process."""
+cancellation and shutdown (server/grpc/streaming.py). Reference: ONNX Runtime in this process."""
 
 from __future__ import annotations
 
@@ -193,8 +193,8 @@ def test_a_stream_stopped_before_its_reader_runs_reads_nothing_and_ends() -> Non
     """Shutdown racing a stream's start: it must end UNAVAILABLE at once, not hang."""
     import asyncio
 
-    from server.errors import Unavailable
-    from server.streaming import InferStream
+    from server.core.errors import Unavailable
+    from server.grpc.streaming import InferStream
 
     read: list[int] = []
 

@@ -23,9 +23,9 @@ from ray.serve.handle import DeploymentHandle
 
 from protos import grpc_service_pb2 as pb
 from server.cluster.replica import Outcome
-from server.errors import InferenceError, NotFound, Unavailable, Unimplemented, clip, shown
-from server.models import check_name
-from server.transport import undecodable
+from server.core.errors import InferenceError, NotFound, Unavailable, Unimplemented, clip, shown
+from server.core.models import check_name
+from server.grpc.transport import undecodable
 
 log = logging.getLogger(__name__)
 

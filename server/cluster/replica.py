@@ -20,11 +20,11 @@ import ray
 from ray import serve
 
 from server.cluster import registry
-from server.dataplane import DataPlane
-from server.metrics import Metrics
-from server.models import ModelManager, ServerOptions
-from server.servicer import InferenceServicer
-from server.shared_memory import SharedMemoryManager
+from server.core.dataplane import DataPlane
+from server.core.metrics import Metrics
+from server.core.models import ModelManager, ServerOptions
+from server.core.shared_memory import SharedMemoryManager
+from server.grpc.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
 

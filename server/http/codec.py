@@ -24,9 +24,9 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from protos import grpc_service_pb2 as pb
-from server import tensors
-from server.errors import InvalidArgument, shown
-from server.shared_memory import PARAM_REGION
+from server.core import tensors
+from server.core.errors import InvalidArgument, shown
+from server.core.shared_memory import PARAM_REGION
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _INT64 = {

@@ -3,7 +3,7 @@
 aiohttp runs on the loop grpc.aio already uses, so an HTTP request and a gRPC
 request for the same model meet in one batcher. Each handler is a few lines
 handing off to the data plane; errors become JSON ``{"error": ...}`` with the
-HTTP status that ``server/errors.py`` ties to each error, here and only here.
+HTTP status that ``server/core/errors.py`` ties to each error, here and only here.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from server.dataplane import DataPlane
-from server.errors import InferenceError, Unavailable, clip, shown
+from server.core.dataplane import DataPlane
+from server.core.errors import InferenceError, Unavailable, clip, shown
+from server.core.models import ModelManager
+from server.grpc.transport import TlsFiles
 from server.http import codec, page
-from server.models import ModelManager
-from server.transport import TlsFiles
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.dataplane import DataPlane
+from server.core.dataplane import DataPlane
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,8 @@ from typing import Any
 import numpy as np
 
 from modelrepo.serving import ServingConfig
-from server.batching_types import (
+from server.batching.fairness import QueueShares
+from server.batching.types import (
     BatcherClosedError,
     BatcherError,
     BatcherStats,
@@ -62,7 +63,6 @@ from server.batching_types import (
     is_expired,
     late_message,
 )
-from server.fairness import QueueShares
 
 __all__ = [
     "BatchObserver",

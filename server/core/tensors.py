@@ -15,7 +15,7 @@ import struct
 import numpy as np
 
 from protos import grpc_service_pb2 as pb
-from server.errors import InvalidArgument, shown
+from server.core.errors import InvalidArgument, shown
 
 _INTEGER = re.compile(r"\s*[+-]?[0-9]{1,18}\s*")
 

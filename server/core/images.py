@@ -28,8 +28,8 @@ import numpy as np
 from imaging.decode import DEFAULT_LIMITS, ImageDecodeError, ImageLimits, decode, from_pixels
 from imaging.transform import batch_buffer, channels, write_row
 from modelrepo.spec import Preprocess
-from server.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
-from server.models import ServedVersion
+from server.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from server.core.models import ServedVersion
 
 MiB = 1 << 20
 

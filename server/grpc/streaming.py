@@ -30,7 +30,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from protos import grpc_service_pb2 as pb
-from server.errors import InferenceError, Unavailable, clip
+from server.core.errors import InferenceError, Unavailable, clip
 
 log = logging.getLogger(__name__)
 

@@ -30,12 +30,12 @@ from modelrepo.cam import CamHead, features_output, read_head
 from modelrepo.files import model_folders
 from modelrepo.serving import ServingConfig, read_serving
 from modelrepo.spec import ModelConfigError, ModelSpec, load_spec
-from server import ensemble
-from server.batching import DynamicBatcher
-from server.batching_types import RunFeatures
-from server.errors import InvalidArgument, NotFound, Unavailable, shown
-from server.limits import max_spatial_size
-from server.metrics import Metrics, ModelMetrics
+from server.batching.batcher import DynamicBatcher
+from server.batching.types import RunFeatures
+from server.core import ensemble
+from server.core.errors import InvalidArgument, NotFound, Unavailable, shown
+from server.core.limits import max_spatial_size
+from server.core.metrics import Metrics, ModelMetrics
 
 log = logging.getLogger(__name__)
 

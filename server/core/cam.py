@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from modelrepo.cam import CamHead
-from server.errors import InvalidArgument
+from server.core.errors import InvalidArgument
 
 
 def bilinear_matrix(size: int, source: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The batcher's counters and errors (its configuration is ``modelrepo.serving.ServingConfig``).
 
-Kept apart from the mechanics in ``server/batching.py`` so that the error mapping
+Kept apart from the mechanics in ``server/batching/batcher.py`` so that the error mapping
 reads them without the thread logic.
 """
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.errors import AlreadyExists, InvalidArgument, NotFound, shown
+from server.core.errors import AlreadyExists, InvalidArgument, NotFound, shown
 
 SHM_DIR = Path("/dev/shm")
 # POSIX shared-memory names: one leading slash, then a file name (no further slash).

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from server.metrics_http import serve_metrics
+from server.core.metrics_http import serve_metrics
 
 _LATENCY_BUCKETS = (
     0.0005,

@@ -24,12 +24,12 @@ import numpy as np
 
 from modelrepo.serving import ServingConfig
 from modelrepo.spec import CONFIG_FILE, ModelConfigError, ModelSpec, load_spec
-from server.batching_types import BatcherClosedError, BatcherStats
-from server.errors import FailedPrecondition, Unavailable
-from server.tensors import softmax
+from server.batching.types import BatcherClosedError, BatcherStats
+from server.core.errors import FailedPrecondition, Unavailable
+from server.core.tensors import softmax
 
 if TYPE_CHECKING:  # the manager imports this module
-    from server.models import ModelManager
+    from server.core.models import ModelManager
 
 PLATFORM = "ensemble"
 COMBINE_PARAM = "ensemble.combine"

@@ -1,4 +1,4 @@
-"""``python -m server.probe``: exit 0 only when grpc.health.v1 answers SERVING.
+"""``python -m server.grpc.probe``: exit 0 only when grpc.health.v1 answers SERVING.
 
 The container HEALTHCHECK (and any exec probe) needs a client for the health
 service the server already runs; grpcio-health-checking is a server dependency,
@@ -52,7 +52,7 @@ def check(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m server.probe", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m server.grpc.probe", description=__doc__)
     p.add_argument("--address", default="127.0.0.1:8001", help="host:port of the gRPC server")
     p.add_argument("--service", default="", help="a model name; default '' = the whole server")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")

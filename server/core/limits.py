@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from modelrepo.spec import ModelSpec
-from server.errors import InvalidArgument
+from server.core.errors import InvalidArgument
 
 SPATIAL_PARAM = "max_spatial_size"
 CROP_MULTIPLE = 4  # default per side: 4x the crop size (896 for a 224 crop)

@@ -17,8 +17,9 @@ import numpy as np
 
 from modelrepo.keys import RUNTIME_PREFIX
 from protos import grpc_service_pb2 as pb
-from server import batching, ensemble, explain, limits, tensors
-from server.errors import (
+from server.batching import batcher as batching
+from server.core import ensemble, explain, limits, tensors
+from server.core.errors import (
     DeadlineExceeded,
     InferenceError,
     InvalidArgument,
@@ -26,9 +27,9 @@ from server.errors import (
     Unavailable,
     shown,
 )
-from server.images import ImagePipeline, accepted_inputs, input_forms
-from server.models import ModelManager, ServedVersion, check_name, version_number
-from server.shared_memory import (
+from server.core.images import ImagePipeline, accepted_inputs, input_forms
+from server.core.models import ModelManager, ServedVersion, check_name, version_number
+from server.core.shared_memory import (
     PARAM_OFFSET,
     PARAM_REGION,
     PARAM_SIZE,
@@ -57,7 +58,7 @@ class DataPlane:
     ) -> None:
         self.manager = manager
         self.max_input_bytes = max_input_bytes
-        self.max_spatial_size = max_spatial_size  # None: each model's own (server/limits.py)
+        self.max_spatial_size = max_spatial_size  # None: each model's own (server/core/limits.py)
         self.shm = shm or SharedMemoryManager(enabled=False)
         self.images = images or ImagePipeline()
 
@@ -229,7 +230,11 @@ class DataPlane:
         self, served: ServedVersion, request: pb.ModelInferRequest, rows: int
     ) -> None:
         outputs = {o.name: o for o in served.spec.config.output}
+        seen: set[str] = set()  # one pass: a request may name thousands of outputs
         for out in request.outputs:
+            if out.name in seen:
+                raise InvalidArgument(f"output {shown(out.name)} is requested more than once")
+            seen.add(out.name)
             if out.name not in outputs:
                 raise InvalidArgument(f"unknown output '{out.name}'; available: {list(outputs)}")
             k = tensors.classification_k(out)
@@ -241,10 +246,6 @@ class DataPlane:
             ref = shm_ref(out.parameters, f"output '{out.name}'")
             if ref is not None:  # strings vary in length: only logits have a known size
                 self.shm.check_room(ref, 0 if k else rows * classes * 4, f"output '{out.name}'")
-        names = [out.name for out in request.outputs]
-        if len(set(names)) != len(names):
-            twice = sorted({n for n in names if names.count(n) > 1})
-            raise InvalidArgument(f"output {shown(twice[0])} is requested more than once")
 
     def _outputs(
         self,

@@ -1,5 +1,5 @@
 """What the model looked at, on a ModelInfer: occlusion sensitivity (Zeiler & Fergus, 2014)
-for every model, class activation maps (server/cam.py) where the export holds their data.
+for every model, class activation maps (server/core/cam.py) where the export holds their data.
 
 A client asks with request parameters (tritonclient sends them as ``parameters=``):
 
@@ -27,9 +27,9 @@ import numpy as np
 
 from modelrepo.cam import CamHead
 from protos import grpc_service_pb2 as pb
-from server.cam import class_maps
-from server.errors import InvalidArgument, shown
-from server.tensors import softmax
+from server.core.cam import class_maps
+from server.core.errors import InvalidArgument, shown
+from server.core.tensors import softmax
 
 OUTPUT = "explanation"
 METHODS = ("occlusion", "cam")

@@ -17,10 +17,10 @@ import grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from server.dataplane import DataPlane
-from server.errors import InferenceError, Unimplemented, clip
-from server.models import ModelManager
-from server.streaming import InferStream
+from server.core.dataplane import DataPlane
+from server.core.errors import InferenceError, Unimplemented, clip
+from server.core.models import ModelManager
+from server.grpc.streaming import InferStream
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def ModelStreamInfer(self, request_iterator, context):
-        """Triton's streaming inference (server/streaming.py): one answer per request."""
+        """Triton's streaming inference (server/grpc/streaming.py): one answer per request."""
         if self.shutting_down:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         # The stream, not its connection, is the client: its requests share one slice.

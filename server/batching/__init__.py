@@ -1,0 +1,1 @@
+"""Dynamic batching: the queue per model, its counters and per-client shares."""

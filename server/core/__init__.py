@@ -1,0 +1,1 @@
+"""The data plane and what it needs: what every frontend calls."""
