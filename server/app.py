@@ -11,8 +11,6 @@ import asyncio
 import logging
 import signal
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,15 +18,16 @@ from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2 as pb
 from server.core.dataplane import DataPlane
-from server.core.images import ImageOptions, ImagePipeline
-from server.core.memory import MemoryTrimmer, TrimOptions
+from server.core.images import ImagePipeline
+from server.core.memory import MemoryTrimmer
 from server.core.metrics import Metrics
-from server.core.models import ModelManager, ServerOptions
+from server.core.models import ModelManager
 from server.core.shared_memory import SharedMemoryManager
 from server.grpc.servicer import InferenceServicer
-from server.grpc.transport import TlsFiles, add_inference_service
-from server.http.frontend import HttpFrontend, HttpOptions
-from server.startup import EXIT_CODE, StartupError, bind_error, check_repository, check_tls
+from server.grpc.transport import add_inference_service, server_credentials
+from server.http.frontend import HttpFrontend
+from server.settings import Settings
+from server.startup import EXIT_CODE, StartupError, bind_error, check_tls
 
 log = logging.getLogger(__name__)
 
@@ -40,41 +39,21 @@ def _health_status(ready: bool) -> int:
     return serving.SERVING if ready else serving.NOT_SERVING
 
 
-@dataclass(frozen=True)
-class AppOptions:
-    models: ServerOptions
-    host: str = "0.0.0.0"
-    grpc_port: int = 8001  # Triton's ports: HTTP 8000, gRPC 8001, metrics 8002
-    http_port: int = 8000  # -1 disables HTTP/REST, 0 picks a free port
-    http_cors_origins: tuple[str, ...] = ()  # browsers on these origins may call the REST API
-    metrics_port: int = 8002  # -1 disables the metrics endpoint, 0 picks a free port
-    metrics_host: str = "0.0.0.0"
-    # Largest gRPC message accepted or sent; bigger ones are refused with
-    # RESOURCE_EXHAUSTED by gRPC itself. 64 MiB holds a batch of 64 images at 512x512 FP32.
-    max_message_bytes: int = 64 * MiB
-    grace_seconds: float = 30.0
-    tls: TlsFiles | None = None  # None: plaintext gRPC
-    shared_memory: bool = True  # Triton's system shared-memory extension
-    images: ImageOptions = ImageOptions()  # decode pool and image limits
-    max_spatial_size: int | None = None  # dynamic H/W cap for every model (server/core/limits.py)
-    memory: TrimOptions = TrimOptions()  # giving memory back (server/core/memory.py)
-    extra: dict[str, str] = field(default_factory=dict)
-
-
 class InferenceServer:
-    def __init__(self, opts: AppOptions) -> None:
-        self.opts = opts
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.metrics = Metrics.create()
-        self.manager = ModelManager(opts.models, self.metrics)
+        self.manager = ModelManager(settings.models, self.metrics, settings.batching)
+        limit = settings.protocol.max_message_bytes
         self.plane = DataPlane(
             self.manager,
-            max_input_bytes=opts.max_message_bytes,
-            shm=SharedMemoryManager(enabled=opts.shared_memory, max_bytes=opts.max_message_bytes),
-            images=ImagePipeline(opts.images),
-            max_spatial_size=opts.max_spatial_size,
+            max_input_bytes=limit,
+            shm=SharedMemoryManager(enabled=settings.protocol.shared_memory, max_bytes=limit),
+            images=ImagePipeline(settings.images),
+            max_spatial_size=settings.models.max_spatial_size,
         )
         self.servicer = InferenceServicer(self.plane, self.manager)
-        self.trimmer = MemoryTrimmer(opts.memory)
+        self.trimmer = MemoryTrimmer(settings.memory)
         self.health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http = None
@@ -86,7 +65,8 @@ class InferenceServer:
         self.manager.listeners.append(self._set_health)
         await self.manager.load_all()
         self.trimmer.start()  # its floor: the RSS with every model loaded
-        size = self.opts.max_message_bytes
+        size = self.settings.protocol.max_message_bytes
+        listen, tls = self.settings.listeners, self.settings.tls
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", size),
@@ -103,49 +83,36 @@ class InferenceServer:
             ),
             server,
         )
-        address = f"{self.opts.host}:{self.opts.grpc_port}"
+        address = f"{listen.host}:{listen.grpc_port}"
         try:
-            if self.opts.tls is None:
+            if not tls.enabled:
                 self.port = server.add_insecure_port(address)
             else:
-                self.port = server.add_secure_port(address, self.opts.tls.credentials())
+                self.port = server.add_secure_port(address, server_credentials(tls))
         except RuntimeError:  # grpc's "Failed to bind", without the reason
             self.port = 0
         if self.port == 0:
-            raise bind_error("gRPC", self.opts.host, self.opts.grpc_port)
+            raise bind_error("gRPC", listen.host, listen.grpc_port)
         await server.start()
         self._grpc = server
         await self.health.set("", _health_status(self.manager.ready()))
-        if self.opts.http_port >= 0:
-            self.http = HttpFrontend(self.plane, self.manager, self._http_options())
+        if listen.http_port >= 0:
+            self.http = HttpFrontend(self.plane, self.manager, self.settings)
             await self.http.start()
-        if self.opts.metrics_port >= 0:
+        if listen.metrics_port >= 0:
+            host, port = listen.metrics_host, listen.metrics_port
             try:
-                self._metrics_http = self.metrics.serve(
-                    self.opts.metrics_port, self.opts.metrics_host
-                )
+                self._metrics_http = self.metrics.serve(port, host)
             except OSError as exc:
-                host, port = self.opts.metrics_host, self.opts.metrics_port
                 raise bind_error("metrics", host, port, exc) from None
             self.metrics_port = self._metrics_http.server_port
         log.info(
             "serving gRPC%s on %s:%d, HTTP on %s, metrics on %s",
-            "" if self.opts.tls is None else " with TLS",
-            self.opts.host,
+            " with TLS" if tls.enabled else "",
+            listen.host,
             self.port,
             self.http_port if self.http else "off",
             self.metrics_port or "off",
-        )
-
-    def _http_options(self) -> HttpOptions:
-        opts = self.opts
-        return HttpOptions(
-            host=opts.host,
-            port=opts.http_port,
-            max_body_bytes=opts.max_message_bytes,
-            tls=opts.tls,
-            cors_origins=opts.http_cors_origins,
-            grace_seconds=opts.grace_seconds,
         )
 
     @property
@@ -163,7 +130,8 @@ class InferenceServer:
             self.http.begin_shutdown()
         await self.health.enter_graceful_shutdown()
         if self._grpc is not None:
-            await self._grpc.stop(self.opts.grace_seconds if grace is None else grace)
+            grace = self.settings.listeners.grace_seconds if grace is None else grace
+            await self._grpc.stop(grace)
         if self.http is not None:
             await self.http.stop()
         await self.manager.close()
@@ -179,12 +147,12 @@ class InferenceServer:
             await self._grpc.wait_for_termination()
 
 
-async def serve(opts: AppOptions) -> int:
+async def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully; the exit code."""
-    server = InferenceServer(opts)
+    server = InferenceServer(settings)
     try:
-        if opts.tls is not None:
-            check_tls(opts.tls)
+        if settings.tls.enabled:
+            check_tls(settings.tls)
         await server.start()
     except StartupError as exc:
         await server.stop(grace=0)
@@ -195,20 +163,11 @@ async def serve(opts: AppOptions) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(
-        f"ready: gRPC {opts.host}:{server.port}, metrics port {server.metrics_port}, "
+        f"ready: gRPC {settings.listeners.host}:{server.port}, metrics port {server.metrics_port}, "
         f"HTTP port {server.http_port}",
         flush=True,
     )
     await stop.wait()
-    log.info("signal received: draining (grace %.0fs)", opts.grace_seconds)
+    log.info("signal received: draining (grace %.0fs)", settings.listeners.grace_seconds)
     await server.stop()
     return 0
-
-
-def repository_path(text: str) -> Path:
-    path = Path(text)
-    try:
-        check_repository(path)
-    except StartupError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    return path

@@ -13,7 +13,7 @@ import socket
 import ssl
 from pathlib import Path
 
-from server.grpc.transport import TlsFiles
+from server.settings.listeners import TlsSettings
 
 EXIT_CODE = 2
 
@@ -31,7 +31,7 @@ def check_repository(path: Path) -> None:
         raise StartupError(f"model repository '{path}' is not readable: {exc.strerror}") from None
 
 
-def check_tls(tls: TlsFiles) -> None:
+def check_tls(tls: TlsSettings) -> None:
     """Refuse TLS files grpc would reject with only 'Failed to bind' and C-level log lines."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     for path, what in ((tls.cert, "--tls-cert"), (tls.key, "--tls-key"), (tls.client_ca, None)):

@@ -79,7 +79,7 @@ ROOMS = {
     "core": {"core", "batching", "settings"},
     "batching": {"batching", "settings"},
     "grpc": {"grpc", "core", "settings"},
-    "http": {"http", "core", "settings", "grpc"},  # grpc: TlsFiles until the settings tree
+    "http": {"http", "core", "settings"},
     # grpc: until the replica calls the data plane instead of the servicer (issue 24)
     "cluster": {"cluster", "core", "settings", "grpc"},
 }

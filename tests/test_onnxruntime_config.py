@@ -12,7 +12,8 @@ import pytest
 from engines.base import create_backend
 from modelrepo.spec import load_spec
 from server.__main__ import parse_args
-from server.core.models import ServerOptions, _backend_config, batching_config
+from server.core.models import _backend_config, batching_config
+from server.settings import BatchingSettings, ModelSettings
 
 PARAMS = """
 parameters {
@@ -37,10 +38,10 @@ def lenet(serve_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_config_parameters_and_command_line_reach_the_session(lenet: Path) -> None:
     spec = load_spec(lenet / "lenet5")
-    opts = ServerOptions(
-        repository=lenet, onnxruntime_config=(("session.intra_op.allow_spinning", "1"),)
+    opts = ModelSettings(
+        repository=lenet, onnxruntime_config={"session.intra_op.allow_spinning": "1"}
     )
-    cfg = _backend_config(spec, 1, opts, batching_config(spec, opts))
+    cfg = _backend_config(spec, 1, opts, batching_config(spec, opts, BatchingSettings()))
     assert cfg.session_config == (
         ("session.dynamic_block_base", "4"),
         ("session.intra_op.allow_spinning", "0"),
@@ -61,10 +62,11 @@ def test_command_line_entries_are_key_value_pairs(lenet: Path, capsys) -> None:
         ["--model-repository", str(lenet), "--onnxruntime-config", " session.a = 1 ",
          "--instance-count", "2"]
     )  # fmt: skip
-    assert opts.models.onnxruntime_config == (("session.a", "1"),)
-    assert ("instance_count", 2) in opts.models.serving_overrides
+    assert opts.models.onnxruntime_config == {"session.a": "1"}
+    assert opts.batching.serving_overrides()["instance_count"] == 2
     for bad in (["--onnxruntime-config", "novalue"], ["--instance-count", "0"]):
         with pytest.raises(SystemExit):
             parse_args(["--model-repository", str(lenet), *bad])
     err = capsys.readouterr().err
-    assert "expected KEY=VALUE, got 'novalue'" in err and "--instance-count 0" in err
+    assert "expected KEY=VALUE, got 'novalue'" in err
+    assert "--instance-count / CNN_SERVING_BATCHING__INSTANCE_COUNT: " in err and "(got 0)" in err

@@ -22,7 +22,8 @@ from ray import serve
 from server.cluster import registry
 from server.core.dataplane import DataPlane
 from server.core.metrics import Metrics
-from server.core.models import ModelManager, ServerOptions
+from server.core.models import ModelManager
+from server.settings import ModelSettings
 from server.core.shared_memory import SharedMemoryManager
 from server.grpc.servicer import InferenceServicer
 
@@ -94,9 +95,9 @@ class ModelReplica:
         self.model, self.revision = model, revision
         self.node = ray.util.get_node_ip_address()
         self.metrics = Metrics.create()
-        options = ServerOptions(
+        options = ModelSettings(
             repository=Path(repository),
-            models=(model,),
+            names=(model,),
             intra_op_threads=settings.intra_op_threads,
         )
         self.manager = ModelManager(options, self.metrics)

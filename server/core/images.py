@@ -25,23 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imaging.decode import DEFAULT_LIMITS, ImageDecodeError, ImageLimits, decode, from_pixels
+from imaging.decode import ImageDecodeError, decode, from_pixels
 from imaging.transform import batch_buffer, channels, write_row
 from modelrepo.spec import Preprocess
 from server.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from server.core.models import ServedVersion
+from server.settings.runtime import ImageSettings
 
 MiB = 1 << 20
-
-
-@dataclass(frozen=True)
-class ImageOptions:
-    limits: ImageLimits = DEFAULT_LIMITS
-    threads: int = 0  # decode threads; 0: one per core (--decode-threads)
-    max_images_in_flight: int = 256  # per model, decoding or queued (--max-images-in-flight)
-    max_bytes_in_flight: int = (
-        256 * MiB
-    )  # per model, encoded+pixel input (--max-image-mb-in-flight)
 
 
 @dataclass
@@ -53,9 +44,12 @@ class _InFlight:
 class ImagePipeline:
     """One per server; requests of every model share the pool, accounting is per model."""
 
-    def __init__(self, opts: ImageOptions = ImageOptions()) -> None:
-        self.opts = opts
-        self.threads = opts.threads or len(os.sched_getaffinity(0)) or 1  # the cores we may use
+    def __init__(self, opts: ImageSettings | None = None) -> None:
+        self.opts = opts = opts or ImageSettings()
+        self.limits = opts.limits()
+        self.threads = (
+            opts.decode_threads or len(os.sched_getaffinity(0)) or 1
+        )  # the cores we may use
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
         self._lock = threading.Lock()
         self._flight: dict[str, _InFlight] = {}
@@ -105,7 +99,7 @@ class ImagePipeline:
         self, served: ServedVersion, name: str, elements: list[bytes], deadline: float | None
     ) -> np.ndarray:
         """BYTES elements (encoded JPEG/PNG/WebP/BMP/GIF) -> the model's float32 batch."""
-        pre, limits = served.spec.preprocess, self.opts.limits
+        pre, limits = served.spec.preprocess, self.limits
 
         def job(i: int, out: np.ndarray) -> None:
             write_row(decode(elements[i], pre, limits), out, pre)
@@ -117,7 +111,7 @@ class ImagePipeline:
         self, served: ServedVersion, name: str, array: np.ndarray, deadline: float | None
     ) -> np.ndarray:
         """UINT8 [N, H, W, C] pixels -> resized, cropped, normalised float32 batch."""
-        pre, limits = served.spec.preprocess, self.opts.limits
+        pre, limits = served.spec.preprocess, self.limits
         want = channels(pre)
         if array.ndim != 4 or array.shape[3] != want:
             raise InvalidArgument(

@@ -21,7 +21,8 @@ import ctypes.util
 import logging
 import os
 import threading
-from dataclasses import dataclass
+
+from server.settings.runtime import MemorySettings
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,9 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * _PAGE / 2**20
 
 
-@dataclass(frozen=True)
-class TrimOptions:
-    slack_mib: int = 64  # 0 disables trimming
-    interval_s: float = 1.0
-    arena_max: int = 2  # 0 leaves glibc's default
-
-
 class MemoryTrimmer:
-    def __init__(self, opts: TrimOptions = TrimOptions()) -> None:
-        self.opts = opts
+    def __init__(self, opts: MemorySettings | None = None) -> None:
+        self.opts = opts or MemorySettings()
         self.trims = 0
         self._libc = _libc()
         self._stop = threading.Event()
@@ -63,9 +57,9 @@ class MemoryTrimmer:
         if self._libc is None:
             log.info("not glibc: no arena limit, no trimming")
             return
-        if self.opts.arena_max > 0:
-            self._libc.mallopt(M_ARENA_MAX, self.opts.arena_max)
-        if self.opts.slack_mib > 0:
+        if self.opts.malloc_arena_max > 0:
+            self._libc.mallopt(M_ARENA_MAX, self.opts.malloc_arena_max)
+        if self.opts.malloc_trim_mib > 0:
             self._thread = threading.Thread(target=self._run, name="malloc-trim", daemon=True)
             self._thread.start()
 
@@ -78,7 +72,7 @@ class MemoryTrimmer:
         """Trim while RSS stays ``slack_mib`` over the start-up floor: a trim costs about
         a millisecond, once a second at most, and frees what no live object holds."""
         floor = rss_mib()
-        while not self._stop.wait(self.opts.interval_s):
-            if rss_mib() - floor > self.opts.slack_mib:
+        while not self._stop.wait(self.opts.trim_interval_s):
+            if rss_mib() - floor > self.opts.malloc_trim_mib:
                 self._libc.malloc_trim(0)  # type: ignore[union-attr]
                 self.trims += 1

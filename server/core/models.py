@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,28 +35,12 @@ from server.core import ensemble
 from server.core.errors import InvalidArgument, NotFound, Unavailable, shown
 from server.core.limits import max_spatial_size
 from server.core.metrics import Metrics, ModelMetrics
+from server.settings.models import BatchingSettings, ModelSettings
 
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[np.ndarray], np.ndarray]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-@dataclass(frozen=True)
-class ServerOptions:
-    repository: Path
-    models: tuple[str, ...] = ()  # empty: every model in the repository
-    allow_cpu_fallback: bool = False
-    intra_op_threads: int = 0  # 0: config parameter or runtime default
-    batching: bool = True
-    # Command-line overrides of config.pbtxt: ServingConfig field -> value (see read_serving).
-    serving_overrides: tuple[tuple[str, Any], ...] = ()
-    max_queue_share: float = 0.5  # of the queue, the most one client may hold (fairness.py)
-    retire_timeout_s: float = 30.0  # how long a replaced/unloaded version waits for its requests
-    warmup: bool = True
-    # ONNX Runtime session config entries for every model; config.pbtxt parameters
-    # named "onnxruntime.<key>" add per-model ones, and these override them.
-    onnxruntime_config: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -104,18 +87,19 @@ def version_number(text: str) -> int | None:
     return None
 
 
-def batching_config(spec: ModelSpec, opts: ServerOptions) -> ServingConfig:
-    """``spec``'s serving configuration with the command line's overrides applied."""
+def batching_config(
+    spec: ModelSpec, opts: ModelSettings, batching: BatchingSettings
+) -> ServingConfig:
+    """``spec``'s serving configuration with the settings' overrides applied."""
     return read_serving(
         spec.config,
-        **dict(opts.serving_overrides),
+        **batching.serving_overrides(),
         intra_op_threads=opts.intra_op_threads or None,
-        dynamic_batching=None if opts.batching else False,
     )
 
 
 def _backend_config(
-    spec: ModelSpec, version: int, opts: ServerOptions, serving: ServingConfig
+    spec: ModelSpec, version: int, opts: ModelSettings, serving: ServingConfig
 ) -> BackendConfig:
     accel = spec.config.optimization.execution_accelerators.gpu_execution_accelerator
     return BackendConfig(
@@ -125,7 +109,7 @@ def _backend_config(
         allow_cpu_fallback=opts.allow_cpu_fallback,
         intra_op_threads=serving.intra_op_threads,
         use_tensorrt_ep=any(a.name == "tensorrt" for a in accel),
-        session_config=(*_session_params(spec), *opts.onnxruntime_config),
+        session_config=(*_session_params(spec), *opts.onnxruntime_config.items()),
         features_output=features_output(spec.config),
     )
 
@@ -157,8 +141,11 @@ def _versions_to_serve(spec: ModelSpec) -> list[int]:
 
 
 class ModelManager:
-    def __init__(self, opts: ServerOptions, metrics: Metrics) -> None:
+    def __init__(
+        self, opts: ModelSettings, metrics: Metrics, batching: BatchingSettings | None = None
+    ) -> None:
         self.opts = opts
+        self.batching = batching or BatchingSettings()
         self.metrics = metrics
         self.entries: dict[str, ModelEntry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -180,7 +167,7 @@ class ModelManager:
         return model_folders(self.opts.repository)
 
     async def load_all(self) -> None:
-        names = list(self.opts.models) or self.names_in_repository()
+        names = list(self.opts.names) or self.names_in_repository()
         for name in names:
             if name in self.entries and self.entries[name].versions:
                 continue  # loaded already, as a member of an ensemble loaded before it
@@ -230,7 +217,7 @@ class ModelManager:
         plan = await ensemble.load_members(spec, self)
         served: dict[int, ServedVersion] = {}
         for version in _versions_to_serve(spec):
-            bcfg = batching_config(spec, self.opts)
+            bcfg = batching_config(spec, self.opts, self.batching)
             batcher = ensemble.EnsembleBatcher(plan, self.get, bcfg, name=f"{spec.name}/{version}")
             metrics = self.metrics.bind(spec.name, str(version))
             served[version] = ServedVersion(spec, version, [], batcher, metrics)  # type: ignore[arg-type]
@@ -248,7 +235,7 @@ class ModelManager:
             )
         served: dict[int, ServedVersion] = {}
         for version in _versions_to_serve(spec):
-            bcfg = batching_config(spec, self.opts)
+            bcfg = batching_config(spec, self.opts, self.batching)
             backends = []
             for _ in range(bcfg.instance_count):
                 backend = create_backend(_backend_config(spec, version, self.opts, bcfg))
@@ -268,7 +255,7 @@ class ModelManager:
                     bcfg,
                     name=f"{name}/{version}",
                     observer=metrics,
-                    max_queue_share=self.opts.max_queue_share,
+                    max_queue_share=self.batching.max_queue_share,
                     run_features=run_features if cam is not None else None,
                 ),
                 metrics=metrics,

@@ -18,29 +18,25 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from protos import grpc_service_pb2_grpc as pb_grpc
+from server.settings.listeners import TlsSettings
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM files: the server's certificate chain and key; a client CA turns on mutual TLS."""
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise OSError(f"cannot read TLS {what} {path}: {exc.strerror or exc}") from exc
 
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
 
-    def credentials(self) -> grpc.ServerCredentials:
-        def read(path: Path, what: str) -> bytes:
-            try:
-                return path.read_bytes()
-            except OSError as exc:
-                raise OSError(f"cannot read TLS {what} {path}: {exc.strerror or exc}") from exc
-
-        ca = read(self.client_ca, "client CA") if self.client_ca else None
-        return grpc.ssl_server_credentials(
-            [(read(self.key, "key"), read(self.cert, "certificate"))],
-            root_certificates=ca,
-            require_client_auth=ca is not None,
-        )
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    """The PEM files as gRPC credentials; a client CA turns on mutual TLS."""
+    assert tls.cert is not None and tls.key is not None  # TlsSettings checks they go together
+    ca = _read(tls.client_ca, "client CA") if tls.client_ca else None
+    return grpc.ssl_server_credentials(
+        [(_read(tls.key, "key"), _read(tls.cert, "certificate"))],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -23,23 +22,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from server.core.dataplane import DataPlane
 from server.core.errors import InferenceError, Unavailable, clip, shown
 from server.core.models import ModelManager
-from server.grpc.transport import TlsFiles
 from server.http import codec, page
+from server.settings import Settings, TlsSettings
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _OFF_LOOP_JSON_BYTES = 256 << 10  # JSON bodies larger than this are parsed on a thread
-
-
-@dataclass(frozen=True)
-class HttpOptions:
-    host: str = "0.0.0.0"
-    port: int = 8000  # Triton's HTTP port; 0 picks a free one, -1 disables HTTP
-    max_body_bytes: int = 64 << 20  # larger bodies: 413, as gRPC's message limit
-    tls: TlsFiles | None = None
-    cors_origins: tuple[str, ...] = ()  # empty: no CORS headers (browsers keep same-origin)
-    grace_seconds: float = 30.0
 
 
 class _MalformedRequestLog(logging.Filter):
@@ -102,7 +91,7 @@ def _cors(origins: tuple[str, ...]) -> Any:
     return cors
 
 
-def ssl_context(tls: TlsFiles) -> ssl.SSLContext:
+def ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     """The gRPC certificate options as an SSL context: a client CA turns on mutual TLS."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
@@ -120,8 +109,8 @@ def _model(request: web.Request) -> tuple[str, str]:
 
 
 class HttpFrontend:
-    def __init__(self, plane: DataPlane, manager: ModelManager, opts: HttpOptions) -> None:
-        self.plane, self.manager, self.opts = plane, manager, opts
+    def __init__(self, plane: DataPlane, manager: ModelManager, settings: Settings) -> None:
+        self.plane, self.manager, self.settings = plane, manager, settings
         self.shutting_down = False
         self.port = -1
         self._runner: web.AppRunner | None = None
@@ -205,9 +194,13 @@ class HttpFrontend:
     # --- the listener ----------------------------------------------------------------
     def application(self) -> web.Application:
         middlewares = [_errors] + (
-            [_cors(self.opts.cors_origins)] if self.opts.cors_origins else []
+            [_cors(self.settings.listeners.http_cors_origins)]
+            if self.settings.listeners.http_cors_origins
+            else []
         )
-        app = web.Application(client_max_size=self.opts.max_body_bytes, middlewares=middlewares)
+        app = web.Application(
+            client_max_size=self.settings.protocol.max_message_bytes, middlewares=middlewares
+        )
         model = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
         get, post = web.get, web.post
@@ -238,16 +231,21 @@ class HttpFrontend:
             self.application(),
             handle_signals=False,
             access_log=None,
-            shutdown_timeout=self.opts.grace_seconds,
+            shutdown_timeout=self.settings.listeners.grace_seconds,
         )
         await runner.setup()
-        context = ssl_context(self.opts.tls) if self.opts.tls else None
-        site = web.TCPSite(runner, self.opts.host, self.opts.port, ssl_context=context)
+        tls, host, port = (
+            self.settings.tls,
+            self.settings.listeners.host,
+            self.settings.listeners.http_port,
+        )
+        context = ssl_context(tls) if tls.enabled else None
+        site = web.TCPSite(runner, host, port, ssl_context=context)
         try:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise OSError(f"cannot bind HTTP to {self.opts.host}:{self.opts.port}: {exc}") from exc
+            raise OSError(f"cannot bind HTTP to {host}:{port}: {exc}") from exc
         self._runner = runner
         self.port = runner.addresses[0][1]
 

@@ -1,0 +1,51 @@
+"""The root of the settings tree: one field per section."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.settings.base import setting
+from server.settings.listeners import ListenerSettings, TlsSettings
+from server.settings.models import BatchingSettings, ModelSettings
+from server.settings.runtime import ImageSettings, MemorySettings, ProtocolSettings
+
+ENV_PREFIX = "CNN_SERVING_"
+ENV_NESTED = "__"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class Settings(BaseSettings):
+    """Everything ``python -m server`` can be told; each section documents its fields."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED,
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+    )
+
+    listeners: ListenerSettings = ListenerSettings()
+    """Ports, addresses and draining."""
+    tls: TlsSettings = TlsSettings()
+    """TLS for gRPC and HTTP."""
+    models: ModelSettings = ModelSettings()
+    """The repository and the models' runtimes."""
+    batching: BatchingSettings = BatchingSettings()
+    """Dynamic batching overrides."""
+    protocol: ProtocolSettings = ProtocolSettings()
+    """Message bounds and shared memory."""
+    images: ImageSettings = ImageSettings()
+    """The image path."""
+    memory: MemorySettings = MemorySettings()
+    """Returning freed memory."""
+    log_level: LogLevel = setting("INFO", flag="--log-level")
+    """Python logging level of the server's log."""
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
