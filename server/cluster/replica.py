@@ -23,9 +23,9 @@ from server.cluster import registry
 from server.core.dataplane import DataPlane
 from server.core.metrics import Metrics
 from server.core.models import ModelManager
-from server.settings import ModelSettings
 from server.core.shared_memory import SharedMemoryManager
 from server.grpc.servicer import InferenceServicer
+from server.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
