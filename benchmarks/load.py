@@ -1,13 +1,16 @@
 """Load against the server (closed and open loops): `python benchmarks/load.py --help`.
 
 The code lives in ``benchmarks.loadtest.cli``; this script only runs it, so the command stays
-the documented one. ``benchmarks`` is importable because the project is installed
-(`make setup`, `pip install -e .`) or on PYTHONPATH.
+the documented one. ``benchmarks`` is not installed
+(a plain `pip install .` leaves it out): the checkout's root goes on the path first.
 """
 
 import sys
+from pathlib import Path
 
-from benchmarks.loadtest.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout
+
+from benchmarks.loadtest.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

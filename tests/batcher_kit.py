@@ -19,6 +19,18 @@ from server.batching.batcher import DynamicBatcher
 WIDTH = 3
 
 
+async def submit(
+    batcher: DynamicBatcher, inputs: np.ndarray, deadline: float | None = None
+) -> np.ndarray:
+    """Queue ``inputs`` as the data plane does, await its batch, return its output rows."""
+    future = batcher.submit_future(inputs, deadline)
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        future.cancel()  # still queued: dropped, never computed
+        raise
+
+
 def rows(ident: int, n: int = 1) -> np.ndarray:
     """n rows whose values identify the request (ident) and the row (0..n-1)."""
     return np.repeat((ident * 100 + np.arange(n, dtype=np.float32))[:, None], WIDTH, axis=1)
@@ -91,13 +103,13 @@ async def started(model: Callable[[np.ndarray], np.ndarray], **config: Any) -> D
 
 async def occupy(batcher: DynamicBatcher, model: Model, ident: int = 0) -> asyncio.Task:
     """Submit one request and wait until it is computing (held on the gate)."""
-    task = asyncio.create_task(batcher.submit(rows(ident)))
+    task = asyncio.create_task(submit(batcher, rows(ident)))
     await until(lambda: len(model.batches) >= 1, "the first batch to start")
     return task
 
 
 def submit_all(batcher: DynamicBatcher, requests: dict[int, int]) -> dict[int, asyncio.Task]:
-    return {i: asyncio.create_task(batcher.submit(rows(i, n))) for i, n in requests.items()}
+    return {i: asyncio.create_task(submit(batcher, rows(i, n))) for i, n in requests.items()}
 
 
 async def queued(batcher: DynamicBatcher, n_rows: int) -> None:

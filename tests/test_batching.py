@@ -24,6 +24,7 @@ from tests.batcher_kit import (
     rows,
     run,
     started,
+    submit,
     submit_all,
     until,
 )
@@ -56,7 +57,7 @@ def test_idle_instance_dispatches_at_once_despite_long_delay() -> None:
     async def main() -> None:
         model = Model()
         b = await started(model, preferred_batch_sizes=(4,), max_queue_delay_us=60_000_000)
-        out = await asyncio.wait_for(b.submit(rows(7)), 15)
+        out = await asyncio.wait_for(submit(b, rows(7)), 15)
         np.testing.assert_array_equal(out, expected(rows(7)))
         assert model.sizes == [1]
         await b.stop()
@@ -169,10 +170,10 @@ def test_request_larger_than_max_batch_size_is_rejected() -> None:
         model = Model()
         b = await started(model, max_batch_size=8)
         with pytest.raises(RequestTooLargeError, match=r"9 rows exceeds max_batch_size 8") as e:
-            await b.submit(rows(1, 9))
+            await submit(b, rows(1, 9))
         assert isinstance(e.value, ValueError)
         with pytest.raises(ValueError, match="leading batch dimension"):
-            await b.submit(np.zeros((0, WIDTH), np.float32))
+            await submit(b, np.zeros((0, WIDTH), np.float32))
         assert model.batches == []
         await b.stop()
 
@@ -187,11 +188,11 @@ def test_full_queue_rejects_at_once_and_accepted_requests_complete() -> None:
         tasks = submit_all(b, {1: 1, 2: 2})
         await queued(b, 3)
         with pytest.raises(QueueFullError, match=r"'m' is full: 3 rows waiting, limit 4"):
-            await b.submit(rows(9, 2))
+            await submit(b, rows(9, 2))
         tasks.update(submit_all(b, {3: 1}))
         await queued(b, 4)
         with pytest.raises(QueueFullError, match=r"4 rows waiting, limit 4"):
-            await b.submit(rows(10))
+            await submit(b, rows(10))
         assert b.stats().rejected_queue_full == 2
         model.gate.set()
         await first
@@ -210,7 +211,7 @@ def test_requests_of_different_shapes_go_to_different_batches() -> None:
         b = await started(model, max_batch_size=8)
         first = await occupy(b, model)
         wide = np.full((1, WIDTH + 2), 500, np.float32)
-        tasks = [asyncio.create_task(b.submit(x)) for x in (rows(1), wide, rows(2))]
+        tasks = [asyncio.create_task(submit(b, x)) for x in (rows(1), wide, rows(2))]
         await queued(b, 3)
         model.gate.set()
         results = await asyncio.gather(first, *tasks)
@@ -234,7 +235,7 @@ def test_two_instances_run_two_batches_at_once() -> None:
     async def main() -> None:
         model = Meeting()
         b = await started(model, max_batch_size=1, instance_count=2)
-        results = await asyncio.gather(b.submit(rows(1)), b.submit(rows(2)))
+        results = await asyncio.gather(submit(b, rows(1)), submit(b, rows(2)))
         for i, out in zip((1, 2), results, strict=True):
             np.testing.assert_array_equal(out, expected(rows(i)))
         assert model.sizes == [1, 1]

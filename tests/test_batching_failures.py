@@ -24,6 +24,7 @@ from tests.batcher_kit import (
     rows,
     run,
     started,
+    submit,
     submit_all,
     until,
 )
@@ -50,7 +51,7 @@ def test_error_in_run_batch_fails_exactly_that_batch() -> None:
         assert model.sizes == [1, 2, 2]
         s = b.stats()
         assert (s.failure_count, s.success_count, s.execution_count) == (2, 3, 2)
-        np.testing.assert_array_equal(await b.submit(rows(5)), expected(rows(5)))
+        np.testing.assert_array_equal(await submit(b, rows(5)), expected(rows(5)))
         await b.stop()
 
     run(main())
@@ -63,8 +64,8 @@ def test_wrong_row_count_fails_the_batch_with_a_mismatch_error() -> None:
     async def main() -> None:
         b = await started(drop_a_row, max_batch_size=4)
         with pytest.raises(BatchSizeMismatchError, match=r"returned 2 rows .* batch of 3 rows"):
-            await b.submit(rows(1, 3))
-        np.testing.assert_array_equal(await b.submit(rows(2)), expected(rows(2)))
+            await submit(b, rows(1, 3))
+        np.testing.assert_array_equal(await submit(b, rows(2)), expected(rows(2)))
         assert b.stats().failure_count == 1
         await b.stop()
 
@@ -76,10 +77,10 @@ def test_expired_deadline_is_never_computed() -> None:
         model = Model(hold=True)
         b = await started(model, max_batch_size=4)
         with pytest.raises(DeadlineExceededError, match="not computed"):
-            await b.submit(rows(8), deadline=time.monotonic() - 1)
+            await submit(b, rows(8), deadline=time.monotonic() - 1)
         first = await occupy(b, model)
-        late = asyncio.create_task(b.submit(rows(1), deadline=time.monotonic() + 0.05))
-        on_time = asyncio.create_task(b.submit(rows(2), deadline=time.monotonic() + 600))
+        late = asyncio.create_task(submit(b, rows(1), deadline=time.monotonic() + 0.05))
+        on_time = asyncio.create_task(submit(b, rows(2), deadline=time.monotonic() + 600))
         await queued(b, 2)
         await asyncio.sleep(0.2)  # past the first deadline (a lower bound: cannot flake)
         model.gate.set()
@@ -128,7 +129,7 @@ def test_cancel_after_dispatch_discards_only_that_result() -> None:
         with pytest.raises(asyncio.CancelledError):
             await first
         model.gate.set()
-        np.testing.assert_array_equal(await b.submit(rows(2)), expected(rows(2)))
+        np.testing.assert_array_equal(await submit(b, rows(2)), expected(rows(2)))
         assert model.seen(0)  # too late to skip it: computed, its result discarded
         s = b.stats()  # computed rows count as successes even when the caller left
         assert (s.dropped_cancelled, s.success_count, s.failure_count) == (0, 2, 0)
@@ -150,7 +151,7 @@ def test_stop_drains_accepted_requests_and_rejects_new_ones() -> None:
         stopping = asyncio.create_task(b.stop(drain=True))
         await until(lambda: not b.accepting, "stop to begin")
         with pytest.raises(BatcherClosedError, match="not accepting"):
-            await b.submit(rows(9))
+            await submit(b, rows(9))
         model.gate.set()
         await asyncio.wait_for(stopping, 15)  # the lone last request does not wait the delay
         await first
@@ -159,7 +160,7 @@ def test_stop_drains_accepted_requests_and_rejects_new_ones() -> None:
             np.testing.assert_array_equal(t.result(), expected(rows(i)))
         assert model.sizes == [1, 2, 1]
         with pytest.raises(BatcherClosedError):
-            await b.submit(rows(10))
+            await submit(b, rows(10))
 
     run(main())
 
@@ -189,7 +190,7 @@ def test_submit_before_start_is_refused() -> None:
         b = DynamicBatcher(expected, batching(max_batch_size=8), name="m")
         assert not b.accepting
         with pytest.raises(BatcherClosedError, match="'m' is not accepting"):
-            await b.submit(rows(1))
+            await submit(b, rows(1))
 
     run(main())
 

@@ -21,7 +21,7 @@ from protos import grpc_service_pb2 as pb
 from tests.serving import ServerProcess, logits_of, start_server
 from tests.stress import ValidStream, encoded, image_request, png_bomb, wait_for
 
-B, Q, IN_FLIGHT = 4, 5, 3  # max batch, queue bound, images in flight per model
+B, Q, IN_FLIGHT = 4, 7, 6  # max batch, queue bound, images in flight per model
 SLOW = png_bomb(7000, 7000, pixels=True)
 SMALL = encoded("PNG", (64, 48))
 
@@ -93,7 +93,7 @@ def test_in_flight_caps_refuse_by_name(server: ServerProcess) -> None:
 
 
 def test_decoding_counts_against_the_queue_bound(server: ServerProcess) -> None:
-    """While three slow images decode, three more exceed the queue bound of five."""
+    """While six slow images decode, six more exceed the queue bound of seven."""
     pid = server.proc.pid
     base = _idle(pid)
     first = server.stub().ModelInfer.future(image_request([SLOW] * IN_FLIGHT), timeout=120)
@@ -107,8 +107,11 @@ def test_decoding_counts_against_the_queue_bound(server: ServerProcess) -> None:
 
 
 def test_deadline_and_cancel_stop_decoding(server: ServerProcess) -> None:
-    """Three slow images with a short deadline, then three cancelled by the client while
-    the first decodes: the images not yet started are never decoded (one decode thread)."""
+    """Six slow images with a short deadline, then six cancelled by the client while
+    the first decodes: the images not yet started are never decoded (one decode thread).
+
+    Decoding them all would cost 5 more images' CPU; the bound allows 2 more (3x one), the
+    margin a host busy with other work needs (CPU time per image drifts with contention)."""
     pid = server.proc.pid
     before = _idle(pid)
     assert _call(server, image_request([SLOW]))[0] == "OK"
@@ -117,13 +120,13 @@ def test_deadline_and_cancel_stop_decoding(server: ServerProcess) -> None:
     assert code == "DEADLINE_EXCEEDED", (code, message)
     after_deadline = _idle(pid)
     spent = after_deadline - before - one
-    assert spent < 1.8 * one, f"{spent:.2f} s of CPU after the deadline; one image {one:.2f} s"
+    assert spent < 3 * one, f"{spent:.2f} s of CPU after the deadline; one image {one:.2f} s"
 
     call = server.stub().ModelInfer.future(image_request([SLOW] * IN_FLIGHT), timeout=120)
     assert wait_for(lambda: _cpu_seconds(pid) - after_deadline > 0.2 * one)  # decoding began
     call.cancel()
     spent = _idle(pid) - after_deadline
-    assert spent < 1.8 * one, f"{spent:.2f} s of CPU after the cancel; one image {one:.2f} s"
+    assert spent < 3 * one, f"{spent:.2f} s of CPU after the cancel; one image {one:.2f} s"
     assert _call(server, image_request([SMALL]))[0] == "OK"
 
 

@@ -35,3 +35,21 @@ def test_each_role_installs_only_what_it_needs() -> None:
     assert "matplotlib" in extras["bench"]
     setup = re.search(r"pip install -e '\.\[([a-z,]+)\]'", MAKEFILE)
     assert setup and {"export", "serve", "dev", "bench"} <= set(setup.group(1).split(","))
+
+
+def test_a_plain_install_leaves_out_the_benchmarks_and_devtools() -> None:
+    """They run from a checkout; site-packages gets only what users import."""
+    found = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    installed = {pattern.rstrip("*") for pattern in found}
+    assert installed == {
+        "modelrepo",
+        "imaging",
+        "engines",
+        "exporter",
+        "server",
+        "protos",
+        "client",
+    }
+    for script in ("latency", "load", "tune", "serve_vs_inprocess"):
+        text = (ROOT / "benchmarks" / f"{script}.py").read_text()
+        assert "sys.path.insert(0, str(Path(__file__).resolve().parents[1]))" in text, script

@@ -28,7 +28,7 @@ cancel and queue-delay expiry):
 Workers form their own batches: with the scheduler on the event loop the next
 dispatch waited behind the responses of the batch just finished (the instance
 sat idle ~10% of the time here). Callers wait on a ``concurrent.futures.Future``
-(``submit_future``, any thread) or ``submit``. One output row per input row is
+(``submit_future``, from any thread). One output row per input row is
 checked; an error fails exactly the requests of its batch. Results are views
 into the batch output (no copy).
 """
@@ -153,15 +153,6 @@ class DynamicBatcher:
         """A snapshot; safe to keep while the batcher goes on."""
         with self._lock:
             return dataclasses.replace(self._stats, batch_sizes=dict(self._stats.batch_sizes))
-
-    async def submit(self, inputs: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """Queue ``inputs`` (n rows), await its batch, return exactly its n output rows."""
-        future = self.submit_future(inputs, deadline)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            future.cancel()  # still queued: dropped, never computed
-            raise
 
     def submit_future(
         self,

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imaging.decode import ImageDecodeError, decode, from_pixels
+from imaging.decode import ImageDecodeError, from_pixels
+from imaging.preprocess import preprocess_into
 from imaging.transform import batch_buffer, channels, write_row
 from modelrepo.spec import Preprocess
 from server.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
@@ -102,7 +103,7 @@ class ImagePipeline:
         pre, limits = served.spec.preprocess, self.limits
 
         def job(i: int, out: np.ndarray) -> None:
-            write_row(decode(elements[i], pre, limits), out, pre)
+            preprocess_into(elements[i], out, pre, limits)
 
         sizes = [len(e) for e in elements]
         return await self._run(served, name, pre, sizes, job, deadline)
