@@ -17,12 +17,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2 as pb
-from server.core.dataplane import DataPlane
-from server.core.images import ImagePipeline
 from server.core.memory import MemoryTrimmer
-from server.core.metrics import Metrics
-from server.core.models import ModelManager
-from server.core.shared_memory import SharedMemoryManager
+from server.core.wiring import build_core
 from server.grpc.servicer import InferenceServicer
 from server.grpc.transport import add_inference_service, server_credentials
 from server.http.frontend import HttpFrontend
@@ -42,16 +38,8 @@ def _health_status(ready: bool) -> int:
 class InferenceServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = Metrics.create()
-        self.manager = ModelManager(settings.models, self.metrics, settings.batching)
-        limit = settings.protocol.max_message_bytes
-        self.plane = DataPlane(
-            self.manager,
-            max_input_bytes=limit,
-            shm=SharedMemoryManager(enabled=settings.protocol.shared_memory, max_bytes=limit),
-            images=ImagePipeline(settings.images),
-            max_spatial_size=settings.models.max_spatial_size,
-        )
+        core = build_core(settings)
+        self.metrics, self.manager, self.plane = core.metrics, core.manager, core.plane
         self.servicer = InferenceServicer(self.plane, self.manager)
         self.trimmer = MemoryTrimmer(settings.memory)
         self.health = health.aio.HealthServicer()
@@ -125,9 +113,8 @@ class InferenceServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, finish what was accepted, release everything."""
+        self.plane.begin_shutdown()  # both frontends: not ready, no new inference
         self.servicer.stop_streams()
-        if self.http is not None:
-            self.http.begin_shutdown()
         await self.health.enter_graceful_shutdown()
         if self._grpc is not None:
             grace = self.settings.listeners.grace_seconds if grace is None else grace

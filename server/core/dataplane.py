@@ -61,6 +61,26 @@ class DataPlane:
         self.max_spatial_size = max_spatial_size  # None: each model's own (server/core/limits.py)
         self.shm = shm or SharedMemoryManager(enabled=False)
         self.images = images or ImagePipeline()
+        self.shutting_down = False
+
+    # --- health -----------------------------------------------------------
+    def begin_shutdown(self) -> None:
+        """Readiness turns false and new inference is refused; accepted requests finish."""
+        self.shutting_down = True
+
+    def check_accepting(self) -> None:
+        if self.shutting_down:
+            raise Unavailable("server is shutting down")
+
+    def server_ready(self) -> bool:
+        return self.manager.ready() and not self.shutting_down
+
+    def model_ready(self, name: str, version: str) -> bool:
+        try:
+            self.manager.get(name, version)
+        except InferenceError:
+            return False
+        return not self.shutting_down
 
     # --- metadata ---------------------------------------------------------
     def server_metadata(self) -> pb.ServerMetadataResponse:

@@ -54,7 +54,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane, manager: ModelManager) -> None:
         self.plane = plane
         self.manager = manager
-        self.shutting_down = False
         self.streams: set[InferStream] = set()
 
     @_rpc
@@ -63,15 +62,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self.manager.ready() and not self.shutting_down)
+        return pb.ServerReadyResponse(ready=self.plane.server_ready())
 
     @_rpc
     async def ModelReady(self, request, context):
-        try:
-            self.manager.get(request.name, request.version)
-        except InferenceError:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=not self.shutting_down)
+        return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version))
 
     @_rpc
     async def ServerMetadata(self, request, context):
@@ -134,7 +129,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Triton's streaming inference (server/grpc/streaming.py): one answer per request."""
-        if self.shutting_down:
+        if self.plane.shutting_down:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         # The stream, not its connection, is the client: its requests share one slice.
         infer = functools.partial(self.plane.infer, owner=object())
@@ -150,7 +145,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def stop_streams(self) -> None:
         """Shutdown: open streams read no more requests and end once they are answered."""
-        self.shutting_down = True
         for stream in list(self.streams):
             stream.stop_reading()
 

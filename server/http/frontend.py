@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from server.core.dataplane import DataPlane
-from server.core.errors import InferenceError, Unavailable, clip, shown
+from server.core.errors import InferenceError, clip, shown
 from server.core.models import ModelManager
 from server.http import codec, page
 from server.settings import Settings, TlsSettings
@@ -111,7 +111,6 @@ def _model(request: web.Request) -> tuple[str, str]:
 class HttpFrontend:
     def __init__(self, plane: DataPlane, manager: ModelManager, settings: Settings) -> None:
         self.plane, self.manager, self.settings = plane, manager, settings
-        self.shutting_down = False
         self.port = -1
         self._runner: web.AppRunner | None = None
 
@@ -120,15 +119,11 @@ class HttpFrontend:
         return web.json_response({"live": True})
 
     async def ready(self, request: web.Request) -> web.Response:
-        ready = self.manager.ready() and not self.shutting_down
+        ready = self.plane.server_ready()
         return web.json_response({"ready": ready}, status=200 if ready else 400)
 
     async def model_ready(self, request: web.Request) -> web.Response:
-        try:
-            self.manager.get(*_model(request))
-            ready = not self.shutting_down
-        except InferenceError:
-            ready = False
+        ready = self.plane.model_ready(*_model(request))
         return web.json_response({"ready": ready}, status=200 if ready else 400)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
@@ -162,8 +157,7 @@ class HttpFrontend:
 
     # --- inference -------------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.Response:
-        if self.shutting_down:
-            raise Unavailable("server is shutting down")
+        self.plane.check_accepting()
         body = await request.read()
         started = time.perf_counter()
         header_length = request.headers.get(codec.HEADER_LENGTH)
@@ -248,10 +242,6 @@ class HttpFrontend:
             raise OSError(f"cannot bind HTTP to {host}:{port}: {exc}") from exc
         self._runner = runner
         self.port = runner.addresses[0][1]
-
-    def begin_shutdown(self) -> None:
-        """New inference requests get 503 and readiness turns false; accepted ones finish."""
-        self.shutting_down = True
 
     async def stop(self) -> None:
         """Stop listening and wait (up to the grace period) for the requests in flight."""
