@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools.serve_with import SECURITY_ENV
+from server.settings.security import SecuritySettings
+
 READY = re.compile(r"^ready: gRPC \S+:(\d+), metrics port (-?\d+)", re.MULTILINE)
 HTTP_PORT = re.compile(r"^ready: .*, HTTP port (-?\d+)", re.MULTILINE)
 
@@ -63,19 +66,25 @@ def launch(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 180,
+    security: SecuritySettings | None = None,
 ) -> Launched:
     """Start the server on ``repository`` (``args`` come last and override ours).
 
     ``python`` is the interpreter command, e.g. ``(python, "-m", "cProfile", ...)``.
+    ``security`` (model control, allowed hosts) goes through ``devtools.serve_with``
+    until the server's command line has these settings.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
+    module, extra_env = "server", dict(env or {})
+    if security is not None:
+        module, extra_env[SECURITY_ENV] = "devtools.serve_with", security.model_dump_json()
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [*python, "-m", "server", "--model-repository", str(repository),
+            [*python, "-m", module, "--model-repository", str(repository),
              "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0",
              "--metrics-host", "127.0.0.1", "--metrics-port", "0", *args],
             cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
     deadline = time.monotonic() + timeout
     try:

@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2 as pb
+from server.core.control import ModelControl, ModelControlError
 from server.core.dataplane import DataPlane
 from server.core.images import ImageOptions, ImagePipeline
 from server.core.memory import MemoryTrimmer, TrimOptions
@@ -28,6 +29,7 @@ from server.core.shared_memory import SharedMemoryManager
 from server.grpc.servicer import InferenceServicer
 from server.grpc.transport import TlsFiles, add_inference_service
 from server.http.frontend import HttpFrontend, HttpOptions
+from server.settings.security import SecuritySettings
 from server.startup import EXIT_CODE, StartupError, bind_error, check_repository, check_tls
 
 log = logging.getLogger(__name__)
@@ -58,12 +60,15 @@ class AppOptions:
     images: ImageOptions = ImageOptions()  # decode pool and image limits
     max_spatial_size: int | None = None  # dynamic H/W cap for every model (server/core/limits.py)
     memory: TrimOptions = TrimOptions()  # giving memory back (server/core/memory.py)
+    security: SecuritySettings = SecuritySettings()  # model control, allowed hosts
     extra: dict[str, str] = field(default_factory=dict)
 
 
 class InferenceServer:
     def __init__(self, opts: AppOptions) -> None:
         self.opts = opts
+        mutual_tls = opts.tls is not None and opts.tls.client_ca is not None
+        self.control = ModelControl(opts.security, mutual_tls)  # ModelControlError: bad settings
         self.metrics = Metrics.create()
         self.manager = ModelManager(opts.models, self.metrics)
         self.plane = DataPlane(
@@ -73,7 +78,7 @@ class InferenceServer:
             images=ImagePipeline(opts.images),
             max_spatial_size=opts.max_spatial_size,
         )
-        self.servicer = InferenceServicer(self.plane, self.manager)
+        self.servicer = InferenceServicer(self.plane, self.manager, self.control)
         self.trimmer = MemoryTrimmer(opts.memory)
         self.health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
@@ -117,7 +122,9 @@ class InferenceServer:
         self._grpc = server
         await self.health.set("", _health_status(self.manager.ready()))
         if self.opts.http_port >= 0:
-            self.http = HttpFrontend(self.plane, self.manager, self._http_options())
+            self.http = HttpFrontend(
+                self.plane, self.manager, self._http_options(), self.control, self.opts.security
+            )
             await self.http.start()
         if self.opts.metrics_port >= 0:
             try:
@@ -181,7 +188,11 @@ class InferenceServer:
 
 async def serve(opts: AppOptions) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully; the exit code."""
-    server = InferenceServer(opts)
+    try:
+        server = InferenceServer(opts)
+    except ModelControlError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CODE
     try:
         if opts.tls is not None:
             check_tls(opts.tls)

@@ -20,11 +20,13 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from server.core.control import ModelControl
 from server.core.dataplane import DataPlane
 from server.core.errors import InferenceError, Unavailable, clip, shown
 from server.core.models import ModelManager
 from server.grpc.transport import TlsFiles
-from server.http import codec, page
+from server.http import codec, guard, page
+from server.settings.security import SecuritySettings
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +122,17 @@ def _model(request: web.Request) -> tuple[str, str]:
 
 
 class HttpFrontend:
-    def __init__(self, plane: DataPlane, manager: ModelManager, opts: HttpOptions) -> None:
+    def __init__(
+        self,
+        plane: DataPlane,
+        manager: ModelManager,
+        opts: HttpOptions,
+        control: ModelControl | None = None,
+        security: SecuritySettings = SecuritySettings(),
+    ) -> None:
         self.plane, self.manager, self.opts = plane, manager, opts
+        self.control = control or ModelControl(security)  # default: model control off
+        self.guard = guard.HttpGuard(security, opts.host, opts.cors_origins)
         self.shutting_down = False
         self.port = -1
         self._runner: web.AppRunner | None = None
@@ -164,10 +175,12 @@ class HttpFrontend:
         return web.json_response(index.get("models", []))
 
     async def load(self, request: web.Request) -> web.Response:
+        self.control.authorize("load", guard.caller(request))
         await self.manager.load(request.match_info["name"])
         return web.json_response({})
 
     async def unload(self, request: web.Request) -> web.Response:
+        self.control.authorize("unload", guard.caller(request))
         await self.manager.unload(request.match_info["name"])
         return web.json_response({})
 
@@ -204,10 +217,11 @@ class HttpFrontend:
 
     # --- the listener ----------------------------------------------------------------
     def application(self) -> web.Application:
-        middlewares = [_errors] + (
+        middlewares = [_errors, self.guard.middleware] + (
             [_cors(self.opts.cors_origins)] if self.opts.cors_origins else []
         )
         app = web.Application(client_max_size=self.opts.max_body_bytes, middlewares=middlewares)
+        self.guard.install(app)
         model = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
         get, post = web.get, web.post
