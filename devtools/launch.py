@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.settings.security import SecuritySettings
+from server.settings.sources import section_env
+
 READY = re.compile(r"^ready: gRPC \S+:(\d+), metrics port (-?\d+)", re.MULTILINE)
 HTTP_PORT = re.compile(r"^ready: .*, HTTP port (-?\d+)", re.MULTILINE)
 
@@ -63,19 +66,22 @@ def launch(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 180,
+    security: SecuritySettings | None = None,
 ) -> Launched:
     """Start the server on ``repository`` (``args`` come last and override ours).
 
     ``python`` is the interpreter command, e.g. ``(python, "-m", "cProfile", ...)``.
+    ``security`` (model control, allowed hosts) reaches it as ``CNN_SERVING_SECURITY__*``.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
+    extra_env = {**(section_env("security", security) if security else {}), **(env or {})}
     with log.open("w") as out:
         proc = subprocess.Popen(
             [*python, "-m", "server", "--model-repository", str(repository),
              "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0",
              "--metrics-host", "127.0.0.1", "--metrics-port", "0", *args],
             cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
     deadline = time.monotonic() + timeout
     try:

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2 as pb
+from server.core.control import ModelControl, ModelControlError
 from server.core.memory import MemoryTrimmer
 from server.core.wiring import build_core
 from server.grpc.servicer import InferenceServicer
@@ -38,9 +39,13 @@ def _health_status(ready: bool) -> int:
 class InferenceServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        mutual_tls = settings.tls.client_ca is not None
+        self.control = ModelControl(
+            settings.security, mutual_tls
+        )  # ModelControlError: bad settings
         core = build_core(settings)
         self.metrics, self.manager, self.plane = core.metrics, core.manager, core.plane
-        self.servicer = InferenceServicer(self.plane, self.manager)
+        self.servicer = InferenceServicer(self.plane, self.manager, self.control)
         self.trimmer = MemoryTrimmer(settings.memory)
         self.health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
@@ -85,7 +90,7 @@ class InferenceServer:
         self._grpc = server
         await self.health.set("", _health_status(self.manager.ready()))
         if listen.http_port >= 0:
-            self.http = HttpFrontend(self.plane, self.manager, self.settings)
+            self.http = HttpFrontend(self.plane, self.manager, self.settings, self.control)
             await self.http.start()
         if listen.metrics_port >= 0:
             host, port = listen.metrics_host, listen.metrics_port
@@ -136,7 +141,11 @@ class InferenceServer:
 
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully; the exit code."""
-    server = InferenceServer(settings)
+    try:
+        server = InferenceServer(settings)
+    except ModelControlError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CODE
     try:
         if settings.tls.enabled:
             check_tls(settings.tls)

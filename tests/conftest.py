@@ -91,9 +91,12 @@ def triton_server(
     triton_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """``python -m server`` on ports the OS picks; its URL."""
-    from tests.serving import start_server
+    from tests.serving import EXPLICIT, start_server
 
-    srv = start_server(triton_repository, log_dir=tmp_path_factory.mktemp("triton-server"))
+    # explicit: the session loads and unloads models
+    srv = start_server(
+        triton_repository, log_dir=tmp_path_factory.mktemp("triton-server"), security=EXPLICIT
+    )
     yield srv.url
     code = srv.terminate(timeout=60)
     assert code == 0, f"exit code {code} after SIGTERM:\n{srv.output()[-4000:]}"
@@ -172,9 +175,11 @@ def lenet_reference(triton_repository: Path) -> Callable[[np.ndarray], np.ndarra
 @pytest.fixture(scope="session")
 def http_server(triton_repository: Path, tmp_path_factory: pytest.TempPathFactory):
     """A server for the HTTP/REST suites (its own process: they load and unload models)."""
-    from tests.serving import start_server
+    from tests.serving import EXPLICIT, start_server
 
-    srv = start_server(triton_repository, log_dir=tmp_path_factory.mktemp("http-server"))
+    srv = start_server(
+        triton_repository, log_dir=tmp_path_factory.mktemp("http-server"), security=EXPLICIT
+    )
     yield srv
     code = srv.terminate(timeout=60)
     assert code == 0, f"exit code {code} after SIGTERM:\n{srv.output()[-4000:]}"

@@ -38,8 +38,11 @@ def call(
     timeout: float = 60,
 ) -> Reply:
     data = json.dumps(body).encode() if isinstance(body, dict) else body
+    headers = dict(headers or {})
+    if data is not None and not any(k.lower() == "content-type" for k in headers):
+        headers["Content-Type"] = "application/json"  # urllib's default is a form encoding
     request = urllib.request.Request(
-        url, data=data, headers=headers or {}, method=method or ("GET" if data is None else "POST")
+        url, data=data, headers=headers, method=method or ("GET" if data is None else "POST")
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:

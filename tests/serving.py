@@ -17,8 +17,11 @@ import onnxruntime as ort
 from devtools.launch import Launched, launch
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from server.settings.security import SecuritySettings
 
 ROOT = Path(__file__).resolve().parents[1]
+# For the suites that load and unload models: model control is off by default.
+EXPLICIT = SecuritySettings(model_control_mode="explicit")
 _STARTED: list[subprocess.Popen[str]] = []
 
 
@@ -49,10 +52,15 @@ def start_server(
     timeout: float = 180,
     python: str = sys.executable,
     cwd: Path = ROOT,
+    security: SecuritySettings | None = None,
+    env: dict[str, str] | None = None,
 ) -> ServerProcess:
     """``python -m server`` on 127.0.0.1, returned once it reports ready."""
     log = log_dir / f"server-{time.monotonic_ns()}.log"
-    launched = launch(repository, *args, log=log, python=(python,), cwd=cwd, timeout=timeout)
+    launched = launch(
+        repository, *args, log=log, python=(python,), cwd=cwd, timeout=timeout,
+        security=security, env=env,
+    )  # fmt: skip
     _STARTED.append(launched.proc)
     return ServerProcess(
         launched.proc, launched.port, launched.metrics_port, launched.log, launched.http_port

@@ -17,7 +17,14 @@ from modelrepo.spec import ModelConfigError, load_spec
 from protos import grpc_service_pb2 as pb
 from server.core.ensemble import EnsemblePlan, combine, plan_of
 from server.core.tensors import parse_bytes_elements, softmax
-from tests.serving import ServerProcess, in_process, logits_of, start_server, tensor_request
+from tests.serving import (
+    EXPLICIT,
+    ServerProcess,
+    in_process,
+    logits_of,
+    start_server,
+    tensor_request,
+)
 from tests.triton_child import triton_features
 
 MEMBERS = ("lenet5_seed0", "lenet5_seed1", "lenet5_seed2")
@@ -60,7 +67,9 @@ def ensemble_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(
     ensemble_repo: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    srv = start_server(ensemble_repo, log_dir=tmp_path_factory.mktemp("ensemble-server"))
+    srv = start_server(
+        ensemble_repo, log_dir=tmp_path_factory.mktemp("ensemble-server"), security=EXPLICIT
+    )
     yield srv
     srv.terminate(timeout=60)
 

@@ -24,7 +24,14 @@ from PIL import Image
 
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
-from tests.serving import ServerProcess, digits, logits_of, start_server, tensor_request
+from tests.serving import (
+    EXPLICIT,
+    ServerProcess,
+    digits,
+    logits_of,
+    start_server,
+    tensor_request,
+)
 from tests.stress import ValidStream, metric, report, rss_mib, wait_for
 
 READY_S = 30  # a restart must serve again within this (measured here: see the report line)
@@ -86,7 +93,7 @@ def repo(serve_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
-    srv = start_server(repo, log_dir=tmp_path_factory.mktemp("log"))
+    srv = start_server(repo, log_dir=tmp_path_factory.mktemp("log"), security=EXPLICIT)
     yield srv
     assert srv.terminate() == 0, srv.output()[-3000:]
 

@@ -4,9 +4,7 @@ pickle code, TLS and mutual TLS with certificates made here, metrics on loopback
 from __future__ import annotations
 
 import ast
-import datetime
 import http.client
-import ipaddress
 import shutil
 import socket
 import ssl
@@ -18,15 +16,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from client.client import ClientError, InferenceClient, TlsConfig
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.serving import ROOT, ServerProcess, digits, start_server, tensor_request
+from tests.pki import make_pki
+from tests.serving import EXPLICIT, ROOT, ServerProcess, digits, start_server, tensor_request
 
 TRAVERSALS = [
     "../outside/evil", "..", ".", "lenet5/../../outside/evil", "/etc", "outside/../lenet5",
@@ -39,7 +34,7 @@ def traversal_server(serve_repo: Path, tmp_path_factory: pytest.TempPathFactory)
     root = tmp_path_factory.mktemp("traversal")
     shutil.copytree(serve_repo / "lenet5", root / "repo" / "lenet5")
     shutil.copytree(serve_repo / "lenet5", root / "outside" / "evil")  # a loadable model
-    srv = start_server(root / "repo", log_dir=root)
+    srv = start_server(root / "repo", log_dir=root, security=EXPLICIT)
     yield srv
     assert srv.terminate() == 0
 
@@ -101,55 +96,9 @@ def test_every_torch_load_passes_weights_only_true() -> None:
 
 
 # --- TLS ------------------------------------------------------------------------
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(folder: Path, cn: str, issuer: tuple | None, server: bool = False, ca: bool = False):
-    """A key and certificate for ``cn`` signed by ``issuer`` (key, cert), or self-signed."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    signer_key, signer_name = (issuer[0], issuer[1].subject) if issuer else (key, _name(cn))
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(signer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    if not ca:
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    cert = builder.sign(signer_key, hashes.SHA256())
-    (folder / f"{cn}.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (folder / f"{cn}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key, cert
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("pki")
-    ca = _issue(folder, "ca", None, ca=True)
-    _issue(folder, "server", ca, server=True)
-    _issue(folder, "client", ca)
-    _issue(folder, "stranger-ca", None, ca=True)  # trusted by nobody here
-    return folder
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _tls_server(serve_repo: Path, pki: Path, tmp: Path, *extra: str) -> ServerProcess:

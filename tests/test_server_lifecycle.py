@@ -18,7 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
-from tests.serving import ServerProcess, digits, logits_of, start_server, tensor_request
+from tests.serving import (
+    EXPLICIT,
+    ServerProcess,
+    digits,
+    logits_of,
+    start_server,
+    tensor_request,
+)
 from tests.stress import report
 
 
@@ -139,7 +146,7 @@ def test_gpu_model_without_gpu_fails_to_load_while_others_serve(
 def test_load_unload_and_new_version_while_streaming(serve_repo: Path, tmp_path: Path) -> None:
     local = tmp_path / "repo"
     shutil.copytree(serve_repo / "lenet5", local / "lenet5")
-    srv = start_server(local, log_dir=tmp_path)
+    srv = start_server(local, log_dir=tmp_path, security=EXPLICIT)
     stub = srv.stub()
     stop = threading.Event()
     outcomes: list[str] = []

@@ -59,6 +59,7 @@ from benchmarks.tuning.search import SearchResult, SearchSettings, search
 from devtools.launch import launch
 from modelrepo.files import read_config
 from modelrepo.serving import ServingConfig, read_serving
+from server.settings.security import SecuritySettings
 
 
 def _ints(text: str, flag: str, p: argparse.ArgumentParser) -> tuple[int, ...]:
@@ -120,7 +121,9 @@ def _serve_and_search(a, subject, space, default: ServingConfig, progress, deadl
     staged = tconfig.stage(subject.dir, work / "repository")
     log = work / "server.log"
     progress.log(f"starting a server on {staged.parent} (log {log})")
-    server = launch(staged.parent, "--model", a.model, log=log)
+    # explicit model control: each candidate is applied with RepositoryModelLoad
+    explicit = SecuritySettings(model_control_mode="explicit")
+    server = launch(staged.parent, "--model", a.model, log=log, security=explicit)
     try:
         info = model_info(server.url, a.model)
         windows = Windows(

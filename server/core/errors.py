@@ -48,6 +48,11 @@ class DeadlineExceeded(InferenceError):
     http_status = 408  # the client's own timeout passed: not a server fault
 
 
+class Unauthenticated(InferenceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401  # answered with WWW-Authenticate: Bearer
+
+
 class Unimplemented(InferenceError):
     code = grpc.StatusCode.UNIMPLEMENTED
     http_status = 501

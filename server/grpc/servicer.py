@@ -17,6 +17,7 @@ import grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from server.core.control import Caller, ModelControl
 from server.core.dataplane import DataPlane
 from server.core.errors import InferenceError, Unimplemented, clip
 from server.core.models import ModelManager
@@ -50,10 +51,20 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+def _caller(context: grpc.aio.ServicerContext) -> Caller:
+    """The call's credentials: its authorization metadata, and a verified client certificate."""
+    metadata = dict(context.invocation_metadata() or ())
+    certified = bool(context.auth_context().get("x509_pem_cert"))
+    return Caller(authorization=metadata.get("authorization"), client_cert=certified)
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, manager: ModelManager) -> None:
+    def __init__(
+        self, plane: DataPlane, manager: ModelManager, control: ModelControl | None = None
+    ) -> None:
         self.plane = plane
         self.manager = manager
+        self.control = control or ModelControl()  # default: model control off, as Triton's
         self.streams: set[InferStream] = set()
 
     @_rpc
@@ -94,11 +105,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def RepositoryModelLoad(self, request, context):
+        self.control.authorize("load", _caller(context))
         await self.manager.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @_rpc
     async def RepositoryModelUnload(self, request, context):
+        self.control.authorize("unload", _caller(context))
         await self.manager.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 

@@ -38,6 +38,9 @@ _INT64 = {
 }
 _MAX_DIM = 1 << 62
 _HTTP_ONLY = ("binary_data_size", "binary_data", "content_type")
+# JSON has no NaN or Infinity: answers spell them as protobuf's JSON mapping does (strings
+# that numpy, float() and JavaScript's Number() read back); requests may do the same.
+_SPELLED = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
 @dataclass(frozen=True)
@@ -92,9 +95,35 @@ def _fixed(value: Any, field: FieldDescriptor) -> Any:
 # --- JSON -> ModelInferRequest -----------------------------------------------------------
 
 
+def _bare_constant(name: str) -> Any:
+    raise InvalidArgument(
+        f'request JSON holds a bare {name}, which is not JSON: send the string "{name}" '
+        "or the tensor as binary data"
+    )
+
+
+def _spelled(value: Any) -> Any:
+    """``value`` with every non-finite float (at any depth) as its string spelling."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return _SPELLED[repr(value)]
+    if isinstance(value, dict):
+        return {k: _spelled(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_spelled(v) for v in value]
+    return value
+
+
+def dumps(doc: Any) -> str:
+    """Strict JSON for any answer (``web.json_response(dumps=...)``): never a bare NaN."""
+    try:
+        return json.dumps(doc, allow_nan=False)
+    except ValueError:
+        return json.dumps(_spelled(doc), allow_nan=False)
+
+
 def _parse_json(header: bytes) -> dict[str, Any]:
     try:
-        doc = json.loads(header)
+        doc = json.loads(header, parse_constant=_bare_constant)
     except RecursionError:
         raise InvalidArgument("request JSON is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -311,7 +340,10 @@ def _json_data(datatype: str, raw: bytes, shape: list[int], name: str) -> list[A
     dtype = tensors.numpy_dtype(datatype)
     if dtype is None:
         raise InvalidArgument(f"output '{name}': datatype {datatype} has no JSON form")
-    return np.frombuffer(raw, dtype=dtype).tolist()
+    array = np.frombuffer(raw, dtype=dtype)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        return _spelled(array.tolist())
+    return array.tolist()
 
 
 def _parameter_value(param: pb.InferParameter) -> Any:
@@ -348,7 +380,7 @@ def encode_infer(
     if response.id:
         doc["id"] = response.id
     doc["outputs"] = outputs
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     if not tail:
         return header, None
     return b"".join([header, *tail]), len(header)

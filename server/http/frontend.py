@@ -19,10 +19,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from server.core.control import ModelControl
 from server.core.dataplane import DataPlane
 from server.core.errors import InferenceError, clip, shown
 from server.core.models import ModelManager
-from server.http import codec, page
+from server.http import codec, guard, page
 from server.settings import Settings, TlsSettings
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,17 @@ def _model(request: web.Request) -> tuple[str, str]:
 
 
 class HttpFrontend:
-    def __init__(self, plane: DataPlane, manager: ModelManager, settings: Settings) -> None:
+    def __init__(
+        self,
+        plane: DataPlane,
+        manager: ModelManager,
+        settings: Settings,
+        control: ModelControl | None = None,
+    ) -> None:
         self.plane, self.manager, self.settings = plane, manager, settings
+        self.control = control or ModelControl(settings.security)  # default: model control off
+        listen = settings.listeners
+        self.guard = guard.HttpGuard(settings.security, listen.host, listen.http_cors_origins)
         self.port = -1
         self._runner: web.AppRunner | None = None
 
@@ -148,10 +158,12 @@ class HttpFrontend:
         return web.json_response(index.get("models", []))
 
     async def load(self, request: web.Request) -> web.Response:
+        self.control.authorize("load", guard.caller(request))
         await self.manager.load(request.match_info["name"])
         return web.json_response({})
 
     async def unload(self, request: web.Request) -> web.Response:
+        self.control.authorize("unload", guard.caller(request))
         await self.manager.unload(request.match_info["name"])
         return web.json_response({})
 
@@ -187,7 +199,7 @@ class HttpFrontend:
 
     # --- the listener ----------------------------------------------------------------
     def application(self) -> web.Application:
-        middlewares = [_errors] + (
+        middlewares = [_errors, self.guard.middleware] + (
             [_cors(self.settings.listeners.http_cors_origins)]
             if self.settings.listeners.http_cors_origins
             else []
@@ -195,6 +207,7 @@ class HttpFrontend:
         app = web.Application(
             client_max_size=self.settings.protocol.max_message_bytes, middlewares=middlewares
         )
+        self.guard.install(app)
         model = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
         get, post = web.get, web.post

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from server.core.dataplane import DataPlane
+from server.http import codec
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def add_routes(app: web.Application, plane: DataPlane) -> None:
         return web.FileResponse(STATIC / "index.html")
 
     async def zoo_json(request: web.Request) -> web.Response:
-        return web.json_response(zoo(plane))
+        return web.json_response(zoo(plane), dumps=codec.dumps)  # export.json may hold NaN
 
     async def chart(request: web.Request) -> web.FileResponse:
         path = charts.get(request.match_info["file"])  # only the files found at start

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_settings import EnvSettingsSource
 
 from server.settings.cli import Leaf, flag_of, leaves
@@ -25,6 +25,15 @@ class SettingsError(ValueError):
 
 def env_name(path: Leaf) -> str:
     return ENV_PREFIX + ENV_NESTED.join(path).upper()
+
+
+def section_env(name: str, section: BaseModel) -> dict[str, str]:
+    """A section's non-default values as ``CNN_SERVING_*`` variables (for a child server)."""
+    env = {}
+    for key, value in section.model_dump(mode="json", exclude_defaults=True).items():
+        text = json.dumps(value) if isinstance(value, dict | list | bool) else str(value)
+        env[env_name((name, key))] = text
+    return env
 
 
 def read_file(path: Path) -> dict[str, Any]:

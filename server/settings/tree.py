@@ -11,6 +11,7 @@ from server.settings.base import setting
 from server.settings.listeners import ListenerSettings, TlsSettings
 from server.settings.models import BatchingSettings, ModelSettings
 from server.settings.runtime import ImageSettings, MemorySettings, ProtocolSettings
+from server.settings.security import SecuritySettings
 
 ENV_PREFIX = "CNN_SERVING_"
 ENV_NESTED = "__"
@@ -42,6 +43,8 @@ class Settings(BaseSettings):
     """The image path."""
     memory: MemorySettings = MemorySettings()
     """Returning freed memory."""
+    security: SecuritySettings = SecuritySettings()
+    """Model control, its credential, and who may call over HTTP."""
     log_level: LogLevel = setting("INFO", flag="--log-level")
     """Python logging level of the server's log."""
 
