@@ -23,11 +23,13 @@ from server.grpc.servicer import InferenceServicer
 from server.grpc.transport import add_inference_service, server_credentials
 from server.http.frontend import HttpFrontend
 from server.settings import Settings
+from server.settings.limits import HttpLimits, RequestLimits
 from server.startup import EXIT_CODE, StartupError, bind_error, check_tls
 
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
+_HTTP_LIMITS, _REQUEST_LIMITS = HttpLimits(), RequestLimits()
 
 
 def _health_status(ready: bool) -> int:
@@ -36,9 +38,16 @@ def _health_status(ready: bool) -> int:
 
 
 class InferenceServer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        http_limits: HttpLimits = _HTTP_LIMITS,
+        request_limits: RequestLimits = _REQUEST_LIMITS,
+    ) -> None:
+        """``http_limits``, ``request_limits``: until the settings tree holds them."""
         self.settings = settings
-        core = build_core(settings)
+        self.http_limits = http_limits
+        core = build_core(settings, request_limits)
         self.metrics, self.manager, self.plane = core.metrics, core.manager, core.plane
         self.servicer = InferenceServicer(self.plane, self.manager)
         self.trimmer = MemoryTrimmer(settings.memory)
@@ -85,7 +94,7 @@ class InferenceServer:
         self._grpc = server
         await self.health.set("", _health_status(self.manager.ready()))
         if listen.http_port >= 0:
-            self.http = HttpFrontend(self.plane, self.manager, self.settings)
+            self.http = HttpFrontend(self.plane, self.manager, self.settings, self.http_limits)
             await self.http.start()
         if listen.metrics_port >= 0:
             host, port = listen.metrics_host, listen.metrics_port
@@ -134,9 +143,13 @@ class InferenceServer:
             await self._grpc.wait_for_termination()
 
 
-async def serve(settings: Settings) -> int:
+async def serve(
+    settings: Settings,
+    http_limits: HttpLimits = _HTTP_LIMITS,
+    request_limits: RequestLimits = _REQUEST_LIMITS,
+) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully; the exit code."""
-    server = InferenceServer(settings)
+    server = InferenceServer(settings, http_limits, request_limits)
     try:
         if settings.tls.enabled:
             check_tls(settings.tls)

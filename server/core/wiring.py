@@ -14,6 +14,9 @@ from server.core.metrics import Metrics
 from server.core.models import ModelManager
 from server.core.shared_memory import SharedMemoryManager
 from server.settings import Settings
+from server.settings.limits import RequestLimits
+
+_REQUEST_LIMITS = RequestLimits()
 
 
 @dataclass
@@ -24,7 +27,8 @@ class Core:
     plane: DataPlane
 
 
-def build_core(settings: Settings) -> Core:
+def build_core(settings: Settings, request_limits: RequestLimits = _REQUEST_LIMITS) -> Core:
+    """``request_limits``: until the settings tree holds them."""
     metrics = Metrics.create()
     manager = ModelManager(settings.models, metrics, settings.batching)
     limit = settings.protocol.max_message_bytes
@@ -34,5 +38,6 @@ def build_core(settings: Settings) -> Core:
         shm=SharedMemoryManager(enabled=settings.protocol.shared_memory, max_bytes=limit),
         images=ImagePipeline(settings.images),
         max_spatial_size=settings.models.max_spatial_size,
+        request_limits=request_limits,
     )
     return Core(settings, metrics, manager, plane)

@@ -1,0 +1,97 @@
+"""Large JSON parsed and written in worker processes, never on the event loop.
+
+A thread is not enough: ``json.loads`` and ``json.dumps`` run in C without letting go
+of the GIL, so a 10 MB body parsed on a thread still stalls the loop (and with it
+gRPC, HTTP and health) for its whole 0.24 s; a 60 MiB binary-extension header stalled
+it 2.2 s, six large bodies at once 7.3 s. Bodies whose JSON is at most
+``json_on_loop_kb`` are handled in place (well under a millisecond); larger ones go
+to a small ``ProcessPoolExecutor`` (spawned, so no gRPC threads are forked), whose
+answer comes back as a pickled protobuf message: a copy, not a parse of text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import multiprocessing
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from protos import grpc_service_pb2 as pb
+from server.core.errors import Unavailable
+from server.http import codec
+from server.settings.limits import HttpLimits, RequestLimits
+
+log = logging.getLogger(__name__)
+
+_JSON_PER_RAW_BYTE = 3  # an FP32 (4 bytes) printed in JSON takes ~12 characters
+
+
+def _quiet_worker() -> None:
+    """Ctrl-C reaches the whole process group: the parent decides, workers carry on."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _binary(outputs: dict[str, bool], default: bool, name: str) -> bool:
+    return outputs.get(name, default)
+
+
+class JsonOffload:
+    """Parse and encode REST inference bodies, off the loop when their JSON is large."""
+
+    def __init__(self, limits: HttpLimits) -> None:
+        self.bound = limits.json_on_loop_bytes
+        self.workers = limits.json_workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=context, initializer=_quiet_worker
+            )
+        return self._pool
+
+    async def _off_loop(self, fn, *args):  # noqa: ANN001, ANN202 (any picklable call)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor(), fn, *args)
+        except BrokenProcessPool as exc:  # a worker died (killed for memory): start afresh
+            self._pool = None
+            log.error("JSON worker process died: %s", exc)
+            raise Unavailable("the JSON worker process died; retry the request") from exc
+
+    async def parse(
+        self,
+        body: bytes,
+        header_length: str | None,
+        model: str,
+        version: str,
+        limits: RequestLimits,
+    ) -> codec.InferCall:
+        """``codec.parse_infer``, in a worker when the JSON part exceeds the bound."""
+        size = int(header_length) if header_length and header_length.isdigit() else len(body)
+        args = (body, header_length, model, version, limits)
+        if min(size, len(body)) <= self.bound:
+            return codec.parse_infer(*args)
+        return await self._off_loop(codec.parse_infer, *args)
+
+    async def encode(
+        self, answer: pb.ModelInferResponse, call: codec.InferCall
+    ) -> tuple[bytes, int | None]:
+        """``codec.encode_infer``, in a worker when the JSON answer would be large."""
+        binary = functools.partial(_binary, dict(call.binary_outputs), call.binary_default)
+        as_json = sum(
+            len(raw)
+            for tensor, raw in zip(answer.outputs, answer.raw_output_contents, strict=False)
+            if not binary(tensor.name)
+        )
+        if as_json * _JSON_PER_RAW_BYTE <= self.bound:
+            return codec.encode_infer(answer, binary)
+        return await self._off_loop(codec.encode_infer, answer, binary)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
