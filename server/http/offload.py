@@ -15,23 +15,42 @@ import asyncio
 import functools
 import logging
 import multiprocessing
+import os
 import signal
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from aiohttp import web
 
 from protos import grpc_service_pb2 as pb
 from server.core.errors import Unavailable
 from server.http import codec
+from server.http.budgets import Budgets
 from server.settings.limits import HttpLimits, RequestLimits
 
 log = logging.getLogger(__name__)
 
+_WORKER_NICENESS = 10
 _JSON_PER_RAW_BYTE = 3  # an FP32 (4 bytes) printed in JSON takes ~12 characters
 
 
-def _quiet_worker() -> None:
-    """Ctrl-C reaches the whole process group: the parent decides, workers carry on."""
+def _worker_setup() -> None:
+    """Ctrl-C reaches the whole process group: the parent decides, workers carry on.
+    Workers yield the CPU to the server's own process (its event loop and inference)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(_WORKER_NICENESS)
+
+
+def _parse_file(path: Path, model: str, version: str, limits: RequestLimits) -> codec.InferCall:
+    return codec.parse_infer(path.read_bytes(), None, model, version, limits)
+
+
+def _spool_directory() -> Path:
+    """tmpfs where there is one: spooled bodies are memory, as they were before."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
 
 def _binary(outputs: dict[str, bool], default: bool, name: str) -> bool:
@@ -44,13 +63,14 @@ class JsonOffload:
     def __init__(self, limits: HttpLimits) -> None:
         self.bound = limits.json_on_loop_bytes
         self.workers = limits.json_workers
+        self.spool = _spool_directory()
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=context, initializer=_quiet_worker
+                self.workers, mp_context=context, initializer=_worker_setup
             )
         return self._pool
 
@@ -63,19 +83,25 @@ class JsonOffload:
             raise Unavailable("the JSON worker process died; retry the request") from exc
 
     async def parse(
-        self,
-        body: bytes,
-        header_length: str | None,
-        model: str,
-        version: str,
-        limits: RequestLimits,
+        self, request: web.Request, reader: Budgets, limits: RequestLimits
     ) -> codec.InferCall:
-        """``codec.parse_infer``, in a worker when the JSON part exceeds the bound."""
+        """``codec.parse_infer`` of the request's body: in place when its JSON is small;
+        else the body is spooled to a file as it arrives and parsed in a worker."""
+        model, version = request.match_info["name"], request.match_info.get("version", "")
+        header_length = request.headers.get(codec.HEADER_LENGTH)
+        length = request.content_length
+        if header_length is None and length is not None and length > self.bound:
+            path = await reader.spool_body(request, self.spool)
+            try:
+                return await self._off_loop(_parse_file, path, model, version, limits)
+            finally:
+                path.unlink(missing_ok=True)
+        body = await reader.read_body(request)
         size = int(header_length) if header_length and header_length.isdigit() else len(body)
         args = (body, header_length, model, version, limits)
         if min(size, len(body)) <= self.bound:
             return codec.parse_infer(*args)
-        return await self._off_loop(codec.parse_infer, *args)
+        return await self._off_loop(codec.parse_infer, *args)  # a chunked or mixed body
 
     async def encode(
         self, answer: pb.ModelInferResponse, call: codec.InferCall
