@@ -89,8 +89,9 @@ class Budgets:
             return self.max_body_bytes, "--max-message-mb"
         return self.limits.max_control_body_kb << 10, "http limit max_control_body_kb"
 
-    def refusal(self, request: web.Request) -> web.Response | None:
-        """413/503 for a body that is too large or does not fit the budget; else None."""
+    def refusal(self, request: web.Request, take: bool = True) -> web.Response | None:
+        """413/503 for a body that is too large or does not fit the budget; else None,
+        and (``take``) the body's size taken from the budget."""
         cap, source = self._cap(request)
         length = request.content_length
         if length is not None and length > cap:
@@ -103,14 +104,18 @@ class Budgets:
                 f"{_HEADER_LENGTH} {int(header):,} exceeds {header_cap:,} bytes of JSON "
                 "(http limit max_json_header_kb): send tensors in the binary part",
             )
-        if length and not self.bodies.take(length):
+        if not length:
+            return None
+        if not take:
+            fits = self.bodies.used + length <= self.bodies.limit
+        elif fits := self.bodies.take(length):
+            request[_RESERVED] = length
+        if not fits:
             return _refusal(
                 503,
                 f"the server is receiving {self.bodies.used:,} bytes of request bodies, its "
                 f"budget is {self.bodies.limit:,} (http limit max_body_mb_in_flight): retry",
             )
-        if length:
-            request[_RESERVED] = length
         return None
 
     def release(self, request: web.Request) -> None:
@@ -118,14 +123,13 @@ class Budgets:
         request[_RESERVED] = 0
 
     async def expect_handler(self, request: web.Request) -> web.Response | None:
-        """``Expect: 100-continue``: refuse (413/503) before the client sends the body."""
-        refusal = self.refusal(request)
+        """``Expect: 100-continue``: refuse (413/503) before the client sends the body.
+        Nothing is taken from the budget here: the middleware does, in the same task."""
+        refusal = self.refusal(request, take=False)
         if refusal is not None:
             return refusal
-        request.setdefault(_RESERVED, 0)  # the middleware need not check again
         expect = request.headers.get("Expect", "")
         if request.version != HttpVersion11 or expect.lower() != "100-continue":
-            self.release(request)
             raise web.HTTPExpectationFailed(text=f"unknown Expect: {expect[:64]!r}")
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the 100 is not part of the answer's size
@@ -134,7 +138,7 @@ class Budgets:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """413/503 before the body is read; the body's budget given back when answered."""
-        if _RESERVED not in request and request.body_exists:
+        if request.body_exists:
             refusal = self.refusal(request)
             if refusal is not None:
                 return refusal

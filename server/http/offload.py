@@ -47,10 +47,17 @@ def _parse_file(path: Path, model: str, version: str, limits: RequestLimits) -> 
     return codec.parse_infer(path.read_bytes(), None, model, version, limits)
 
 
-def _spool_directory() -> Path:
-    """tmpfs where there is one: spooled bodies are memory, as they were before."""
+def _spool_directory(size: int) -> Path:
+    """tmpfs where it has room (a container's /dev/shm is often 64 MB): spooled bodies
+    stay in memory, as they were before; else the temporary directory."""
     shm = Path("/dev/shm")
-    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    try:
+        stats = os.statvfs(shm)
+        if os.access(shm, os.W_OK) and stats.f_bavail * stats.f_frsize > 2 * size:
+            return shm
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir())
 
 
 def _binary(outputs: dict[str, bool], default: bool, name: str) -> bool:
@@ -63,7 +70,6 @@ class JsonOffload:
     def __init__(self, limits: HttpLimits) -> None:
         self.bound = limits.json_on_loop_bytes
         self.workers = limits.json_workers
-        self.spool = _spool_directory()
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -91,7 +97,7 @@ class JsonOffload:
         header_length = request.headers.get(codec.HEADER_LENGTH)
         length = request.content_length
         if header_length is None and length is not None and length > self.bound:
-            path = await reader.spool_body(request, self.spool)
+            path = await reader.spool_body(request, _spool_directory(length))
             try:
                 return await self._off_loop(_parse_file, path, model, version, limits)
             finally:

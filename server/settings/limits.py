@@ -64,7 +64,7 @@ class RequestLimits(Section):
     max_parameters: int = setting(64, ge=1)
     """Parameters in one inference request: its own, every input's and every output's together."""
 
-    explain_timeout: float = setting(30.0, ge=0)
+    explain_timeout: float = setting(60.0, ge=0)
     """Seconds an explanation may take unless the client's deadline is sooner (0: no default)."""
 
     explain_chunk_mb: int = setting(32, ge=1)
