@@ -40,9 +40,8 @@ class InferenceServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         mutual_tls = settings.tls.client_ca is not None
-        self.control = ModelControl(
-            settings.security, mutual_tls
-        )  # ModelControlError: bad settings
+        # ModelControlError: unusable control settings (the start stops)
+        self.control = ModelControl(settings.security, mutual_tls)
         core = build_core(settings)
         self.metrics, self.manager, self.plane = core.metrics, core.manager, core.plane
         self.servicer = InferenceServicer(self.plane, self.manager, self.control)

@@ -18,7 +18,7 @@ import numpy as np
 from modelrepo.keys import RUNTIME_PREFIX
 from protos import grpc_service_pb2 as pb
 from server.batching import batcher as batching
-from server.core import ensemble, explain, limits, tensors
+from server.core import ensemble, explain, limits, request_caps, tensors
 from server.core.errors import (
     DeadlineExceeded,
     InferenceError,
@@ -36,10 +36,12 @@ from server.core.shared_memory import (
     SharedMemoryManager,
     shm_ref,
 )
+from server.settings.limits import RequestLimits
 
 SERVER_NAME = "cnn-serving"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ("classification", "model_repository", "statistics", "model_configuration")
+_REQUEST_LIMITS = RequestLimits()
 _DATATYPE = {"TYPE_FP32": "FP32", "TYPE_STRING": "BYTES"}
 
 
@@ -55,8 +57,10 @@ class DataPlane:
         shm: SharedMemoryManager | None = None,
         images: ImagePipeline | None = None,
         max_spatial_size: int | None = None,
+        request_limits: RequestLimits = _REQUEST_LIMITS,
     ) -> None:
         self.manager = manager
+        self.request_limits = request_limits  # counts and explanation budgets per request
         self.max_input_bytes = max_input_bytes
         self.max_spatial_size = max_spatial_size  # None: each model's own (server/core/limits.py)
         self.shm = shm or SharedMemoryManager(enabled=False)
@@ -306,6 +310,7 @@ class DataPlane:
         protocol: str = "grpc",
     ) -> pb.ModelInferResponse:
         """``owner``: the client (connection or stream), for its share of the queue."""
+        request_caps.check_message(self.request_limits, request)  # before any per-item work
         served = self.manager.get(check_name(request.model_name), request.model_version)
         metrics = served.metrics
         started = time.perf_counter_ns()
@@ -318,6 +323,8 @@ class DataPlane:
                 classes = int(np.prod(served.spec.config.output[0].dims))
                 has_cam = served.cam is not None
                 explain.check_method(wanted, served.spec.name, has_cam, combined, classes)
+                explain.check_size(array.shape, self.max_input_bytes)
+                deadline = explain.deadline(self.request_limits, deadline)
             self._check_outputs(
                 served, request, len(array)
             )  # before queueing: bad requests cost nothing
@@ -330,9 +337,10 @@ class DataPlane:
             self._outputs(served, request, logits, response)
             if wanted is not None:
                 run = functools.partial(self._run, served, deadline=deadline, owner=owner)
-                limit = served.batcher.config.max_batch_size
                 found = (served.cam, maps) if cam and served.cam is not None else None
-                heat = await explain.explain(wanted, run, array, logits, limit, found)
+                rows = served.batcher.config.max_batch_size
+                chunk = explain.chunk(self.request_limits, array.shape, rows, self.max_input_bytes)
+                heat = await explain.explain(wanted, run, array, logits, chunk, found)
                 explain.attach(response, heat)
         except BaseException as exc:
             served.failure_ns[0] += 1

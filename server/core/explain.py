@@ -11,8 +11,10 @@ A client asks with request parameters (tritonclient sends them as ``parameters=`
 and gets, beside the usual outputs, ``explanation``: FP32 [N, H, W] at the input's
 resolution. Occlusion: each pixel the mean drop in the class probability over the
 squares that covered it (positive: hiding it hurts the class); the occluded copies
-go through the model's own batcher in max-batch chunks, so they count against its
-queue bound like any image (a full queue fails the request RESOURCE_EXHAUSTED).
+go through the model's own batcher in chunks bounded by rows, bytes and pixels
+(``chunk``), so they count against its queue bound and the client's share like any
+image (a full queue fails the request RESOURCE_EXHAUSTED), and within the
+explanation deadline (``deadline``): a cancelled or late request withdraws them.
 CAM: the class's evidence at each pixel in logit units, from the same forward
 pass as the logits.
 """
@@ -20,6 +22,7 @@ pass as the logits.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -30,6 +33,7 @@ from protos import grpc_service_pb2 as pb
 from server.core.cam import class_maps
 from server.core.errors import InvalidArgument, shown
 from server.core.tensors import softmax
+from server.settings.limits import RequestLimits
 
 OUTPUT = "explanation"
 METHODS = ("occlusion", "cam")
@@ -102,6 +106,39 @@ def check_method(
     )
 
 
+def check_size(shape: tuple[int, ...], max_bytes: int) -> None:
+    """The map ([N, H, W] FP32) must fit the message limit the answer travels under."""
+    if len(shape) != 4:
+        return  # explain() names the layout it needs
+    size = int(shape[0]) * int(shape[2]) * int(shape[3]) * 4
+    if size > max_bytes:
+        raise InvalidArgument(
+            f"an explanation of input shape {list(shape)} is {size:,} bytes, over the "
+            f"{max_bytes:,}-byte message limit"
+        )
+
+
+def deadline(limits: RequestLimits, client: float | None) -> float | None:
+    """The client's deadline, or the server's default for explanations when sooner."""
+    if not limits.explain_timeout:
+        return client
+    default = time.monotonic() + limits.explain_timeout
+    return default if client is None else min(client, default)
+
+
+def chunk(limits: RequestLimits, shape: tuple[int, ...], rows: int, max_bytes: int) -> int:
+    """Occluded copies queued at once: bounded by rows, bytes and pixels, at least one.
+
+    Rows alone let one [1, 3, 896, 896] request queue 32 copies at a time (300 MiB of
+    copies and a batch of 896x896 activations: +2.5 GB); bytes bound the copies and
+    pixels bound the activations they cause.
+    """
+    copy_bytes = max(1, int(np.prod(shape[1:])) * 4)
+    pixels = max(1, int(shape[-2]) * int(shape[-1])) if len(shape) == 4 else 1
+    byte_cap = min(limits.explain_chunk_mb << 20, max_bytes)
+    return max(1, min(rows, byte_cap // copy_bytes, limits.explain_chunk_pixels // pixels))
+
+
 def positions(size: int, patch: int, stride: int) -> list[int]:
     """Square offsets along one side; the last square ends at the edge."""
     starts = list(range(0, size - patch + 1, stride))
@@ -125,7 +162,7 @@ def _geometry(opts: ExplainOptions, height: int, width: int) -> tuple[int, list[
 
 
 async def occlusion(
-    run: RunBatch, images: np.ndarray, logits: np.ndarray, opts: ExplainOptions, max_batch: int
+    run: RunBatch, images: np.ndarray, logits: np.ndarray, opts: ExplainOptions, chunk_rows: int
 ) -> np.ndarray:
     """[N, H, W] drop in class probability per pixel, the copies run through ``run``."""
     n, _, height, width = images.shape
@@ -136,10 +173,10 @@ async def occlusion(
         target = int(base[i].argmax()) if opts.target is None else opts.target
         boxes = [(y, x) for y in ys for x in xs]
         scores: list[np.ndarray] = []
-        for start in range(0, len(boxes), max_batch):
-            chunk = boxes[start : start + max_batch]
-            copies = np.repeat(images[i : i + 1], len(chunk), axis=0)
-            for k, (y, x) in enumerate(chunk):
+        for start in range(0, len(boxes), chunk_rows):
+            part = boxes[start : start + chunk_rows]
+            copies = np.repeat(images[i : i + 1], len(part), axis=0)
+            for k, (y, x) in enumerate(part):
                 copies[k, :, y : y + patch, x : x + patch] = 0.0  # the mean: grey
             scores.append(softmax(np.asarray(await run(copies), dtype=np.float64)))
         drops = base[i, target] - np.concatenate(scores)[:, target]
@@ -157,7 +194,7 @@ async def explain(
     run: RunBatch,
     images: np.ndarray,
     logits: np.ndarray,
-    max_batch: int,
+    chunk_rows: int,
     cam: tuple[CamHead, np.ndarray] | None = None,
 ) -> np.ndarray:
     """The map asked for; ``cam``: the head and the feature map of this forward pass."""
@@ -173,7 +210,7 @@ async def explain(
         top = [int(t) for t in logits.argmax(1)]
         targets = top if opts.target is None else [opts.target] * len(images)
         return class_maps(head, features, targets, images.shape[2], images.shape[3])
-    return await occlusion(run, images, logits, opts, max_batch)
+    return await occlusion(run, images, logits, opts, chunk_rows)
 
 
 def attach(response: pb.ModelInferResponse, heat: np.ndarray) -> None:

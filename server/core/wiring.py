@@ -34,5 +34,6 @@ def build_core(settings: Settings) -> Core:
         shm=SharedMemoryManager(enabled=settings.protocol.shared_memory, max_bytes=limit),
         images=ImagePipeline(settings.images),
         max_spatial_size=settings.models.max_spatial_size,
+        request_limits=settings.requests,
     )
     return Core(settings, metrics, manager, plane)

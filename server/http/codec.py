@@ -24,9 +24,10 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from protos import grpc_service_pb2 as pb
-from server.core import tensors
+from server.core import request_caps, tensors
 from server.core.errors import InvalidArgument, shown
 from server.core.shared_memory import PARAM_REGION
+from server.settings.limits import RequestLimits
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _INT64 = {
@@ -37,6 +38,7 @@ _INT64 = {
     FieldDescriptor.TYPE_SFIXED64,
 }
 _MAX_DIM = 1 << 62
+_REQUEST_LIMITS = RequestLimits()
 _HTTP_ONLY = ("binary_data_size", "binary_data", "content_type")
 # JSON has no NaN or Infinity: answers spell them as protobuf's JSON mapping does (strings
 # that numpy, float() and JavaScript's Number() read back); requests may do the same.
@@ -259,6 +261,19 @@ def _input(
     return _numeric_data(spec["data"], datatype, tensor.shape, where), offset
 
 
+def _check_counts(doc: dict[str, Any], params: dict[str, Any], limits: RequestLimits) -> None:
+    """The request caps on the JSON lists, before one entry is built from them."""
+    inputs = _typed(doc, "inputs", list, "request") or []
+    outputs = _typed(doc, "outputs", list, "request") or []
+    request_caps.check_counts(limits, len(inputs), len(outputs), len(params))
+    tensor_params = sum(
+        len(spec["parameters"])
+        for spec in (*inputs, *outputs)
+        if isinstance(spec, dict) and isinstance(spec.get("parameters"), dict)
+    )
+    request_caps.check_counts(limits, 0, 0, len(params) + tensor_params)
+
+
 def _outputs(doc: dict[str, Any], message: pb.ModelInferRequest) -> dict[str, bool]:
     binary: dict[str, bool] = {}
     for index, spec in enumerate(_typed(doc, "outputs", list, "request") or []):
@@ -274,7 +289,13 @@ def _outputs(doc: dict[str, Any], message: pb.ModelInferRequest) -> dict[str, bo
     return binary
 
 
-def parse_infer(body: bytes, header_length: str | None, model: str, version: str) -> InferCall:
+def parse_infer(
+    body: bytes,
+    header_length: str | None,
+    model: str,
+    version: str,
+    limits: RequestLimits = _REQUEST_LIMITS,
+) -> InferCall:
     """A REST inference body (JSON, then binary tensors when the header says so)."""
     if header_length is None:
         split = len(body)
@@ -290,6 +311,7 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
     message = pb.ModelInferRequest(model_name=model, model_version=version)
     message.id = _typed(doc, "id", str, "request") or ""
     params = _typed(doc, "parameters", dict, "request parameters") or {}
+    _check_counts(doc, params, limits)
     _copy_parameters(
         {k: v for k, v in params.items() if k not in ("binary_data_output", "timeout")},
         message.parameters,

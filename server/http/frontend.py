@@ -23,13 +23,13 @@ from server.core.control import ModelControl
 from server.core.dataplane import DataPlane
 from server.core.errors import InferenceError, clip, shown
 from server.core.models import ModelManager
-from server.http import codec, guard, page
+from server.http import budgets, codec, guard, page
+from server.http.offload import JsonOffload
 from server.settings import Settings, TlsSettings
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_OFF_LOOP_JSON_BYTES = 256 << 10  # JSON bodies larger than this are parsed on a thread
 
 
 class _MalformedRequestLog(logging.Filter):
@@ -121,6 +121,9 @@ class HttpFrontend:
         self.control = control or ModelControl(settings.security)  # default: model control off
         listen = settings.listeners
         self.guard = guard.HttpGuard(settings.security, listen.host, listen.http_cors_origins)
+        self.limits = limits = settings.http
+        self.budgets = budgets.Budgets(limits, settings.protocol.max_message_bytes)
+        self.json = JsonOffload(limits)
         self.port = -1
         self._runner: web.AppRunner | None = None
 
@@ -152,37 +155,30 @@ class HttpFrontend:
 
     # --- repository ------------------------------------------------------------------
     async def repository_index(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        body = await self.budgets.read_body(request)
         ready = codec.index_ready(body)
         index = codec.message_json(self.plane.repository_index(ready))
         return web.json_response(index.get("models", []))
 
     async def load(self, request: web.Request) -> web.Response:
         self.control.authorize("load", guard.caller(request))
-        await self.manager.load(request.match_info["name"])
+        await asyncio.shield(self.manager.load(request.match_info["name"]))  # finish if hung up
         return web.json_response({})
 
     async def unload(self, request: web.Request) -> web.Response:
         self.control.authorize("unload", guard.caller(request))
-        await self.manager.unload(request.match_info["name"])
+        await asyncio.shield(self.manager.unload(request.match_info["name"]))
         return web.json_response({})
 
     # --- inference -------------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.Response:
         self.plane.check_accepting()
-        body = await request.read()
         started = time.perf_counter()
-        header_length = request.headers.get(codec.HEADER_LENGTH)
-        parse = functools.partial(codec.parse_infer, body, header_length, *_model(request))
-        if header_length is None and len(body) > _OFF_LOOP_JSON_BYTES:
-            call = await asyncio.to_thread(parse)  # a large JSON tensor: let gRPC go on meanwhile
-        else:
-            call = parse()
-        del body, parse
+        call = await self.json.parse(request, self.budgets, self.plane.request_limits)
         peer = request.transport.get_extra_info("peername") if request.transport else None
         owner = ("http", peer)  # one connection: one client, for its share of the queue
         answer = await self.plane.infer(call.message, call.deadline, owner, protocol="http")
-        payload, header_length = codec.encode_infer(answer, call.binary)
+        payload, header_length = await self.json.encode(answer, call)
         response = web.Response(
             body=payload,
             content_type="application/json"
@@ -204,13 +200,15 @@ class HttpFrontend:
             if self.settings.listeners.http_cors_origins
             else []
         )
+        middlewares.append(self.budgets.middleware)  # 413/503 before a body byte is read
         app = web.Application(
             client_max_size=self.settings.protocol.max_message_bytes, middlewares=middlewares
         )
         self.guard.install(app)
         model = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
-        get, post = web.get, web.post
+        get = web.get
+        post = functools.partial(web.post, expect_handler=self.budgets.expect_handler)
         routes = [
             get("/v2/health/live", self.live),
             get("/v2/health/ready", self.ready),
@@ -234,11 +232,13 @@ class HttpFrontend:
 
     async def start(self) -> None:
         logging.getLogger("aiohttp.server").addFilter(_MALFORMED)  # the same filter: no-op twice
+        budgets.throttle_loop_errors(asyncio.get_running_loop())
         runner = web.AppRunner(
             self.application(),
             handle_signals=False,
             access_log=None,
             shutdown_timeout=self.settings.listeners.grace_seconds,
+            **budgets.runner_args(self.limits),
         )
         await runner.setup()
         tls, host, port = (
@@ -247,7 +247,8 @@ class HttpFrontend:
             self.settings.listeners.http_port,
         )
         context = ssl_context(tls) if tls.enabled else None
-        site = web.TCPSite(runner, host, port, ssl_context=context)
+        gate = budgets.ConnectionGate(self.limits)
+        site = budgets.GatedSite(runner, gate, host, port, ssl_context=context)
         try:
             await site.start()
         except OSError as exc:
@@ -261,3 +262,4 @@ class HttpFrontend:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.json.close()

@@ -8,6 +8,7 @@ from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.settings.base import setting
+from server.settings.limits import HttpLimits, RequestLimits
 from server.settings.listeners import ListenerSettings, TlsSettings
 from server.settings.models import BatchingSettings, ModelSettings
 from server.settings.runtime import ImageSettings, MemorySettings, ProtocolSettings
@@ -39,6 +40,10 @@ class Settings(BaseSettings):
     """Dynamic batching overrides."""
     protocol: ProtocolSettings = ProtocolSettings()
     """Message bounds and shared memory."""
+    http: HttpLimits = HttpLimits()
+    """HTTP connection, body and JSON budgets."""
+    requests: RequestLimits = RequestLimits()
+    """Per-request bounds on both protocols."""
     images: ImageSettings = ImageSettings()
     """The image path."""
     memory: MemorySettings = MemorySettings()
