@@ -28,6 +28,7 @@ from server.core.shared_memory import SharedMemoryManager
 from server.grpc.servicer import InferenceServicer
 from server.grpc.transport import TlsFiles, add_inference_service
 from server.http.frontend import HttpFrontend, HttpOptions
+from server.settings.repository import RepositorySettings
 from server.startup import EXIT_CODE, StartupError, bind_error, check_repository, check_tls
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class AppOptions:
     images: ImageOptions = ImageOptions()  # decode pool and image limits
     max_spatial_size: int | None = None  # dynamic H/W cap for every model (server/core/limits.py)
     memory: TrimOptions = TrimOptions()  # giving memory back (server/core/memory.py)
+    repository: RepositorySettings = RepositorySettings()  # reading and loading entries
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -65,7 +67,7 @@ class InferenceServer:
     def __init__(self, opts: AppOptions) -> None:
         self.opts = opts
         self.metrics = Metrics.create()
-        self.manager = ModelManager(opts.models, self.metrics)
+        self.manager = ModelManager(opts.models, self.metrics, opts.repository)
         self.plane = DataPlane(
             self.manager,
             max_input_bytes=opts.max_message_bytes,
@@ -158,6 +160,7 @@ class InferenceServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, finish what was accepted, release everything."""
+        self.manager.begin_shutdown()  # a load in progress is abandoned, never waited for
         self.servicer.stop_streams()
         if self.http is not None:
             self.http.begin_shutdown()

@@ -164,7 +164,13 @@ class HttpFrontend:
         return web.json_response(index.get("models", []))
 
     async def load(self, request: web.Request) -> web.Response:
-        await self.manager.load(request.match_info["name"])
+        body = await request.read()
+        if len(body) > _OFF_LOOP_JSON_BYTES:  # files in base64: decode them on a thread
+            load = await asyncio.to_thread(codec.load_request, body)
+        else:
+            load = codec.load_request(body)
+        del body
+        await self.manager.load(request.match_info["name"], load)
         return web.json_response({})
 
     async def unload(self, request: web.Request) -> web.Response:
