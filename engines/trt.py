@@ -13,7 +13,6 @@ error.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from pathlib import Path
@@ -23,6 +22,8 @@ import numpy as np
 
 from engines.base import Backend, BackendConfig, BackendError
 from engines.gpu import GpuUnavailable, check, gpu_info
+from modelrepo.keys import EXPORT_REPORT_FILE
+from modelrepo.reading import read_json
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,10 @@ def compatibility_problem(built: dict[str, Any], trt_version: str, gpu: dict[str
 def recorded_build(plan: Path) -> dict[str, Any]:
     """export.json's "tensorrt" section beside ``plan`` ({} when absent)."""
     try:
-        report = json.loads((plan.parent / "export.json").read_text())
+        report = read_json(plan.parent / EXPORT_REPORT_FILE)  # bounded, regular files only
     except (OSError, ValueError):
         return {}
-    return report.get("tensorrt") or {}
+    return (report.get("tensorrt") or {}) if isinstance(report, dict) else {}
 
 
 class TensorRTBackend(Backend):

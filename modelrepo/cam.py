@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from modelrepo.keys import CAM_FEATURES_OUTPUT, CAM_HEAD_FILE
+from modelrepo.reading import DEFAULT_LIMITS, UnsafeFileError, load_npz
 from protos import model_config_pb2 as mc
 
 
@@ -59,17 +60,19 @@ def check_head(path: Path, weight: np.ndarray, bias: np.ndarray, classes: int | 
         raise CamDataError(f"{path}: the head holds NaN or infinite values")
 
 
-def read_head(config: mc.ModelConfig, version_dir: Path) -> CamHead | None:
+def read_head(
+    config: mc.ModelConfig, version_dir: Path, max_bytes: int = DEFAULT_LIMITS.cam_head_bytes
+) -> CamHead | None:
     """The CAM data of one version (None: the config names no feature output)."""
     name = features_output(config)
     if not name:
         return None
     path = Path(version_dir) / CAM_HEAD_FILE
     try:
-        with np.load(path, allow_pickle=False) as data:
-            weight = np.asarray(data["weight"], np.float32)
-            bias = np.asarray(data["bias"], np.float32)
-    except (OSError, KeyError, ValueError) as exc:
+        data = load_npz(path, max_bytes)
+        weight = np.asarray(data["weight"], np.float32)
+        bias = np.asarray(data["bias"], np.float32)
+    except (UnsafeFileError, KeyError, ValueError) as exc:
         raise CamDataError(
             f"{path}: config.pbtxt names {CAM_FEATURES_OUTPUT} '{name}' but the head's "
             f"weights cannot be read ({exc}); re-export, or export with --no-cam"

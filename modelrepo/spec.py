@@ -14,9 +14,13 @@ from google.protobuf import text_format
 
 from modelrepo import keys
 from modelrepo.keys import CONFIG_FILE
+from modelrepo.names import RULE, valid_name
+from modelrepo.reading import DEFAULT_LIMITS, ReadLimits, UnsafeFileError, read_text
 from protos import model_config_pb2 as mc
 
 _MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
+# Triton lets a config name its backend instead of a platform.
+_BACKEND_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 
 
 class ModelConfigError(ValueError):
@@ -74,7 +78,14 @@ class ModelSpec:
 
     def model_file(self, version: int | None = None) -> Path:
         filename = self.config.default_model_filename or _MODEL_FILES.get(self.platform, "")
-        return self.version_dir(version) / filename
+        return self.version_dir(version) / file_name(filename, "default_model_filename")
+
+
+def file_name(name: str, field: str) -> str:
+    """A file name from a config, checked before it is joined to a folder."""
+    if not valid_name(name):
+        raise ModelConfigError(f"{field} {name[:80]!r}: a file name must be {RULE}")
+    return name
 
 
 def fixed_dims(dims: tuple[int, ...] | list[int], crop_size: int) -> tuple[int, ...]:
@@ -88,19 +99,26 @@ def image_dims(config: mc.ModelConfig) -> tuple[int, ...]:
     return fixed_dims(tuple(config.input[0].dims), preprocess_from(config).crop_size)
 
 
-def parse_config(path: Path) -> mc.ModelConfig:
+def parse_config(path: Path, max_bytes: int = DEFAULT_LIMITS.config_bytes) -> mc.ModelConfig:
+    """``path`` (a config.pbtxt) parsed; bounded and regular-file-only (reading.py)."""
     try:
-        text = path.read_text()
+        text = read_text(path, max_bytes, "config_bytes")
+    except UnsafeFileError as exc:
+        raise ModelConfigError(str(exc)) from exc
+    return parse_config_text(text, str(path))
+
+
+def parse_config_text(text: str, source: str) -> mc.ModelConfig:
+    """A ModelConfig in protobuf text; a malformed one fails naming ``source`` and its line."""
+    try:
         return text_format.Parse(text, mc.ModelConfig())
     except text_format.ParseError as exc:
         # protobuf says "line:col : what"; quoting the line shows the field it is about.
         line = exc.GetLine() or 0
         lines = text.splitlines()
         quoted = lines[line - 1].strip()[:120] if 0 < line <= len(lines) else ""
-        source = f' (line {line}: "{quoted}")' if quoted and quoted not in str(exc) else ""
-        raise ModelConfigError(f"{path}:{exc}{source}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelConfigError(f"{path}: cannot read: {exc}") from exc
+        shown = f' (line {line}: "{quoted}")' if quoted and quoted not in str(exc) else ""
+        raise ModelConfigError(f"{source}:{exc}{shown}") from exc
 
 
 def _param(config: mc.ModelConfig, key: str, default: str) -> str:
@@ -140,25 +158,39 @@ def preprocess_from(config: mc.ModelConfig) -> Preprocess:
     return pre
 
 
-def load_spec(model_dir: Path) -> ModelSpec:
-    """Read one model directory; raises ModelConfigError naming what is wrong."""
+def _version_dir(path: Path) -> bool:
+    return path.name.isascii() and path.name.isdigit() and path.is_dir()
+
+
+def load_spec(
+    model_dir: Path, limits: ReadLimits = DEFAULT_LIMITS, config: mc.ModelConfig | None = None
+) -> ModelSpec:
+    """Read one model directory; raises ModelConfigError naming what is wrong.
+
+    ``config`` replaces the folder's config.pbtxt (a load request's override).
+    """
     model_dir = Path(model_dir)
-    config = parse_config(model_dir / CONFIG_FILE)
+    if config is None:
+        config = parse_config(model_dir / CONFIG_FILE, limits.config_bytes)
     if config.name and config.name != model_dir.name:
         raise ModelConfigError(
-            f"{model_dir / CONFIG_FILE}: name '{config.name}' differs from its folder "
+            f"{model_dir.name}/{CONFIG_FILE}: name '{config.name}' differs from its folder "
             f"'{model_dir.name}'"
         )
     config.name = model_dir.name
+    if not config.platform and config.backend in _BACKEND_PLATFORMS:
+        config.platform = _BACKEND_PLATFORMS[config.backend]
     if len(config.input) != 1 or len(config.output) < 1:
         raise ModelConfigError(f"model '{config.name}': expected one input and an output")
     labels: tuple[str, ...] = ()
     label_file = config.output[0].label_filename
     if label_file:
-        labels = tuple((model_dir / label_file).read_text().splitlines())
-    versions = tuple(
-        sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-    )
+        path = model_dir / file_name(label_file, "label_filename")
+        try:
+            labels = tuple(read_text(path, limits.labels_bytes, "labels_bytes").splitlines())
+        except UnsafeFileError as exc:
+            raise ModelConfigError(str(exc)) from exc
+    versions = tuple(sorted(int(p.name) for p in model_dir.iterdir() if _version_dir(p)))
     return ModelSpec(
         name=config.name,
         path=model_dir,

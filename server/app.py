@@ -118,6 +118,7 @@ class InferenceServer:
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, finish what was accepted, release everything."""
         self.plane.begin_shutdown()  # both frontends: not ready, no new inference
+        self.manager.begin_shutdown()  # a load in progress is abandoned, never waited for
         self.servicer.stop_streams()
         await self.health.enter_graceful_shutdown()
         if self._grpc is not None:

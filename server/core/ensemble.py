@@ -11,7 +11,6 @@ reloaded member is used at once. The combined output is probabilities.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import dataclasses
 import threading
@@ -22,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelrepo.names import RULE, valid_name
 from modelrepo.serving import ServingConfig
-from modelrepo.spec import CONFIG_FILE, ModelConfigError, ModelSpec, load_spec
+from modelrepo.spec import CONFIG_FILE, ModelConfigError, ModelSpec
 from server.batching.types import BatcherClosedError, BatcherStats
 from server.core.errors import FailedPrecondition, Unavailable
 from server.core.tensors import softmax
@@ -63,6 +63,11 @@ def plan_of(spec: ModelSpec) -> EnsemblePlan:
         raise ModelConfigError(f"ensemble '{spec.name}' has no ensemble_scheduling steps")
     members = []
     for step in steps:
+        if not valid_name(step.model_name):  # checked before it is joined to any path
+            raise ModelConfigError(
+                f"ensemble '{spec.name}': step model_name {step.model_name[:80]!r} is not a "
+                f"model name ({RULE})"
+            )
         if step.model_name == spec.name:
             raise ModelConfigError(f"ensemble '{spec.name}' names itself as a member")
         version = "" if step.model_version < 0 else str(step.model_version)
@@ -129,11 +134,10 @@ def combine(plan: EnsemblePlan, outputs: list[np.ndarray]) -> np.ndarray:
 async def load_members(spec: ModelSpec, manager: ModelManager) -> EnsemblePlan:
     """Load the members not loaded yet (each with its own batcher) and check they fit;
     one that cannot load makes the ensemble unavailable with the member's reason."""
-    plan = plan_of(spec)
+    plan = plan_of(spec)  # every member's name checked
     for member, version in plan.members:
-        member_dir = manager.opts.repository / member
-        if (member_dir / CONFIG_FILE).is_file() and is_ensemble(
-            await asyncio.to_thread(load_spec, member_dir)
+        if (manager.opts.repository / member / CONFIG_FILE).is_file() and is_ensemble(
+            await manager.read_spec(member)
         ):  # loading it here could wait on this ensemble's own lock
             raise ModelConfigError(f"member '{member}' of '{spec.name}' is an ensemble")
         entry = manager.entries.get(member)

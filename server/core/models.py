@@ -17,9 +17,8 @@ import queue
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
@@ -27,20 +26,32 @@ from engines import Backend, BackendConfig, create_backend
 from modelrepo import keys
 from modelrepo.cam import CamHead, features_output, read_head
 from modelrepo.files import model_folders
+from modelrepo.keys import CONFIG_FILE
+from modelrepo.names import RULE, valid_name
+from modelrepo.override import config_from_json, staged_model
+from modelrepo.reading import ReadLimits, UnsafeFileError, check_regular, fingerprint
 from modelrepo.serving import ServingConfig, read_serving
-from modelrepo.spec import ModelConfigError, ModelSpec, load_spec
+from modelrepo.spec import ModelConfigError, ModelSpec, load_spec, parse_config
+from protos import model_config_pb2 as mc
 from server.batching.batcher import DynamicBatcher
 from server.batching.types import RunFeatures
 from server.core import ensemble
 from server.core.errors import InvalidArgument, NotFound, Unavailable, shown
 from server.core.limits import max_spatial_size
+from server.core.load_request import LoadRequest
+from server.core.loader import Loader, Stop
 from server.core.metrics import Metrics, ModelMetrics
+from server.core.warmup import warm_up, warmup_sizes
 from server.settings.models import BatchingSettings, ModelSettings
+from server.settings.repository import RepositorySettings
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SETTINGS = RepositorySettings()
+PLAIN = LoadRequest()  # a load naming only the model
+
 RunBatch = Callable[[np.ndarray], np.ndarray]
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_STAGED = re.compile(r"\S*cnn-serving-load-[^/\s]+/")  # a load request's private folder
 
 
 @dataclass
@@ -68,15 +79,13 @@ class ModelEntry:
     state: str = "UNAVAILABLE"  # READY | LOADING | UNAVAILABLE | UNLOADING
     reason: str = ""
     versions: dict[int, ServedVersion] = field(default_factory=dict)
+    source: str = ""  # what the served versions were built from (see ModelManager._source)
 
 
 def check_name(name: str) -> str:
     """Model names from requests never reach the filesystem unchecked."""
-    if not _NAME.fullmatch(name) or ".." in name:
-        raise InvalidArgument(
-            f"invalid model name {shown(name)}: 1 to 128 letters, digits, '_', '-', '.' "
-            "(no path separators, no '..')"
-        )
+    if not valid_name(name):
+        raise InvalidArgument(f"invalid model name {shown(name)}: {RULE}")
     return name
 
 
@@ -142,21 +151,24 @@ def _versions_to_serve(spec: ModelSpec) -> list[int]:
 
 class ModelManager:
     def __init__(
-        self, opts: ModelSettings, metrics: Metrics, batching: BatchingSettings | None = None
+        self,
+        opts: ModelSettings,
+        metrics: Metrics,
+        batching: BatchingSettings | None = None,
+        repository: RepositorySettings = DEFAULT_SETTINGS,
     ) -> None:
         self.opts = opts
         self.batching = batching or BatchingSettings()
         self.metrics = metrics
+        self.settings = repository
+        self.limits = repository.read_limits()
         self.entries: dict[str, ModelEntry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         # Called with (model name, ready) after every load/unload (health service).
         self.listeners: list[Callable[[str, bool], None]] = []
-        # Loads run off the event loop, always on this one thread: the allocator then
-        # reuses one arena for every session built, instead of fragmenting several.
-        self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
-
-    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._loader, fn, *args)
+        # Reads and builds run off the event loop, each on its own abandonable thread.
+        self.loader = Loader(repository.load_timeout_s)
+        self._roots = sorted({str(opts.repository), str(Path(opts.repository).resolve())}, key=len)
 
     def _notify(self, name: str) -> None:
         ready = bool(self.entries.get(name) and self.entries[name].versions)
@@ -166,6 +178,12 @@ class ModelManager:
     def names_in_repository(self) -> list[str]:
         return model_folders(self.opts.repository)
 
+    def scrub(self, message: str) -> str:
+        """``message`` without the server's paths: clients see model-relative names only."""
+        for root in reversed(self._roots):
+            message = message.replace(root + "/", "").replace(root, "<repository>")
+        return _STAGED.sub("", message)
+
     async def load_all(self) -> None:
         names = list(self.opts.names) or self.names_in_repository()
         for name in names:
@@ -173,43 +191,100 @@ class ModelManager:
                 continue  # loaded already, as a member of an ensemble loaded before it
             try:
                 await self.load(name)
-            except Exception as exc:  # reported in RepositoryIndex; the rest keep loading
-                log.error("model %s failed to load: %s", name, exc)
+            except Exception:  # logged and reported in RepositoryIndex; the rest keep loading
+                continue
 
-    async def load(self, name: str) -> None:
+    async def load(self, name: str, request: LoadRequest = PLAIN) -> None:
+        """Load or reload ``name``: from its folder, or as ``request`` gives it (Triton's
+        ``config`` and ``file:`` parameters). An unchanged model is kept as it is."""
         check_name(name)
-        if not (self.opts.repository / name / keys.CONFIG_FILE).is_file() and (
-            name not in self.entries
+        request.check(name)
+        folder = self.opts.repository / name
+        if (
+            not request.files
+            and not (folder / CONFIG_FILE).is_file()
+            and not (request.config is not None and folder.is_dir())
         ):  # no lasting state for names that are not models
-            raise NotFound(f"no model '{name}' in repository {self.opts.repository}")
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
+            raise NotFound(f"failed to load '{name}', failed to poll from model repository")
+        async with self._locks.setdefault(name, asyncio.Lock()):
             entry = self.entries.setdefault(name, ModelEntry(name))
             old = entry.versions
-            entry.state, entry.reason = ("READY" if old else "LOADING"), ""
             try:
-                new = await self._build_any(name)
+                source = await self.loader.run(name, self._source, name, request)
+                if old and _same_source(entry.source, source, request):
+                    log.info("model %s unchanged since it was loaded: kept", name)
+                    return
+                entry.state, entry.reason = ("READY" if old else "LOADING"), ""
+                new = await self._build_any(name, request)
                 for served in new.values():
                     served.batcher.start()
             except Exception as exc:
-                if not old:
-                    entry.state, entry.reason = "UNAVAILABLE", str(exc)
-                self._notify(name)
-                if isinstance(exc, NotFound):
-                    raise
-                raise Unavailable(f"failed to load model '{name}': {exc}") from exc
+                raise self._failed(entry, exc, request) from exc
             entry.versions, entry.state, entry.reason = new, "READY", ""
+            entry.source = source
             log.info("model %s ready, versions %s", name, sorted(new))
             self._notify(name)
         await self._retire(old)
 
-    async def _build_any(self, name: str) -> dict[int, ServedVersion]:
-        model_dir = self.opts.repository / name
-        if (model_dir / keys.CONFIG_FILE).is_file():
-            spec = await self._off_loop(load_spec, model_dir)
+    def _failed(self, entry: ModelEntry, exc: Exception, request: LoadRequest) -> Exception:
+        """The client's answer for a failed load (no server paths in it); the entry keeps
+        serving its old versions, or reports the reason."""
+        message = self.scrub(str(exc))
+        log.error("model %s failed to load: %s", entry.name, exc)
+        if not entry.versions:
+            entry.state, entry.reason = "UNAVAILABLE", message
+        self._notify(entry.name)
+        if isinstance(exc, (NotFound, InvalidArgument)):
+            said = message.startswith("failed to load")
+            return type(exc)(message if said else f"failed to load '{entry.name}': {message}")
+        if isinstance(exc, ModelConfigError) and not request.plain:
+            return InvalidArgument(f"failed to load '{entry.name}': {message}")
+        return Unavailable(f"failed to load model '{entry.name}': {message}")
+
+    def _source(self, name: str, request: LoadRequest) -> str:
+        """What a load would build from: the folder's state, plus the request's own parts.
+        Equal to the served entry's: nothing to rebuild."""
+        if request.files:
+            return f"request:{request.digest()}"
+        folder = fingerprint(self.opts.repository / name)
+        return folder if request.config is None else f"{folder}|{request.digest()}"
+
+    async def read_spec(self, name: str, config_json: str | None = None) -> ModelSpec:
+        """``name``'s spec from its folder (``config_json`` replacing fields of its
+        config.pbtxt), read off the event loop within the load timeout."""
+        return await self.loader.run(name, self._read_spec, name, config_json)
+
+    def _read_spec(self, name: str, config_json: str | None) -> ModelSpec:
+        folder = self.opts.repository / name
+        if config_json is None:
+            return load_spec(folder, self.limits)
+        base = (
+            parse_config(folder / CONFIG_FILE, self.limits.config_bytes)
+            if (folder / CONFIG_FILE).exists()
+            else None
+        )
+        return load_spec(folder, self.limits, _override(config_json, base, self.limits))
+
+    async def _build_any(self, name: str, request: LoadRequest) -> dict[int, ServedVersion]:
+        if request.files:
+            return await self.loader.run(
+                name, self._build_staged, name, request, discard=_close_versions, stop=True
+            )
+        spec = await self.read_spec(name, request.config)
+        if ensemble.is_ensemble(spec):
+            return await self._build_ensemble(spec)
+        return await self.loader.run(name, self._build, spec, discard=_close_versions, stop=True)
+
+    def _build_staged(
+        self, name: str, request: LoadRequest, stop: Stop
+    ) -> dict[int, ServedVersion]:
+        """A model made of the request's files (its folder exists for this load only)."""
+        assert request.config is not None  # LoadRequest.check
+        with staged_model(name, request.files) as folder:
+            spec = load_spec(folder, self.limits, _override(request.config, None, self.limits))
             if ensemble.is_ensemble(spec):
-                return await self._build_ensemble(spec)
-        return await self._off_loop(self._build, name)
+                raise ModelConfigError("an ensemble is loaded from the repository, not from files")
+            return self._build(spec, stop)
 
     async def _build_ensemble(self, spec: ModelSpec) -> dict[int, ServedVersion]:
         """Members load first (each with its own batcher); one that cannot makes the
@@ -223,70 +298,66 @@ class ModelManager:
             served[version] = ServedVersion(spec, version, [], batcher, metrics)  # type: ignore[arg-type]
         return served
 
-    def _build(self, name: str) -> dict[int, ServedVersion]:
-        model_dir = self.opts.repository / name
-        if not (model_dir / keys.CONFIG_FILE).is_file():
-            raise NotFound(f"no model '{name}' in repository {self.opts.repository}")
-        spec = load_spec(model_dir)
+    def _build(self, spec: ModelSpec, stop: Stop) -> dict[int, ServedVersion]:
         max_spatial_size(spec)  # a bad limit parameter fails the load, not every request
         if not spec.versions:
             raise ModelConfigError(
-                f"no version folder (1/, 2/, ...) in {model_dir}: nothing to serve"
+                f"model '{spec.name}': no version folder (1/, 2/, ...): nothing to serve"
             )
         served: dict[int, ServedVersion] = {}
-        for version in _versions_to_serve(spec):
-            bcfg = batching_config(spec, self.opts, self.batching)
-            backends = []
-            for _ in range(bcfg.instance_count):
-                backend = create_backend(_backend_config(spec, version, self.opts, bcfg))
-                backend.load()
-                backends.append(backend)
-            if self.opts.warmup:
-                self._warm_up(spec, backends, bcfg)
-            metrics = self.metrics.bind(name, str(version))
-            cam = read_head(spec.config, spec.version_dir(version))
-            run, run_features = _pool_runners(backends)
-            served[version] = ServedVersion(
-                spec=spec,
-                version=version,
-                backends=backends,
-                batcher=DynamicBatcher(
-                    run,
-                    bcfg,
-                    name=f"{name}/{version}",
-                    observer=metrics,
-                    max_queue_share=self.batching.max_queue_share,
-                    run_features=run_features if cam is not None else None,
-                ),
-                metrics=metrics,
-                cam=cam,
-            )
+        try:
+            for version in _versions_to_serve(spec):
+                served[version] = self._build_version(spec, version, stop)
+        except BaseException:
+            _close_versions(served)
+            raise
         return served
 
-    @staticmethod
-    def _warm_up(spec: ModelSpec, backends: list[Backend], bcfg: ServingConfig) -> None:
-        """Run every preferred batch size once per instance, before reporting ready."""
-        shape = spec.image_dims
-        for size in sorted({1, *bcfg.preferred_batch_sizes}):
-            x = np.zeros((size, *shape), dtype=np.float32)
+    def _build_version(self, spec: ModelSpec, version: int, stop: Stop) -> ServedVersion:
+        bcfg = batching_config(spec, self.opts, self.batching)
+        sizes = warmup_sizes(spec, bcfg, self.settings.warmup_bytes)
+        try:
+            check_regular(spec.model_file(version))
+        except UnsafeFileError as exc:
+            raise ModelConfigError(str(exc)) from exc
+        backends: list[Backend] = []
+        try:
+            for _ in range(bcfg.instance_count):
+                stop.check()
+                backend = create_backend(_backend_config(spec, version, self.opts, bcfg))
+                backends.append(backend)
+                backend.load()
+            if self.opts.warmup:
+                warm_up(spec, version, backends, sizes, stop.check)
+            cam = read_head(spec.config, spec.version_dir(version), self.limits.cam_head_bytes)
+        except BaseException:
             for backend in backends:
-                try:
-                    backend.infer(x)
-                except Exception as exc:  # typically config dims that the model file disagrees with
-                    raise ModelConfigError(
-                        f"warm-up with input shape {list(x.shape)} (dims {list(spec.input_dims)} "
-                        f"from config.pbtxt) failed: {exc}"
-                    ) from exc
+                backend.unload()
+            raise
+        metrics = self.metrics.bind(spec.name, str(version))
+        run, run_features = _pool_runners(backends)
+        batcher = DynamicBatcher(
+            run,
+            bcfg,
+            name=f"{spec.name}/{version}",
+            observer=metrics,
+            max_queue_share=self.batching.max_queue_share,
+            run_features=run_features if cam is not None else None,
+        )
+        return ServedVersion(spec, version, backends, batcher, metrics, cam=cam)
 
     async def unload(self, name: str) -> None:
+        """Unload ``name``; a load of it in progress is abandoned, never waited for."""
         check_name(name)
         entry = self.entries.get(name)
-        if entry is None or not entry.versions:
+        if (entry is None or not entry.versions) and not self.loader.busy(name):
             raise NotFound(f"model '{name}' is not loaded")
         ensemble.check_unload(name, self.entries)
+        self.loader.abandon(name, f"model '{name}' was unloaded while it loaded")
         async with self._locks.setdefault(name, asyncio.Lock()):
+            entry = self.entries.setdefault(name, ModelEntry(name))
             versions, entry.versions = entry.versions, {}
-            entry.state, entry.reason = "UNLOADING", ""
+            entry.state, entry.reason, entry.source = "UNLOADING", "", ""
             await self._retire(versions)
             entry.state, entry.reason = "UNAVAILABLE", "unloaded"
         self._notify(name)
@@ -302,7 +373,8 @@ class ModelManager:
             await asyncio.sleep(0.01)
         for served in versions.values():
             await served.close(drain=True)
-        await self._off_loop(release_memory)
+        if not self.loader.closed:
+            await self.loader.run("", release_memory)
 
     def get(self, name: str, version: str = "") -> ServedVersion:
         entry = self.entries.get(name)
@@ -324,12 +396,37 @@ class ModelManager:
     def ready(self) -> bool:
         return any(e.versions for e in self.entries.values())
 
+    def begin_shutdown(self) -> None:
+        """Abandon every load in progress and refuse new ones (shutdown waits for none)."""
+        self.loader.close()
+
     async def close(self) -> None:
+        self.begin_shutdown()
         for entry in self.entries.values():
             versions, entry.versions = entry.versions, {}
             for served in versions.values():
                 await served.close(drain=True)
-        self._loader.shutdown(wait=False)
+
+
+def _same_source(served: str, wanted: str, request: LoadRequest) -> bool:
+    """A plain load keeps what a config override built while the folder is unchanged
+    (as Triton does); any other load rebuilds unless everything is the same."""
+    return served == wanted or (request.plain and served.startswith(wanted + "|"))
+
+
+def _override(config_json: str, base: mc.ModelConfig | None, limits: ReadLimits) -> mc.ModelConfig:
+    try:
+        return config_from_json(config_json, base, limits.config_bytes)
+    except ModelConfigError as exc:
+        raise InvalidArgument(str(exc)) from exc
+
+
+def _close_versions(versions: dict[int, ServedVersion]) -> None:
+    """Release what an abandoned or failed build made (on the thread that gets it)."""
+    for served in versions.values():
+        served.batcher.close(drain=False)
+        for backend in served.backends:
+            backend.unload()
 
 
 def _in_flight(served: ServedVersion) -> float:

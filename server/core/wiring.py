@@ -26,7 +26,7 @@ class Core:
 
 def build_core(settings: Settings) -> Core:
     metrics = Metrics.create()
-    manager = ModelManager(settings.models, metrics, settings.batching)
+    manager = ModelManager(settings.models, metrics, settings.batching, settings.repository)
     limit = settings.protocol.max_message_bytes
     plane = DataPlane(
         manager,

@@ -20,6 +20,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from server.core.control import Caller, ModelControl
 from server.core.dataplane import DataPlane
 from server.core.errors import InferenceError, Unimplemented, clip
+from server.core.load_request import from_grpc
 from server.core.models import ModelManager
 from server.grpc.streaming import InferStream
 
@@ -106,7 +107,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_rpc
     async def RepositoryModelLoad(self, request, context):
         self.control.authorize("load", _caller(context))
-        await self.manager.load(request.model_name)
+        await self.manager.load(request.model_name, from_grpc(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @_rpc

@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 from protos import grpc_service_pb2 as pb
 from server.core import request_caps, tensors
 from server.core.errors import InvalidArgument, shown
+from server.core.load_request import LoadRequest, from_json
 from server.core.shared_memory import PARAM_REGION
 from server.settings.limits import RequestLimits
 
@@ -350,6 +351,12 @@ def index_ready(body: bytes) -> bool:
     if not body.strip():
         return False
     return bool(_typed(_parse_json(body), "ready", bool, "repository index request"))
+
+
+def load_request(body: bytes) -> LoadRequest:
+    """The repository load request: empty, or ``{"parameters": {...}}`` (Triton's ``config``
+    and base64 ``file:<version>/<name>`` values)."""
+    return from_json(_parse_json(body) if body.strip() else None)
 
 
 # --- ModelInferResponse -> JSON (+ binary) -----------------------------------------------

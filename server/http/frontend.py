@@ -162,7 +162,14 @@ class HttpFrontend:
 
     async def load(self, request: web.Request) -> web.Response:
         self.control.authorize("load", guard.caller(request))
-        await asyncio.shield(self.manager.load(request.match_info["name"]))  # finish if hung up
+        body = await request.read()
+        if len(body) > self.limits.json_on_loop_bytes:  # files in base64: decoded on a thread
+            load = await asyncio.to_thread(codec.load_request, body)
+        else:
+            load = codec.load_request(body)
+        del body
+        # finish if the client hangs up
+        await asyncio.shield(self.manager.load(request.match_info["name"], load))
         return web.json_response({})
 
     async def unload(self, request: web.Request) -> web.Response:

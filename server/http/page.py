@@ -16,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
+from modelrepo.keys import EXPORT_REPORT_FILE
+from modelrepo.reading import read_json
 from server.core.dataplane import DataPlane
 from server.http import codec
 
@@ -29,8 +31,10 @@ _EXPORT_FIELDS = ("params", "gmacs", "macs_input_size")
 def _export_facts(folder: Path) -> dict[str, Any]:
     """What the exporter measured for one version (empty when export.json is missing)."""
     try:
-        doc = json.loads((folder / "export.json").read_text())
+        doc = read_json(folder / EXPORT_REPORT_FILE)  # bounded, regular files only
     except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict):
         return {}
     config = doc.get("config") or {}
     weights = doc.get("weights") or {}

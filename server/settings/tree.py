@@ -11,6 +11,7 @@ from server.settings.base import setting
 from server.settings.limits import HttpLimits, RequestLimits
 from server.settings.listeners import ListenerSettings, TlsSettings
 from server.settings.models import BatchingSettings, ModelSettings
+from server.settings.repository import RepositorySettings
 from server.settings.runtime import ImageSettings, MemorySettings, ProtocolSettings
 from server.settings.security import SecuritySettings
 
@@ -38,6 +39,8 @@ class Settings(BaseSettings):
     """The repository and the models' runtimes."""
     batching: BatchingSettings = BatchingSettings()
     """Dynamic batching overrides."""
+    repository: RepositorySettings = RepositorySettings()
+    """Reading and loading repository entries: file bounds, warm-up, load timeout."""
     protocol: ProtocolSettings = ProtocolSettings()
     """Message bounds and shared memory."""
     http: HttpLimits = HttpLimits()
