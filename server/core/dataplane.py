@@ -19,6 +19,7 @@ from modelrepo.keys import RUNTIME_PREFIX
 from protos import grpc_service_pb2 as pb
 from server.batching import batcher as batching
 from server.core import ensemble, explain, limits, tensors
+from server.core.cuda_shared_memory import CudaSharedMemory
 from server.core.errors import (
     DeadlineExceeded,
     InferenceError,
@@ -39,7 +40,14 @@ from server.core.shared_memory import (
 
 SERVER_NAME = "cnn-serving"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ("classification", "model_repository", "statistics", "model_configuration")
+# What this server does as Triton does it (a client may branch on the list): only true ones.
+EXTENSIONS = (
+    "classification",
+    "model_repository",
+    "statistics",
+    "model_configuration",
+    "binary_tensor_data",
+)
 _DATATYPE = {"TYPE_FP32": "FP32", "TYPE_STRING": "BYTES"}
 
 
@@ -60,6 +68,7 @@ class DataPlane:
         self.max_input_bytes = max_input_bytes
         self.max_spatial_size = max_spatial_size  # None: each model's own (server/core/limits.py)
         self.shm = shm or SharedMemoryManager(enabled=False)
+        self.cuda_shm = CudaSharedMemory()  # status and unregister answer; register refuses
         self.images = images or ImagePipeline()
 
     # --- metadata ---------------------------------------------------------
@@ -97,6 +106,12 @@ class DataPlane:
         for datatype, layout in forms.items():  # what a tritonclient user may send
             config.config.parameters[f"input.{datatype}"].string_value = layout
         return config
+
+    def raw_input_layout(self, name: str, version: str) -> tuple[str, str, list[int]]:
+        """The single input's name, datatype and dims without the batch dimension: what a
+        request without a JSON header (Triton's raw binary request) is taken to be."""
+        served = self.manager.get(check_name(name), version)
+        return served.spec.config.input[0].name, "FP32", list(served.spec.input_dims)
 
     # --- inference --------------------------------------------------------
     async def _input_array(
@@ -384,6 +399,17 @@ def _model_statistics(served: ServedVersion) -> pb.ModelStatistics:
             compute_input=_duration(*served.preprocess_ns),
             compute_infer=_duration(stats.execution_count, stats.compute_ns),
         ),
+        # One response per request (not decoupled): Triton keys it "0".
+        response_stats={
+            "0": pb.InferResponseStatistics(
+                compute_infer=_duration(stats.success_count, stats.request_compute_ns),
+                compute_output=_duration(0, 0),
+                success=_duration(*served.success_ns),
+                fail=_duration(*served.failure_ns),
+                empty_response=_duration(0, 0),
+                cancel=_duration(0, 0),
+            )
+        },
         batch_stats=[
             pb.InferBatchStatistics(batch_size=size, compute_infer=_duration(n, ns))
             for size, (n, ns) in sorted(stats.batch_sizes.items())

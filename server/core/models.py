@@ -97,6 +97,11 @@ def check_name(name: str) -> str:
     return name
 
 
+def unknown_model(name: str, what: str) -> str:
+    """Triton's wording for a model or version it cannot serve (clients match the prefix)."""
+    return f"Request for unknown model: {shown(name)} {what}"
+
+
 def version_number(text: str) -> int | None:
     """A requested version as a number; None unless it is plain ASCII digits ("²" is not)."""
     if text.isascii() and text.isdigit() and len(text) <= 18:
@@ -194,7 +199,7 @@ class ModelManager:
         if not (self.opts.repository / name / keys.CONFIG_FILE).is_file() and (
             name not in self.entries
         ):  # no lasting state for names that are not models
-            raise NotFound(f"no model '{name}' in repository {self.opts.repository}")
+            raise NotFound(f"failed to load {shown(name)}, failed to poll from model repository")
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             entry = self.entries.setdefault(name, ModelEntry(name))
@@ -210,7 +215,7 @@ class ModelManager:
                 self._notify(name)
                 if isinstance(exc, NotFound):
                     raise
-                raise Unavailable(f"failed to load model '{name}': {exc}") from exc
+                raise Unavailable(f"failed to load '{name}': {self._public(exc)}") from exc
             entry.versions, entry.state, entry.reason = new, "READY", ""
             log.info("model %s ready, versions %s", name, sorted(new))
             self._notify(name)
@@ -239,12 +244,12 @@ class ModelManager:
     def _build(self, name: str) -> dict[int, ServedVersion]:
         model_dir = self.opts.repository / name
         if not (model_dir / keys.CONFIG_FILE).is_file():
-            raise NotFound(f"no model '{name}' in repository {self.opts.repository}")
+            raise NotFound(f"failed to load {shown(name)}, failed to poll from model repository")
         spec = load_spec(model_dir)
         max_spatial_size(spec)  # a bad limit parameter fails the load, not every request
         if not spec.versions:
             raise ModelConfigError(
-                f"no version folder (1/, 2/, ...) in {model_dir}: nothing to serve"
+                f"no version folder (1/, 2/, ...) in model '{name}': nothing to serve"
             )
         served: dict[int, ServedVersion] = {}
         for version in _versions_to_serve(spec):
@@ -317,21 +322,28 @@ class ModelManager:
             await served.close(drain=True)
         await self._off_loop(release_memory)
 
+    def _public(self, exc: BaseException) -> str:
+        """An error's text without the server's repository path (clients see model names)."""
+        return (
+            str(exc)
+            .replace(f"{self.opts.repository}/", "")
+            .replace(str(self.opts.repository), "<repository>")
+        )
+
     def get(self, name: str, version: str = "") -> ServedVersion:
+        """The served version, or Triton's errors in Triton's words (clients match on them)."""
         entry = self.entries.get(name)
         if entry is None:
-            known = sorted(self.entries)
-            raise NotFound(f"unknown model {shown(name)}; known models: {known}")
+            raise NotFound(unknown_model(name, "is not found"))
         if not entry.versions:
-            raise Unavailable(f"model '{name}' is not ready: {entry.state} {entry.reason}".strip())
+            why = f" ({entry.state}: {entry.reason})" if entry.reason else f" ({entry.state})"
+            raise Unavailable(unknown_model(name, "has no available versions") + why)
         if not version:
             return entry.versions[max(entry.versions)]
         number = version_number(version)
         if number is None or number not in entry.versions:
-            raise NotFound(
-                f"model '{name}' has no served version {shown(version)}; "
-                f"served: {sorted(entry.versions)}"
-            )
+            shown_version = version if number is not None else shown(version)
+            raise NotFound(unknown_model(name, f"version {shown_version} is not found"))
         return entry.versions[number]
 
     def ready(self) -> bool:

@@ -24,7 +24,7 @@ from server.core.dataplane import DataPlane
 from server.core.errors import InferenceError, Unavailable, clip, shown
 from server.core.models import ModelManager
 from server.grpc.transport import TlsFiles
-from server.http import codec, page
+from server.http import codec, page, shm_routes
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,8 @@ class HttpFrontend:
             ready = not self.shutting_down
         except InferenceError:
             ready = False
-        return web.json_response({"ready": ready}, status=200 if ready else 400)
+        body = {"name": request.match_info["name"], "ready": ready}  # the OIP's answer
+        return web.json_response(body, status=200 if ready else 400)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return web.json_response(codec.message_json(self.plane.server_metadata()))
@@ -179,6 +180,9 @@ class HttpFrontend:
         started = time.perf_counter()
         header_length = request.headers.get(codec.HEADER_LENGTH)
         parse = functools.partial(codec.parse_infer, body, header_length, *_model(request))
+        if header_length == "0":  # Triton's raw binary request: the body is the one input
+            layout = self.plane.raw_input_layout(*_model(request))
+            parse = functools.partial(codec.parse_raw, body, *_model(request), *layout)
         if header_length is None and len(body) > _OFF_LOOP_JSON_BYTES:
             call = await asyncio.to_thread(parse)  # a large JSON tensor: let gRPC go on meanwhile
         else:
@@ -215,6 +219,7 @@ class HttpFrontend:
             get("/v2/health/live", self.live),
             get("/v2/health/ready", self.ready),
             get("/v2", self.server_metadata),
+            get("/v2/", self.server_metadata),
             get("/v2/models/stats", self.statistics),
             post("/v2/repository/index", self.repository_index),
             post("/v2/repository/models/{name}/load", self.load),
@@ -230,6 +235,7 @@ class HttpFrontend:
             ]
         app.add_routes(routes)
         page.add_routes(app, self.plane)
+        shm_routes.add_routes(app, self.plane)
         return app
 
     async def start(self) -> None:
