@@ -36,6 +36,10 @@ class CudaSharedMemory:
         self._regions: dict[str, CudaRegion] = {}
 
     def register(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        self.check_supported(name)
+
+    def check_supported(self, name: str) -> None:
+        """Refuse a registration for the reason Triton gives, before its handle is read."""
         raise InvalidArgument(
             f"failed to register CUDA shared memory region: {shown(name)}, GPUs not supported "
             "by this server (no CUDA IPC import path); use system shared memory "

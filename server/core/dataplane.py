@@ -322,7 +322,10 @@ class DataPlane:
             response = pb.ModelInferResponse(
                 model_name=served.spec.name, model_version=str(served.version), id=request.id
             )
+            encode_started = time.perf_counter_ns()
             self._outputs(served, request, logits, response)
+            served.output_ns[0] += 1
+            served.output_ns[1] += time.perf_counter_ns() - encode_started
             if wanted is not None:
                 run = functools.partial(self._run, served, deadline=deadline, owner=owner)
                 limit = served.batcher.config.max_batch_size
@@ -398,12 +401,13 @@ def _model_statistics(served: ServedVersion) -> pb.ModelStatistics:
             queue=_duration(stats.success_count, stats.queue_ns),
             compute_input=_duration(*served.preprocess_ns),
             compute_infer=_duration(stats.execution_count, stats.compute_ns),
+            compute_output=_duration(*served.output_ns),
         ),
         # One response per request (not decoupled): Triton keys it "0".
         response_stats={
             "0": pb.InferResponseStatistics(
                 compute_infer=_duration(stats.success_count, stats.request_compute_ns),
-                compute_output=_duration(0, 0),
+                compute_output=_duration(*served.output_ns),
                 success=_duration(*served.success_ns),
                 fail=_duration(*served.failure_ns),
                 empty_response=_duration(0, 0),

@@ -70,6 +70,7 @@ class ServedVersion:
     success_ns: list[int] = field(default_factory=lambda: [0, 0])  # count, ns
     failure_ns: list[int] = field(default_factory=lambda: [0, 0])
     preprocess_ns: list[int] = field(default_factory=lambda: [0, 0])
+    output_ns: list[int] = field(default_factory=lambda: [0, 0])  # encoding the answer
     last_inference_ms: int = 0
     cam: CamHead | None = None  # class activation map data (None: the model has none)
 

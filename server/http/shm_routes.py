@@ -18,17 +18,19 @@ from aiohttp import web
 
 from server.core.dataplane import DataPlane
 from server.core.errors import InvalidArgument, shown
+from server.settings.triton import SharedMemoryHttp
 
-_MAX_BODY = 64 << 10  # a registration is a few fields: refuse anything larger unread
 
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if (request.content_length or 0) > _MAX_BODY:
+async def _body(request: web.Request, limit: int) -> dict[str, Any]:
+    """The registration's JSON object; a body over ``limit`` bytes is refused unread."""
+    if (request.content_length or 0) > limit:
         raise InvalidArgument(
-            f"a shared-memory registration body is at most {_MAX_BODY} bytes, "
+            f"a shared-memory registration body is at most {limit} bytes, "
             f"got {request.content_length}"
         )
-    raw = await request.content.read(_MAX_BODY + 1)
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:  # chunked, without a length: counted as it is read
+        raise InvalidArgument(f"a shared-memory registration body is at most {limit} bytes")
     try:
         doc = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError) as exc:
@@ -54,8 +56,8 @@ def _name(request: web.Request) -> str:
 class SharedMemoryRoutes:
     """Handlers for both extensions, each a few lines over the core's managers."""
 
-    def __init__(self, plane: DataPlane) -> None:
-        self.plane = plane
+    def __init__(self, plane: DataPlane, settings: SharedMemoryHttp) -> None:
+        self.plane, self.limit = plane, settings.register_body_bytes
 
     async def system_status(self, request: web.Request) -> web.Response:
         regions = self.plane.shm.status(_name(request))
@@ -67,7 +69,7 @@ class SharedMemoryRoutes:
         )
 
     async def system_register(self, request: web.Request) -> web.Response:
-        doc = await _body(request)
+        doc = await _body(request, self.limit)
         key = doc.get("key")
         if not isinstance(key, str):
             got = shown(repr(key))
@@ -86,7 +88,8 @@ class SharedMemoryRoutes:
         )
 
     async def cuda_register(self, request: web.Request) -> web.Response:
-        doc = await _body(request)
+        doc = await _body(request, self.limit)
+        self.plane.cuda_shm.check_supported(_name(request))  # why first, as Triton without GPU
         handle = doc.get("raw_handle")
         encoded = handle.get("b64") if isinstance(handle, dict) else None
         if not isinstance(encoded, str):
@@ -105,9 +108,11 @@ class SharedMemoryRoutes:
         return web.Response()
 
 
-def add_routes(app: web.Application, plane: DataPlane) -> None:
+def add_routes(
+    app: web.Application, plane: DataPlane, settings: SharedMemoryHttp | None = None
+) -> None:
     """Triton's routes for both shared-memory kinds, with and without a region name."""
-    routes = SharedMemoryRoutes(plane)
+    routes = SharedMemoryRoutes(plane, settings or SharedMemoryHttp())
     table = []
     for kind, status, register, unregister in (
         ("system", routes.system_status, routes.system_register, routes.system_unregister),
