@@ -115,6 +115,7 @@ def _request(args: argparse.Namespace, model: str):
         repository=Path(args.repository),
         version=args.version,
         input_size=args.input_size,
+        dynamic_spatial=args.dynamic_spatial,
         onnx=OnnxOptions(
             opset=args.opset, exporter=args.exporter, simplify=not args.no_simplify, seed=args.seed
         ),
@@ -250,6 +251,12 @@ def _add_export_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repository", default="model_repository")
     p.add_argument("--version", type=int, default=None, help="overwrite this version")
     p.add_argument("--input-size", type=int, default=None, help="export at HxW=N")
+    p.add_argument(
+        "--dynamic-spatial",
+        action="store_true",
+        help="keep H and W dynamic (config dims [C, -1, -1]) where the model allows; default: "
+        "fixed at the export size, which Triton's image_client.py reads",
+    )
 
 
 def _add_onnx_options(p: argparse.ArgumentParser) -> None:

@@ -44,6 +44,9 @@ class ExportRequest:
     repository: Path = Path("model_repository")
     version: int | None = None  # None: next free version
     input_size: int | None = None  # H=W to export at; None: the model's own
+    # Dynamic H/W (config dims [C, -1, -1]) where the model allows; by default H and W are
+    # fixed at the export size, as Triton's image_client.py reads them from the config.
+    dynamic_spatial: bool = False
     onnx: onnx_export.OnnxOptions = field(default_factory=onnx_export.OnnxOptions)
     serving: ServingConfig = field(default_factory=ServingConfig)
     precision: PrecisionOptions = field(default_factory=PrecisionOptions)
@@ -205,12 +208,12 @@ def export_model(request: ExportRequest, progress: Progress = print) -> ExportRe
 
 
 def _write_onnx(job: _Job, model: nn.Module, onnx_path: Path, *, with_cam: bool) -> _Onnx:
-    """Export, check and (if asked) simplify; H/W stay dynamic unless the model forbids it.
+    """Export, check and (if asked) simplify; H/W dynamic when asked and the model allows.
 
     ``with_cam``: ``model`` is the CAM wrapper, whose second output is the feature map.
     """
     cfg, opts, export_size = job.cfg, job.request.onnx, job.export_size
-    dynamic_hw = not cfg.fixed_input_size
+    dynamic_hw = job.request.dynamic_spatial and not cfg.fixed_input_size
     fixed_reason = onnx_export.export(
         model,
         onnx_path,

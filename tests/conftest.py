@@ -63,12 +63,14 @@ def lite0_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def serve_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """lenet5 (trained on digits) and mobilenet_v2 (random), for the server suites."""
+    """lenet5 (trained on digits) and mobilenet_v2 (random, exported with dynamic H/W so
+    the suites can reach the server's spatial limits), for the server suites."""
     from exporter.pipeline import ExportRequest, export_model
 
     path = tmp_path_factory.mktemp("serve-repo")
     for name in ("lenet5", "mobilenet_v2"):
-        export_model(ExportRequest(model=name, repository=path), progress=lambda _: None)
+        request = ExportRequest(model=name, repository=path, dynamic_spatial=True)
+        export_model(request, progress=lambda _: None)
     return path
 
 

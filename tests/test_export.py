@@ -108,6 +108,9 @@ def test_family_exports_with_parity(name: str, size: int | None, tmp_path: Path)
     report = check_entry(tmp_path, name)
     assert result.version == 1 and json.loads(json.dumps(result.report)) == report
     assert report["params"] == report["reference_params"]
+    # By default H and W are fixed at the export size: Triton's image_client.py reads them.
+    assert list(load_spec(tmp_path / name).input_dims) == report["input"]["exported_at_size"]
+    assert report["input"]["shape"] == [-1, *report["input"]["exported_at_size"]]
 
     # The exported file serves other batch sizes than it was traced with.
     c, h, w = report["input"]["exported_at_size"]
@@ -130,7 +133,8 @@ def test_slowest_exports_with_parity(name: str, size: int | None, tmp_path: Path
 
 def test_dynamic_hw_is_exported_where_allowed(tmp_path: Path) -> None:
     export_model(
-        ExportRequest(model="resnet18", repository=tmp_path, input_size=64), progress=_quiet
+        ExportRequest(model="resnet18", repository=tmp_path, input_size=64, dynamic_spatial=True),
+        progress=_quiet,
     )
     report = check_entry(tmp_path, "resnet18")
     assert report["input"]["shape"] == [-1, 3, -1, -1]

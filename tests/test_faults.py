@@ -186,10 +186,12 @@ def test_new_versions_and_unload_while_requests_stream(server: ServerProcess, re
         stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="lenet5"))
         time.sleep(0.3)
     assert reloaded["OK"] > 0 and set(reloaded) == {"OK"}, stream.messages[:5]
-    # Unloading refuses what arrives meanwhile (UNAVAILABLE: not ready, or not accepting);
-    # what it had accepted is answered, so nothing else fails.
+    # Unloading refuses what arrives meanwhile (UNAVAILABLE: Triton's "has no available
+    # versions", or not accepting); what it had accepted is answered, so nothing else fails.
     assert stream.failures(refusals=("UNAVAILABLE",)) == [], stream.messages[:5]
-    assert all("not ready" in m or "not accepting" in m for m in stream.messages), stream.messages
+    assert all("has no available versions" in m or "not accepting" in m for m in stream.messages), (
+        stream.messages
+    )
     assert stream.outcomes["OK"] > reloaded["OK"]
 
 

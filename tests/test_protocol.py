@@ -63,6 +63,12 @@ REQUIRED_RPCS = {
 # compatible on the wire. Once tritonclient knows one, it is compared like any other.
 NEWER_THAN_TRITONCLIENT = {
     ("inference.ModelConfig", 25): "runtime",
+    ("inference.ModelStatistics", 9): "response_stats",
+}
+# Messages of Triton's current protos that tritonclient 2.41 does not define at all.
+MESSAGES_NEWER_THAN_TRITONCLIENT = {
+    "inference.InferResponseStatistics",
+    "inference.ModelStatistics.ResponseStatsEntry",
 }
 
 
@@ -155,6 +161,10 @@ def test_the_walk_covers_nested_and_map_entry_messages() -> None:
 
 @pytest.mark.parametrize("ours", OUR_MESSAGES, ids=lambda m: m.full_name)
 def test_message_matches_tritonclient(ours: Descriptor, triton: dict) -> None:
+    if ours.full_name in MESSAGES_NEWER_THAN_TRITONCLIENT:
+        with pytest.raises(KeyError):
+            triton["pool"].FindMessageTypeByName(ours.full_name)
+        return
     theirs = triton["pool"].FindMessageTypeByName(ours.full_name)
     assert ours.GetOptions().map_entry == theirs.GetOptions().map_entry
     for field in ours.fields:

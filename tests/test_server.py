@@ -62,12 +62,17 @@ def test_multi_image_request_counts_as_that_many(server: ServerProcess, serve_re
 
 
 BAD = [
-    ("unknown model", tensor_request("nosuch", digits(1)), "NOT_FOUND", "unknown model 'nosuch'"),
+    (
+        "unknown model",
+        tensor_request("nosuch", digits(1)),
+        "NOT_FOUND",
+        "Request for unknown model: 'nosuch' is not found",
+    ),
     (
         "unknown version",
         tensor_request("lenet5", digits(1), version="7"),
         "NOT_FOUND",
-        "no served version '7'",
+        "Request for unknown model: 'lenet5' version 7 is not found",
     ),
     (
         "missing batch dim",

@@ -27,14 +27,20 @@ ERRORS = {
     "unknown_output": ("INVALID_ARGUMENT", ["probs", "logits"]),
     "batch_too_large": ("INVALID_ARGUMENT", ["17", "max_batch_size 16"]),
     "unknown_input": ("INVALID_ARGUMENT", ["image", "input"]),
-    "unknown_model": ("NOT_FOUND", ["no_such_model"]),
-    "unknown_version": ("NOT_FOUND", ["lenet5", "7"]),
+    "unknown_model": ("NOT_FOUND", ["Request for unknown model: 'no_such_model' is not found"]),
+    "unknown_version": (
+        "NOT_FOUND",
+        ["Request for unknown model: 'lenet5' version 7 is not found"],
+    ),
     "unknown_model_metadata": ("NOT_FOUND", ["no_such_model"]),
     "unknown_model_config": ("NOT_FOUND", ["no_such_model"]),
     "unknown_model_statistics": ("NOT_FOUND", ["no_such_model"]),
     "not_an_image": ("INVALID_ARGUMENT", ["element 0", "cannot decode image"]),
     "truncated_jpeg": ("INVALID_ARGUMENT", ["element 0", "truncated"]),
-    "cuda_shared_memory": ("UNIMPLEMENTED", ["CudaSharedMemoryStatus"]),
+    "cuda_shared_memory": (
+        "INVALID_ARGUMENT",
+        ["failed to register CUDA shared memory region: 'gpu_io', GPUs not supported"],
+    ),
 }
 
 
@@ -85,6 +91,7 @@ def test_unload_and_load_at_run_time(
     assert life["unload_unknown"]["status"] == "StatusCode.NOT_FOUND"
     assert life["load_unknown"]["ok"] is False
     assert "no_such_model" in life["load_unknown"]["message"]
+    assert "/" not in life["load_unknown"]["message"]  # no server path in any error
 
 
 def test_failed_load_of_unknown_model_leaves_no_trace(triton_report: dict[str, Any]) -> None:

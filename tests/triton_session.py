@@ -337,7 +337,9 @@ def error_session(
         "unknown_model_statistics": lambda: client.get_inference_statistics("no_such_model"),
         "not_an_image": lambda: client.infer(LITE0, [bytes_input([b"not an image"])]),
         "truncated_jpeg": lambda: client.infer(LITE0, [bytes_input([jpeg[: len(jpeg) // 3]])]),
-        "cuda_shared_memory": lambda: client.get_cuda_shared_memory_status(),
+        "cuda_shared_memory": lambda: client.register_cuda_shared_memory(
+            "gpu_io", b"\0" * 64, 0, 16
+        ),
     }
     out.update({name: attempt(call) for name, call in others.items()})
     return out

@@ -282,6 +282,7 @@ class DynamicBatcher:
             s.inference_count += rows
             s.execution_count += 1
             s.compute_ns += compute_ns
+            s.request_compute_ns += compute_ns * len(batch)
             count, total = s.batch_sizes.get(rows, (0, 0))
             s.batch_sizes[rows] = (count + 1, total + compute_ns)
         offset = 0

@@ -55,6 +55,7 @@ class BatcherStats:
     rejected_queue_full: int = 0
     queue_ns: int = 0  # sum over dispatched requests of arrival -> dispatch
     compute_ns: int = 0  # sum over successful batches of run_batch time
+    request_compute_ns: int = 0  # sum over answered requests of their batch's compute
     batch_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # size: (n, ns)
     queue_rows: int = 0
     in_flight: int = 0

@@ -23,8 +23,8 @@ from ray.serve.handle import DeploymentHandle
 
 from protos import grpc_service_pb2 as pb
 from server.cluster.replica import Outcome
-from server.core.errors import InferenceError, NotFound, Unavailable, Unimplemented, clip, shown
-from server.core.models import check_name
+from server.core.errors import InferenceError, NotFound, Unavailable, Unimplemented, clip
+from server.core.models import check_name, unknown_model
 from server.grpc.transport import undecodable
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class KServeIngress:
     async def _ask(self, model: str, method: str, request: Any) -> Outcome:
         handle = self.models.get(check_name(model))
         if handle is None:
-            raise NotFound(f"unknown model {shown(model)}; known models: {sorted(self.models)}")
+            raise NotFound(unknown_model(model, "is not found"))
         try:
             return await handle.call.remote(method, request)
         except RayTaskError:  # the replica's own code failed: a bug, INTERNAL

@@ -19,6 +19,7 @@ from modelrepo.keys import RUNTIME_PREFIX
 from protos import grpc_service_pb2 as pb
 from server.batching import batcher as batching
 from server.core import ensemble, explain, limits, request_caps, tensors
+from server.core.cuda_shared_memory import CudaSharedMemory
 from server.core.errors import (
     DeadlineExceeded,
     InferenceError,
@@ -40,7 +41,14 @@ from server.settings.limits import RequestLimits
 
 SERVER_NAME = "cnn-serving"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ("classification", "model_repository", "statistics", "model_configuration")
+# What this server does as Triton does it (a client may branch on the list): only true ones.
+EXTENSIONS = (
+    "classification",
+    "model_repository",
+    "statistics",
+    "model_configuration",
+    "binary_tensor_data",
+)
 _REQUEST_LIMITS = RequestLimits()
 _DATATYPE = {"TYPE_FP32": "FP32", "TYPE_STRING": "BYTES"}
 
@@ -64,6 +72,7 @@ class DataPlane:
         self.max_input_bytes = max_input_bytes
         self.max_spatial_size = max_spatial_size  # None: each model's own (server/core/limits.py)
         self.shm = shm or SharedMemoryManager(enabled=False)
+        self.cuda_shm = CudaSharedMemory()  # status and unregister answer; register refuses
         self.images = images or ImagePipeline()
         self.shutting_down = False
 
@@ -121,6 +130,12 @@ class DataPlane:
         for datatype, layout in forms.items():  # what a tritonclient user may send
             config.config.parameters[f"input.{datatype}"].string_value = layout
         return config
+
+    def raw_input_layout(self, name: str, version: str) -> tuple[str, str, list[int]]:
+        """The single input's name, datatype and dims without the batch dimension: what a
+        request without a JSON header (Triton's raw binary request) is taken to be."""
+        served = self.manager.get(check_name(name), version)
+        return served.spec.config.input[0].name, "FP32", list(served.spec.input_dims)
 
     # --- inference --------------------------------------------------------
     async def _input_array(
@@ -334,7 +349,10 @@ class DataPlane:
             response = pb.ModelInferResponse(
                 model_name=served.spec.name, model_version=str(served.version), id=request.id
             )
+            encode_started = time.perf_counter_ns()
             self._outputs(served, request, logits, response)
+            served.output_ns[0] += 1
+            served.output_ns[1] += time.perf_counter_ns() - encode_started
             if wanted is not None:
                 run = functools.partial(self._run, served, deadline=deadline, owner=owner)
                 found = (served.cam, maps) if cam and served.cam is not None else None
@@ -411,7 +429,19 @@ def _model_statistics(served: ServedVersion) -> pb.ModelStatistics:
             queue=_duration(stats.success_count, stats.queue_ns),
             compute_input=_duration(*served.preprocess_ns),
             compute_infer=_duration(stats.execution_count, stats.compute_ns),
+            compute_output=_duration(*served.output_ns),
         ),
+        # One response per request (not decoupled): Triton keys it "0".
+        response_stats={
+            "0": pb.InferResponseStatistics(
+                compute_infer=_duration(stats.success_count, stats.request_compute_ns),
+                compute_output=_duration(*served.output_ns),
+                success=_duration(*served.success_ns),
+                fail=_duration(*served.failure_ns),
+                empty_response=_duration(0, 0),
+                cancel=_duration(0, 0),
+            )
+        },
         batch_stats=[
             pb.InferBatchStatistics(batch_size=size, compute_infer=_duration(n, ns))
             for size, (n, ns) in sorted(stats.batch_sizes.items())

@@ -64,6 +64,7 @@ class ServedVersion:
     success_ns: list[int] = field(default_factory=lambda: [0, 0])  # count, ns
     failure_ns: list[int] = field(default_factory=lambda: [0, 0])
     preprocess_ns: list[int] = field(default_factory=lambda: [0, 0])
+    output_ns: list[int] = field(default_factory=lambda: [0, 0])  # encoding the answer
     last_inference_ms: int = 0
     cam: CamHead | None = None  # class activation map data (None: the model has none)
 
@@ -87,6 +88,11 @@ def check_name(name: str) -> str:
     if not valid_name(name):
         raise InvalidArgument(f"invalid model name {shown(name)}: {RULE}")
     return name
+
+
+def unknown_model(name: str, what: str) -> str:
+    """Triton's wording for a model or version it cannot serve (clients match the prefix)."""
+    return f"Request for unknown model: {shown(name)} {what}"
 
 
 def version_number(text: str) -> int | None:
@@ -205,7 +211,7 @@ class ModelManager:
             and not (folder / CONFIG_FILE).is_file()
             and not (request.config is not None and folder.is_dir())
         ):  # no lasting state for names that are not models
-            raise NotFound(f"failed to load '{name}', failed to poll from model repository")
+            raise NotFound(f"failed to load {shown(name)}, failed to poll from model repository")
         async with self._locks.setdefault(name, asyncio.Lock()):
             entry = self.entries.setdefault(name, ModelEntry(name))
             old = entry.versions
@@ -377,20 +383,19 @@ class ModelManager:
             await self.loader.run("", release_memory)
 
     def get(self, name: str, version: str = "") -> ServedVersion:
+        """The served version, or Triton's errors in Triton's words (clients match on them)."""
         entry = self.entries.get(name)
         if entry is None:
-            known = sorted(self.entries)
-            raise NotFound(f"unknown model {shown(name)}; known models: {known}")
+            raise NotFound(unknown_model(name, "is not found"))
         if not entry.versions:
-            raise Unavailable(f"model '{name}' is not ready: {entry.state} {entry.reason}".strip())
+            why = f" ({entry.state}: {entry.reason})" if entry.reason else f" ({entry.state})"
+            raise Unavailable(unknown_model(name, "has no available versions") + why)
         if not version:
             return entry.versions[max(entry.versions)]
         number = version_number(version)
         if number is None or number not in entry.versions:
-            raise NotFound(
-                f"model '{name}' has no served version {shown(version)}; "
-                f"served: {sorted(entry.versions)}"
-            )
+            shown_version = version if number is not None else shown(version)
+            raise NotFound(unknown_model(name, f"version {shown_version} is not found"))
         return entry.versions[number]
 
     def ready(self) -> bool:

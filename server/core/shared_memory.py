@@ -196,7 +196,7 @@ class SharedMemoryManager:
             if not name:
                 return list(self._regions.values())
             if name not in self._regions:
-                raise NotFound(f"shared memory region {shown(name)} is not registered")
+                raise NotFound(f"Unable to find system shared memory region: {shown(name)}")
             return [self._regions[name]]
 
     def _region(self, ref: ShmRef, what: str) -> Region:

@@ -141,6 +141,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
         return response
 
+    # --- CUDA shared memory: answered as Triton without GPU (server/core/cuda_shared_memory.py)
+    @_rpc
+    async def CudaSharedMemoryRegister(self, request, context):
+        cuda = self.plane.cuda_shm
+        cuda.register(request.name, request.raw_handle, request.device_id, request.byte_size)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @_rpc
+    async def CudaSharedMemoryUnregister(self, request, context):
+        self.plane.cuda_shm.unregister(request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
+
+    @_rpc
+    async def CudaSharedMemoryStatus(self, request, context):
+        response = pb.CudaSharedMemoryStatusResponse()
+        for region in self.plane.cuda_shm.status(request.name):
+            status = response.regions[region.name]
+            status.name, status.device_id = region.name, region.device_id
+            status.byte_size = region.byte_size
+        return response
+
     async def ModelStreamInfer(self, request_iterator, context):
         """Triton's streaming inference (server/grpc/streaming.py): one answer per request."""
         if self.plane.shutting_down:
@@ -173,9 +194,6 @@ def _unimplemented(name: str) -> Callable[..., Awaitable[Any]]:
 
 
 for _name in (
-    "CudaSharedMemoryStatus",
-    "CudaSharedMemoryRegister",
-    "CudaSharedMemoryUnregister",
     "TraceSetting",
     "LogSettings",
 ):

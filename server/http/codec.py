@@ -337,6 +337,30 @@ def parse_infer(
     return InferCall(message, _outputs(doc, message), binary_default, _deadline(params))
 
 
+def parse_raw(
+    body: bytes, model: str, version: str, name: str, datatype: str, dims: list[int]
+) -> InferCall:
+    """Triton's raw binary request (``Inference-Header-Content-Length: 0``): the body is
+    the one input's bytes, its batch size what the byte count divides into; every output
+    answers as JSON, as with a JSON request that names none."""
+    dtype = tensors.numpy_dtype(datatype)
+    if dtype is None or any(d < 0 for d in dims):
+        raise InvalidArgument(
+            f"a raw binary request (no JSON header) needs an input of fixed shape; input "
+            f"{shown(name)} has dims {dims}: send a JSON header naming the shape"
+        )
+    row = math.prod(dims) * np.dtype(dtype).itemsize
+    if not body or len(body) % row:
+        raise InvalidArgument(
+            f"raw binary request of {len(body)} bytes is not a whole number of {datatype} "
+            f"rows of dims {dims} ({row} bytes each)"
+        )
+    message = pb.ModelInferRequest(model_name=model, model_version=version)
+    message.inputs.add(name=name, datatype=datatype, shape=[len(body) // row, *dims])
+    message.raw_input_contents.append(body)
+    return InferCall(message, {}, False, None)
+
+
 def _deadline(params: dict[str, Any]) -> float | None:
     timeout = params.get("timeout")
     if timeout is None:

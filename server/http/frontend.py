@@ -23,7 +23,7 @@ from server.core.control import ModelControl
 from server.core.dataplane import DataPlane
 from server.core.errors import InferenceError, clip, shown
 from server.core.models import ModelManager
-from server.http import budgets, codec, guard, page
+from server.http import budgets, codec, guard, page, shm_routes
 from server.http.offload import JsonOffload
 from server.settings import Settings, TlsSettings
 
@@ -137,7 +137,8 @@ class HttpFrontend:
 
     async def model_ready(self, request: web.Request) -> web.Response:
         ready = self.plane.model_ready(*_model(request))
-        return web.json_response({"ready": ready}, status=200 if ready else 400)
+        body = {"name": request.match_info["name"], "ready": ready}  # the OIP's answer
+        return web.json_response(body, status=200 if ready else 400)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return web.json_response(codec.message_json(self.plane.server_metadata()))
@@ -181,7 +182,14 @@ class HttpFrontend:
     async def infer(self, request: web.Request) -> web.Response:
         self.plane.check_accepting()
         started = time.perf_counter()
-        call = await self.json.parse(request, self.budgets, self.plane.request_limits)
+        if request.headers.get(codec.HEADER_LENGTH) == "0":  # Triton's raw binary request
+            model, version = _model(request)
+            body = await self.budgets.read_body(request)  # the body is the one input
+            layout = self.plane.raw_input_layout(model, version)
+            call = codec.parse_raw(body, model, version, *layout)
+            del body
+        else:
+            call = await self.json.parse(request, self.budgets, self.plane.request_limits)
         peer = request.transport.get_extra_info("peername") if request.transport else None
         owner = ("http", peer)  # one connection: one client, for its share of the queue
         answer = await self.plane.infer(call.message, call.deadline, owner, protocol="http")
@@ -220,6 +228,7 @@ class HttpFrontend:
             get("/v2/health/live", self.live),
             get("/v2/health/ready", self.ready),
             get("/v2", self.server_metadata),
+            get("/v2/", self.server_metadata),
             get("/v2/models/stats", self.statistics),
             post("/v2/repository/index", self.repository_index),
             post("/v2/repository/models/{name}/load", self.load),
@@ -235,6 +244,7 @@ class HttpFrontend:
             ]
         app.add_routes(routes)
         page.add_routes(app, self.plane)
+        shm_routes.add_routes(app, self.plane)
         return app
 
     async def start(self) -> None:

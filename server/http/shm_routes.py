@@ -1,0 +1,130 @@
+"""Triton's shared-memory routes over HTTP: system regions, and CUDA as a GPU-less Triton.
+
+The routes and bodies are Triton's (``/v2/systemsharedmemory[/region/NAME]/status``,
+``.../region/NAME/register`` with ``{"key", "offset", "byte_size"}``, ``.../unregister``
+and their ``cudasharedmemory`` twins), so ``tritonclient.http`` works unchanged. The
+work and every safety check stay in the core (server/core/shared_memory.py,
+server/core/cuda_shared_memory.py): the gRPC servicer calls the same methods.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from aiohttp import web
+
+from server.core.dataplane import DataPlane
+from server.core.errors import InvalidArgument, shown
+from server.settings.triton import SharedMemoryHttp
+
+
+async def _body(request: web.Request, limit: int) -> dict[str, Any]:
+    """The registration's JSON object; a body over ``limit`` bytes is refused unread."""
+    if (request.content_length or 0) > limit:
+        raise InvalidArgument(
+            f"a shared-memory registration body is at most {limit} bytes, "
+            f"got {request.content_length}"
+        )
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:  # chunked, without a length: counted as it is read
+        raise InvalidArgument(f"a shared-memory registration body is at most {limit} bytes")
+    try:
+        doc = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"registration body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"registration body must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _int(doc: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(
+            f"registration field {key!r} must be a non-negative integer, got {shown(repr(value))}"
+        )
+    return value
+
+
+def _name(request: web.Request) -> str:
+    return request.match_info.get("name", "")
+
+
+class SharedMemoryRoutes:
+    """Handlers for both extensions, each a few lines over the core's managers."""
+
+    def __init__(self, plane: DataPlane, settings: SharedMemoryHttp) -> None:
+        self.plane, self.limit = plane, settings.register_body_bytes
+
+    async def system_status(self, request: web.Request) -> web.Response:
+        regions = self.plane.shm.status(_name(request))
+        return web.json_response(
+            [
+                {"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
+                for r in regions
+            ]
+        )
+
+    async def system_register(self, request: web.Request) -> web.Response:
+        doc = await _body(request, self.limit)
+        key = doc.get("key")
+        if not isinstance(key, str):
+            got = shown(repr(key))
+            raise InvalidArgument(f"registration field 'key' must be a string, got {got}")
+        self.plane.shm.register(_name(request), key, _int(doc, "offset", 0), _int(doc, "byte_size"))
+        return web.Response()
+
+    async def system_unregister(self, request: web.Request) -> web.Response:
+        self.plane.shm.unregister(_name(request))
+        return web.Response()
+
+    async def cuda_status(self, request: web.Request) -> web.Response:
+        regions = self.plane.cuda_shm.status(_name(request))
+        return web.json_response(
+            [{"name": r.name, "device_id": r.device_id, "byte_size": r.byte_size} for r in regions]
+        )
+
+    async def cuda_register(self, request: web.Request) -> web.Response:
+        doc = await _body(request, self.limit)
+        self.plane.cuda_shm.check_supported(_name(request))  # why first, as Triton without GPU
+        handle = doc.get("raw_handle")
+        encoded = handle.get("b64") if isinstance(handle, dict) else None
+        if not isinstance(encoded, str):
+            raise InvalidArgument("registration field 'raw_handle' must be {\"b64\": string}")
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidArgument(f"raw_handle.b64 is not base64: {exc}") from None
+        self.plane.cuda_shm.register(
+            _name(request), raw, _int(doc, "device_id", 0), _int(doc, "byte_size")
+        )
+        return web.Response()
+
+    async def cuda_unregister(self, request: web.Request) -> web.Response:
+        self.plane.cuda_shm.unregister(_name(request))
+        return web.Response()
+
+
+def add_routes(
+    app: web.Application, plane: DataPlane, settings: SharedMemoryHttp | None = None
+) -> None:
+    """Triton's routes for both shared-memory kinds, with and without a region name."""
+    routes = SharedMemoryRoutes(plane, settings or SharedMemoryHttp())
+    table = []
+    for kind, status, register, unregister in (
+        ("system", routes.system_status, routes.system_register, routes.system_unregister),
+        ("cuda", routes.cuda_status, routes.cuda_register, routes.cuda_unregister),
+    ):
+        base = f"/v2/{kind}sharedmemory"
+        region = f"{base}/region/{{name}}"
+        table += [
+            web.get(f"{base}/status", status),
+            web.get(f"{region}/status", status),
+            web.post(f"{region}/register", register),
+            web.post(f"{base}/unregister", unregister),
+            web.post(f"{region}/unregister", unregister),
+        ]
+    app.add_routes(table)
