@@ -21,13 +21,16 @@ from grpc_reflection.v1alpha import reflection
 from protos import grpc_service_pb2 as pb
 from server.core.dataplane import DataPlane
 from server.core.images import ImageOptions, ImagePipeline
+from server.core.logsettings import LogControl
 from server.core.memory import MemoryTrimmer, TrimOptions
 from server.core.metrics import Metrics
 from server.core.models import ModelManager, ServerOptions
 from server.core.shared_memory import SharedMemoryManager
+from server.core.trace import Tracer
 from server.grpc.servicer import InferenceServicer
 from server.grpc.transport import TlsFiles, add_inference_service
 from server.http.frontend import HttpFrontend, HttpOptions
+from server.settings.tracing import TraceSettings
 from server.startup import EXIT_CODE, StartupError, bind_error, check_repository, check_tls
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ class AppOptions:
     images: ImageOptions = ImageOptions()  # decode pool and image limits
     max_spatial_size: int | None = None  # dynamic H/W cap for every model (server/core/limits.py)
     memory: TrimOptions = TrimOptions()  # giving memory back (server/core/memory.py)
+    tracing: TraceSettings = TraceSettings()  # Triton's trace extension (server/core/trace.py)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -72,6 +76,8 @@ class InferenceServer:
             shm=SharedMemoryManager(enabled=opts.shared_memory, max_bytes=opts.max_message_bytes),
             images=ImagePipeline(opts.images),
             max_spatial_size=opts.max_spatial_size,
+            tracer=Tracer(opts.tracing),
+            logs=LogControl(),
         )
         self.servicer = InferenceServicer(self.plane, self.manager)
         self.trimmer = MemoryTrimmer(opts.memory)
@@ -167,6 +173,7 @@ class InferenceServer:
         if self.http is not None:
             await self.http.stop()
         await self.manager.close()
+        await asyncio.to_thread(self.plane.tracer.close)  # writes the traces still held
         self.plane.shm.close()
         self.plane.images.close()
         self.trimmer.stop()

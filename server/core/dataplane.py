@@ -28,6 +28,7 @@ from server.core.errors import (
     shown,
 )
 from server.core.images import ImagePipeline, accepted_inputs, input_forms
+from server.core.logsettings import LogControl
 from server.core.models import ModelManager, ServedVersion, check_name, version_number
 from server.core.shared_memory import (
     PARAM_OFFSET,
@@ -36,6 +37,7 @@ from server.core.shared_memory import (
     SharedMemoryManager,
     shm_ref,
 )
+from server.core.trace import Changes, Trace, Tracer
 
 SERVER_NAME = "cnn-serving"
 SERVER_VERSION = "0.1.0"
@@ -55,12 +57,16 @@ class DataPlane:
         shm: SharedMemoryManager | None = None,
         images: ImagePipeline | None = None,
         max_spatial_size: int | None = None,
+        tracer: Tracer | None = None,
+        logs: LogControl | None = None,
     ) -> None:
         self.manager = manager
         self.max_input_bytes = max_input_bytes
         self.max_spatial_size = max_spatial_size  # None: each model's own (server/core/limits.py)
         self.shm = shm or SharedMemoryManager(enabled=False)
         self.images = images or ImagePipeline()
+        self.tracer = tracer or Tracer()  # Triton's trace extension (server/core/trace.py)
+        self.logs = logs or LogControl()  # Triton's logging extension
 
     # --- metadata ---------------------------------------------------------
     def server_metadata(self) -> pb.ServerMetadataResponse:
@@ -201,11 +207,12 @@ class DataPlane:
         deadline: float | None,
         owner: object,
         features: bool = False,
+        trace: Trace | None = None,
     ):
         """The logits of ``array`` (with ``features``: and the feature map, a tuple)."""
         future = None
         try:
-            future = served.batcher.submit_future(array, deadline, owner, features)
+            future = served.batcher.submit_future(array, deadline, owner, features, trace)
             return await asyncio.wrap_future(future)
         except batching.QueueFullError as exc:
             raise ResourceExhausted(str(exc)) from exc
@@ -284,9 +291,13 @@ class DataPlane:
         deadline: float | None,
         owner: object = None,
         protocol: str = "grpc",
+        trace: Trace | None = None,
     ) -> pb.ModelInferResponse:
-        """``owner``: the client (connection or stream), for its share of the queue."""
+        """``owner``: the client (connection or stream), for its share of the queue;
+        ``trace``: a sampled request (``Tracer.sample``) whose timestamps to take."""
         served = self.manager.get(check_name(request.model_name), request.model_version)
+        if trace is not None:
+            trace.begin(served.spec.name, served.version, request.id)
         metrics = served.metrics
         started = time.perf_counter_ns()
         metrics.in_flight.inc()
@@ -302,7 +313,7 @@ class DataPlane:
                 served, request, len(array)
             )  # before queueing: bad requests cost nothing
             cam = wanted is not None and wanted.method == "cam"
-            result = await self._run(served, array, deadline, owner, features=cam)
+            result = await self._run(served, array, deadline, owner, cam, trace)
             logits, maps = result if cam else (result, None)
             response = pb.ModelInferResponse(
                 model_name=served.spec.name, model_version=str(served.version), id=request.id
@@ -323,6 +334,8 @@ class DataPlane:
         finally:
             metrics.in_flight.dec()
             metrics.queue_depth.set(served.batcher.queue_rows)
+            if trace is not None:
+                trace.stamp("REQUEST_END")
         elapsed = time.perf_counter_ns() - started
         served.success_ns[0] += 1
         served.success_ns[1] += elapsed
@@ -330,6 +343,16 @@ class DataPlane:
         metrics.requests("OK", protocol).inc()
         metrics.request_seconds.observe(elapsed / 1e9)
         return response
+
+    # --- trace settings -----------------------------------------------------
+    def trace_settings(self, model: str, changes: Changes) -> dict[str, list[str]]:
+        """Triton's TraceSetting: change (if ``changes``) and describe ``model``'s setting."""
+        if model:
+            try:
+                self.manager.get(model)
+            except InferenceError:
+                raise InvalidArgument(f"Request for unknown model : {model}") from None
+        return self.tracer.update(model, changes) if changes else self.tracer.describe(model)
 
     # --- statistics and repository ---------------------------------------
     def statistics(self, name: str, version: str) -> pb.ModelStatisticsResponse:

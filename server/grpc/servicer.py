@@ -20,6 +20,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from server.core.dataplane import DataPlane
 from server.core.errors import InferenceError, Unimplemented, clip
 from server.core.models import ModelManager
+from server.core.trace import Trace
 from server.grpc.streaming import InferStream
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request, context):
+        tracer = self.plane.tracer
+        if tracer.on and (trace := tracer.sample(request.model_name)) is not None:
+            return await self._traced_infer(request, context, trace)
         return await self.plane.infer(request, _deadline(context), owner=context.peer())
+
+    async def _traced_infer(self, request, context, trace: Trace):
+        """ModelInfer of a sampled request: Triton's gRPC timestamps around the data plane's."""
+        trace.stamp("GRPC_WAITREAD_END")  # grpc.aio hands the handler a request already read
+        try:
+            return await self.plane.infer(
+                request, _deadline(context), owner=context.peer(), trace=trace
+            )
+        finally:
+            trace.stamp("GRPC_SEND_START")
+            self.plane.tracer.finish(trace)
 
     @_rpc
     async def ModelStatistics(self, request, context):
@@ -132,6 +147,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
         return response
 
+    # --- trace and log settings (Triton's extensions) ---------------------------------
+    @_rpc
+    async def TraceSetting(self, request, context):
+        changes = {key: list(value.value) for key, value in request.settings.items()}
+        answer = self.plane.trace_settings(request.model_name, changes)
+        response = pb.TraceSettingResponse()
+        for key, values in answer.items():
+            response.settings[key].value.extend(values)
+        return response
+
+    @_rpc
+    async def LogSettings(self, request, context):
+        changes = {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+                   for key, value in request.settings.items()}  # fmt: skip
+        answer = self.plane.logs.update(changes)
+        response = pb.LogSettingsResponse()
+        for key, value in answer.items():
+            field = {bool: "bool_param", int: "uint32_param", str: "string_param"}[type(value)]
+            setattr(response.settings[key], field, value)
+        return response
+
     async def ModelStreamInfer(self, request_iterator, context):
         """Triton's streaming inference (server/grpc/streaming.py): one answer per request."""
         if self.shutting_down:
@@ -168,7 +204,5 @@ for _name in (
     "CudaSharedMemoryStatus",
     "CudaSharedMemoryRegister",
     "CudaSharedMemoryUnregister",
-    "TraceSetting",
-    "LogSettings",
 ):
     setattr(InferenceServicer, _name, _unimplemented(_name))

@@ -24,7 +24,7 @@ from server.core.dataplane import DataPlane
 from server.core.errors import InferenceError, Unavailable, clip, shown
 from server.core.models import ModelManager
 from server.grpc.transport import TlsFiles
-from server.http import codec, page
+from server.http import codec, page, trace_routes
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,10 @@ class HttpFrontend:
     async def infer(self, request: web.Request) -> web.Response:
         if self.shutting_down:
             raise Unavailable("server is shutting down")
+        tracer = self.plane.tracer
+        received = time.monotonic_ns() if tracer.on else 0  # Triton's HTTP_RECV_START
         body = await request.read()
+        read = time.monotonic_ns() if received else 0
         started = time.perf_counter()
         header_length = request.headers.get(codec.HEADER_LENGTH)
         parse = functools.partial(codec.parse_infer, body, header_length, *_model(request))
@@ -186,8 +189,17 @@ class HttpFrontend:
         del body, parse
         peer = request.transport.get_extra_info("peername") if request.transport else None
         owner = ("http", peer)  # one connection: one client, for its share of the queue
-        answer = await self.plane.infer(call.message, call.deadline, owner, protocol="http")
-        payload, header_length = codec.encode_infer(answer, call.binary)
+        trace = tracer.sample(call.message.model_name) if received else None
+        if trace is not None:
+            trace.stamp("HTTP_RECV_START", received)
+            trace.stamp("HTTP_RECV_END", read)
+        try:
+            answer = await self.plane.infer(call.message, call.deadline, owner, "http", trace)
+            payload, header_length = codec.encode_infer(answer, call.binary)
+        finally:
+            if trace is not None:
+                trace.stamp("HTTP_SEND_START")
+                tracer.finish(trace)
         response = web.Response(
             body=payload,
             content_type="application/json"
@@ -230,6 +242,7 @@ class HttpFrontend:
             ]
         app.add_routes(routes)
         page.add_routes(app, self.plane)
+        trace_routes.add_routes(app, self.plane)
         return app
 
     async def start(self) -> None:
