@@ -24,7 +24,7 @@ from server.batching.batcher import DynamicBatcher
 from server.core.errors import InvalidArgument, Unimplemented
 from server.core.logsettings import LogControl
 from server.core.trace import Setting, Trace, Tracer
-from server.core.trace_output import trace_json
+from server.core.trace_output import trace_text
 from server.settings.tracing import TraceSettings
 from tests.otlp_receiver import OtlpReceiver
 
@@ -189,13 +189,14 @@ def test_a_trace_is_tritons_json() -> None:
     trace.stamp("HTTP_RECV_START", 5)
     trace.begin("lenet5", 2, "req-1")
     trace.stamp("QUEUE_START", 10)  # out of order: written in time order
-    assert trace_json(trace)[0] == {
+    head, stamps = json.loads(f"[{trace_text(trace)}]")
+    assert head == {
         "id": 7,
         "model_name": "lenet5",
         "model_version": 2,
         "request_id": "req-1",
     }
-    names = [s["name"] for s in trace_json(trace)[1]["timestamps"]]
+    names = [s["name"] for s in stamps["timestamps"]]
     assert names == ["HTTP_RECV_START", "QUEUE_START", "REQUEST_START"]
 
 

@@ -47,8 +47,12 @@ class Setting:
     seen: int = 0  # requests counted for the rate
     created: int = 0  # traces sampled
     retired: bool = False  # replaced: set by the writer once it wrote what it held
+    reason: str = field(init=False, default="")  # why it samples nothing; '' when valid
 
-    def invalid(self) -> str:
+    def __post_init__(self) -> None:
+        self.reason = self._invalid()  # fields never change: checked once, not per request
+
+    def _invalid(self) -> str:
         """Why this setting samples nothing ('' when it is valid); Triton's reasons."""
         if self.level == "OFF":
             return "tracing is disabled"
@@ -157,8 +161,8 @@ class Tracer:
         candidate = replace(
             fallback, **values, specified=frozenset(specified), seen=0, created=0, retired=False
         )
-        if (reason := candidate.invalid()) and candidate.level != "OFF":
-            raise InvalidArgument(f"Attempting to set invalid trace setting :{reason}")
+        if candidate.reason and candidate.level != "OFF":
+            raise InvalidArgument(f"Attempting to set invalid trace setting :{candidate.reason}")
         if model:
             self._models[model] = candidate
         else:
@@ -167,17 +171,19 @@ class Tracer:
 
     def _refresh(self) -> None:
         settings = [self._global, *self._models.values()]
-        self.on = any(not s.invalid() and s.count != 0 for s in settings)
+        self.on = any(not s.reason and s.count != 0 for s in settings)
 
     # --- sampling -------------------------------------------------------------------
     def sample(self, model: str) -> Trace | None:
         """A trace for this request of ``model`` if the rate and count pick it."""
+        s = self._models.get(model, self._global) if self._models else self._global
+        if s.reason or s.count == 0:
+            return None
         with self._lock:
-            s = self._models.get(model, self._global)
-            if s.invalid() or s.count == 0:
-                return None
             s.seen += 1
             if s.seen % s.rate:
+                return None
+            if s.count == 0:  # spent by another thread meanwhile
                 return None
             if s.count > 0:
                 s.count -= 1

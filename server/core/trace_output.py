@@ -24,18 +24,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_FRONTEND = ("HTTP_", "GRPC_")
-_COMPUTE = ("COMPUTE_",)
 
-
-def trace_json(trace: Trace) -> list[dict[str, Any]]:
-    """One trace as Triton writes it: its identity, then its timestamps in time order."""
-    head: dict[str, Any] = {"id": trace.id, "model_name": trace.model}
-    head["model_version"] = trace.version
+def trace_text(trace: Trace) -> str:
+    """One trace as Triton writes it, two objects of the JSON array: its identity, then its
+    timestamps in time order. Formatted by hand: ``json.dumps`` of the dicts cost 6x more."""
+    head = f'{{"id":{trace.id},"model_name":{json.dumps(trace.model)}'
+    head += f',"model_version":{trace.version}'
     if trace.request_id:
-        head["request_id"] = trace.request_id
-    stamps = [{"name": n, "ns": ns} for n, ns in sorted(trace.stamps, key=lambda s: s[1])]
-    return [head, {"id": trace.id, "timestamps": stamps}]
+        head += f',"request_id":{json.dumps(trace.request_id)}'
+    ordered = sorted(trace.stamps, key=lambda s: s[1])
+    stamps = ",".join([f'{{"name":"{name}","ns":{ns}}}' for name, ns in ordered])
+    return f'{head}}},{{"id":{trace.id},"timestamps":[{stamps}]}}'
 
 
 class _Stream:
@@ -123,13 +122,13 @@ class TraceWriter:
             self.written += 1
             return
         stream = self._streams.setdefault(setting, _Stream())
-        stream.items += [json.dumps(obj, separators=(",", ":")) for obj in trace_json(trace)]
+        stream.items.append(trace_text(trace))
         stream.collected += 1
         done = setting.count == 0 and stream.collected == setting.created
         every = setting.log_frequency
         if done or (every and stream.collected % every == 0):
             self._write(stream, setting.file, indexed=True)
-        elif setting.retired or len(stream.items) >= 2 * self.settings.max_buffered:
+        elif setting.retired or len(stream.items) >= self.settings.max_buffered:
             self._write(stream, setting.file, indexed=bool(every))
         if setting.retired:  # a late trace of a replaced setting: written at once
             self._streams.pop(setting, None)
@@ -141,7 +140,7 @@ class TraceWriter:
             self._write(stream, setting.file, indexed=bool(setting.log_frequency))
 
     def _write(self, stream: _Stream, path: str, indexed: bool) -> None:
-        body, count = ",".join(stream.items), len(stream.items) // 2
+        body, count = ",".join(stream.items), len(stream.items)
         stream.items = []
         if indexed:
             target = f"{path}.{self._index}"
