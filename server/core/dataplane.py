@@ -42,6 +42,7 @@ from server.core.trace import Changes, Trace, Tracer
 SERVER_NAME = "cnn-serving"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ("classification", "model_repository", "statistics", "model_configuration")
+EXTENSIONS += ("trace", "logging")  # server/core/trace.py, server/core/logsettings.py
 _DATATYPE = {"TYPE_FP32": "FP32", "TYPE_STRING": "BYTES"}
 
 

@@ -64,9 +64,7 @@ class LogControl(logging.Filter):
             log_error=level <= logging.ERROR,
             log_verbose_level=int(level <= logging.DEBUG),
         )
-        self._formats = {h: h.formatter for h in self.root.handlers}  # the "default" format
-        for handler in self.root.handlers:
-            handler.addFilter(self)
+        self._formats: dict[logging.Handler, logging.Formatter | None] = {}  # "default"
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.state.allows(record.levelno)
@@ -82,9 +80,14 @@ class LogControl(logging.Filter):
             if value is None:  # Triton leaves a null setting unchanged
                 continue
             new[key] = _checked(key, value)
+        if not new:
+            return self.describe()
         self.state = replace(self.state, **new)  # type: ignore[arg-type]
         self.root.setLevel(self.state.threshold())
         for handler in self.root.handlers:
+            if handler not in self._formats:  # first change: nothing is touched before
+                self._formats[handler] = handler.formatter
+                handler.addFilter(self)
             iso = self.state.log_format == "ISO8601"
             handler.setFormatter(_ISO8601 if iso else self._formats.get(handler))
         return self.describe()
