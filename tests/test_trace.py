@@ -134,6 +134,16 @@ def test_bad_updates_are_refused_naming_the_value(
     assert tracer.describe() == before
 
 
+def test_a_global_update_that_a_model_setting_cannot_take_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    tracer = _tracer(tmp_path)
+    tracer.update("m", {"trace_level": ["TIMESTAMPS"]})  # the rest follows the global setting
+    with pytest.raises(InvalidArgument, match="sample rate must be non-zero"):
+        tracer.update("", {"trace_rate": ["0"]})  # fine for the global (OFF), not for m
+    assert tracer.describe()["trace_rate"] == tracer.describe("m")["trace_rate"] == ["1000"]
+
+
 def test_tracing_without_a_file_is_refused_as_triton_does() -> None:
     with pytest.raises(InvalidArgument, match="invalid trace setting :trace file name is not"):
         Tracer().update("", {"trace_level": ["TIMESTAMPS"]})
@@ -255,6 +265,26 @@ def test_opentelemetry_mode_exports_tritons_three_spans() -> None:
     assert root.resource["service.name"] == "cnn-serving"
     assert tracer.describe()["url"] == [receiver.url]
     assert "trace_file" not in tracer.describe()
+
+
+def test_a_client_trace_context_is_always_traced_and_continued() -> None:
+    receiver = OtlpReceiver()
+    settings = TraceSettings(mode="opentelemetry", level="TIMESTAMPS", otel_url=receiver.url)
+    tracer = Tracer(settings)  # rate 1000: only the propagated request is traced
+    client_trace, client_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    try:
+        assert tracer.sample("m") is None
+        trace = tracer.sample("m", f"00-{client_trace}-{client_span}-01")
+        assert trace is not None
+        trace.begin("m", 1, "")
+        trace.stamp("REQUEST_END")
+        tracer.finish(trace)
+        tracer.close()
+        spans = {s.name: s for s in receiver.wait_for(2)}
+    finally:
+        receiver.close()
+    assert spans["InferRequest"].trace_id == spans["m"].trace_id == client_trace
+    assert spans["InferRequest"].parent_id == client_span
 
 
 # ------------------------------------------------------------------ log settings

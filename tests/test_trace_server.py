@@ -29,6 +29,7 @@ LAUNCHER = Path(__file__).with_name("trace_server.py")
 CHILD = Path(__file__).with_name("triton_trace.py")
 CORE = ["REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_INPUT_END"]
 CORE += ["COMPUTE_OUTPUT_START", "COMPUTE_END", "REQUEST_END"]
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"  # W3C trace and span ids
 FRONTEND = {
     "grpc": ["GRPC_WAITREAD_END", "GRPC_SEND_START"],
     "http": ["HTTP_RECV_START", "HTTP_RECV_END", "HTTP_SEND_START"],
@@ -207,6 +208,8 @@ def test_opentelemetry_mode_exports_spans_of_served_requests(
         request.id = "otel-1"
         stub.ModelInfer(request)
         spans = receiver.wait_for(3)  # exported while the server runs (50 ms batches)
+        stub.ModelInfer(request, metadata=(("traceparent", f"00-{CLIENT_TRACE}-01"),))
+        continued = [s for s in receiver.wait_for(6) if s.trace_id == CLIENT_TRACE.split("-")[0]]
     finally:
         assert srv.terminate(timeout=60) == 0, srv.output()[-4000:]
         receiver.close()
@@ -216,3 +219,5 @@ def test_opentelemetry_mode_exports_spans_of_served_requests(
     assert model.attributes["triton.request_id"] == "otel-1"
     assert [e for e, _ in compute.events] == CORE[2:6]
     assert root.start_ns <= model.start_ns <= compute.start_ns <= compute.end_ns <= root.end_ns
+    assert sorted(s.name for s in continued) == sorted(by_name)  # the client's trace, continued
+    assert next(s for s in continued if s.name == "InferRequest").parent_id == "00f067aa0ba902b7"

@@ -73,6 +73,7 @@ class Trace:
     version: int = -1
     request_id: str = ""
     stamps: list[tuple[str, int]] = field(default_factory=list)
+    parent: str | None = None  # the client's W3C traceparent (opentelemetry mode)
 
     def stamp(self, name: str, ns: int = 0) -> None:
         self.stamps.append((name, ns or time.monotonic_ns()))
@@ -135,55 +136,77 @@ class Tracer:
         return out
 
     def update(self, model: str, changes: Changes) -> dict[str, list[str]]:
-        """Apply ``changes`` to ``model``'s setting ('' the global one); the result."""
+        """Apply ``changes`` to ``model``'s setting ('' the global one); the result.
+        All or nothing: every derived setting is checked before any is replaced."""
         new, cleared = parse_changes(changes)
         with self._lock:
-            retired = self._apply(model, new, cleared)
-            if not model:  # models that take fields from the global setting follow it
-                for name in [n for n, s in self._models.items() if s.specified != set(_FIELDS)]:
-                    retired += self._apply(name, {}, set())
+            if model:
+                current = self._models.get(model)
+                derived = {model: self._derive(True, current, self._global, new, cleared)}
+            else:  # models that take fields from the global setting follow it
+                glob = self._derive(False, self._global, self._default, new, cleared)
+                derived = {"": glob} | {
+                    name: self._derive(True, s, glob, {}, set())
+                    for name, s in self._models.items()
+                    if s.specified != set(_FIELDS)
+                }
+            retired = [self._global if not name else self._models.get(name) for name in derived]
+            for name, setting in derived.items():
+                if not name:
+                    self._global = setting  # type: ignore[assignment]
+                elif setting is None:
+                    self._models.pop(name, None)
+                else:
+                    self._models[name] = setting
             self._refresh()
-        for old in retired:
+        for old in filter(None, retired):
             self.writer.retire(old)
         return self.describe(model)
 
-    def _apply(self, model: str, new: dict[str, object], cleared: set[str]) -> list[Setting]:
-        """Under the lock: replace one setting; the replaced ones (to write out)."""
-        current = self._models.get(model) if model else self._global
-        fallback = self._global if model else self._default
+    @staticmethod
+    def _derive(
+        model: bool,
+        current: Setting | None,
+        fallback: Setting,
+        new: dict[str, object],
+        cleared: set[str],
+    ) -> Setting | None:
+        """The setting replacing ``current`` (None: a model setting with nothing of its own)."""
         specified = set(current.specified if current else ()) - cleared | set(new)
         values = {f: getattr(fallback, f) for f in _FIELDS}
         values |= {f: getattr(current, f) for f in specified - set(new) if current}
         values |= new
         if model and not specified:
-            self._models.pop(model, None)
-            return [current] if current else []
+            return None
         candidate = replace(
             fallback, **values, specified=frozenset(specified), seen=0, created=0, retired=False
         )
         if candidate.reason and candidate.level != "OFF":
             raise InvalidArgument(f"Attempting to set invalid trace setting :{candidate.reason}")
-        if model:
-            self._models[model] = candidate
-        else:
-            self._global = candidate
-        return [current] if current else []
+        return candidate
 
     def _refresh(self) -> None:
         settings = [self._global, *self._models.values()]
-        self.on = any(not s.reason and s.count != 0 for s in settings)
+        self.on = any(
+            (not s.reason and s.count != 0) or (s.mode == "opentelemetry" and s.level != "OFF")
+            for s in settings
+        )
 
     # --- sampling -------------------------------------------------------------------
-    def sample(self, model: str) -> Trace | None:
-        """A trace for this request of ``model`` if the rate and count pick it."""
+    def sample(self, model: str, parent: str | None = None) -> Trace | None:
+        """A trace for this request of ``model`` if the rate and count pick it. ``parent``: a
+        W3C ``traceparent`` the client sent; in the opentelemetry mode such a request is
+        always traced, as a child of the client's span (Triton's context propagation)."""
         s = self._models.get(model, self._global) if self._models else self._global
+        if parent and s.mode == "opentelemetry" and s.level != "OFF":
+            with self._lock:
+                s.created += 1
+                return Trace(next(self._ids), model, s, parent=parent)
         if s.reason or s.count == 0:
             return None
         with self._lock:
             s.seen += 1
-            if s.seen % s.rate:
-                return None
-            if s.count == 0:  # spent by another thread meanwhile
+            if s.seen % s.rate or s.count == 0:  # count: spent by another thread meanwhile
                 return None
             if s.count > 0:
                 s.count -= 1

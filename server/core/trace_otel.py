@@ -20,6 +20,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from server.settings.tracing import TraceSettings
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 TRACER_NAME = "triton-server"  # Triton's instrumentation scope name
 _MODEL = ("REQUEST_START", "QUEUE_START", "REQUEST_END")
+_PROPAGATOR = TraceContextTextMapPropagator()  # W3C trace context, as Triton's HttpTraceContext
 
 
 def resource_attributes(text: str) -> dict[str, str]:
@@ -58,7 +60,9 @@ class SpanExporter:
             return
         at = {name: ns + self.offset for name, ns in stamps}
         kind = otel_trace.SpanKind.SERVER
-        root = self.tracer.start_span("InferRequest", kind=kind, start_time=min(at.values()))
+        client = _PROPAGATOR.extract({"traceparent": trace.parent}) if trace.parent else None
+        start = min(at.values())
+        root = self.tracer.start_span("InferRequest", client, kind, start_time=start)
         ctx = otel_trace.set_span_in_context(root)
         model = None
         if "REQUEST_START" in at:

@@ -51,6 +51,11 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+def _parent(context: grpc.aio.ServicerContext) -> str | None:
+    """The client's W3C ``traceparent`` metadata, if any (tracing is on: this is not per call)."""
+    return next((v for k, v in context.invocation_metadata() or () if k == "traceparent"), None)
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane, manager: ModelManager) -> None:
         self.plane = plane
@@ -89,7 +94,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_rpc
     async def ModelInfer(self, request, context):
         tracer = self.plane.tracer
-        if tracer.on and (trace := tracer.sample(request.model_name)) is not None:
+        if tracer.on and (trace := tracer.sample(request.model_name, _parent(context))):
             return await self._traced_infer(request, context, trace)
         return await self.plane.infer(request, _deadline(context), owner=context.peer())
 

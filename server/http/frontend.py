@@ -189,7 +189,8 @@ class HttpFrontend:
         del body, parse
         peer = request.transport.get_extra_info("peername") if request.transport else None
         owner = ("http", peer)  # one connection: one client, for its share of the queue
-        trace = tracer.sample(call.message.model_name) if received else None
+        parent = request.headers.get("traceparent") if received else None
+        trace = tracer.sample(call.message.model_name, parent) if received else None
         if trace is not None:
             trace.stamp("HTTP_RECV_START", received)
             trace.stamp("HTTP_RECV_END", read)
