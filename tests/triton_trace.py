@@ -12,6 +12,7 @@ PLAN.json: {"grpc": "127.0.0.1:port", "http": "127.0.0.1:port", "model": name,
 from __future__ import annotations
 
 import json
+import queue
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,21 @@ def infer(client: Any, module: Any, model: str, x: np.ndarray) -> list[float]:
     return client.infer(model, [inp]).as_numpy("logits")[0].tolist()
 
 
+def stream_infer(client: Any, model: str, x: np.ndarray) -> list[float]:
+    answers: queue.Queue[Any] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put(error or result))
+    try:
+        inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        client.async_stream_infer(model, [inp])
+        answer = answers.get(timeout=120)
+    finally:
+        client.stop_stream()
+    if isinstance(answer, Exception):
+        raise answer
+    return answer.as_numpy("logits")[0].tolist()
+
+
 def trace_flow(g: Any, h: Any, model: str, x: np.ndarray) -> dict[str, Any]:
     report: dict[str, Any] = {
         "defaults_grpc": grpc_settings(g.get_trace_settings(as_json=True)),
@@ -61,6 +77,7 @@ def trace_flow(g: Any, h: Any, model: str, x: np.ndarray) -> dict[str, Any]:
     report["cleared"] = grpc_settings(g.update_trace_settings(model, cleared, as_json=True))
     report["global_now"] = grpc_settings(g.get_trace_settings(as_json=True))
     infer(h, httpclient, model, x)  # traced under the global setting: written at shutdown
+    report["stream"] = stream_infer(g, model, x)  # so is a streamed one
     report["errors"] = {
         "grpc_file": attempt(lambda: g.update_trace_settings(settings={"trace_file": "/tmp/x"})),
         "http_file": attempt(lambda: h.update_trace_settings(settings={"trace_file": "/tmp/x"})),

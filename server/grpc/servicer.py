@@ -20,7 +20,6 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from server.core.dataplane import DataPlane
 from server.core.errors import InferenceError, Unimplemented, clip
 from server.core.models import ModelManager
-from server.core.trace import Trace
 from server.grpc.streaming import InferStream
 
 log = logging.getLogger(__name__)
@@ -93,21 +92,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request, context):
-        tracer = self.plane.tracer
-        if tracer.on and (trace := tracer.sample(request.model_name, _parent(context))):
-            return await self._traced_infer(request, context, trace)
+        if self.plane.tracer.on:
+            return await self._infer(request, _deadline(context), context.peer(), context)
         return await self.plane.infer(request, _deadline(context), owner=context.peer())
 
-    async def _traced_infer(self, request, context, trace: Trace):
-        """ModelInfer of a sampled request: Triton's gRPC timestamps around the data plane's."""
-        trace.stamp("GRPC_WAITREAD_END")  # grpc.aio hands the handler a request already read
+    async def _infer(self, request, deadline: float | None, owner: object, context):
+        """The data plane's infer, traced when the tracer samples the request: Triton's gRPC
+        timestamps around the data plane's (grpc.aio hands over a request already read)."""
+        tracer = self.plane.tracer
+        if not tracer.on or not (trace := tracer.sample(request.model_name, _parent(context))):
+            return await self.plane.infer(request, deadline, owner=owner)
+        trace.stamp("GRPC_WAITREAD_END")
         try:
-            return await self.plane.infer(
-                request, _deadline(context), owner=context.peer(), trace=trace
-            )
+            return await self.plane.infer(request, deadline, owner=owner, trace=trace)
         finally:
             trace.stamp("GRPC_SEND_START")
-            self.plane.tracer.finish(trace)
+            tracer.finish(trace)
 
     @_rpc
     async def ModelStatistics(self, request, context):
@@ -178,7 +178,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if self.shutting_down:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         # The stream, not its connection, is the client: its requests share one slice.
-        infer = functools.partial(self.plane.infer, owner=object())
+        infer = functools.partial(self._infer, owner=object(), context=context)
         stream = InferStream(infer, _deadline(context))
         self.streams.add(stream)
         try:
