@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -191,6 +192,23 @@ def test_spent_count_writes_the_last_traces_at_once(tmp_path: Path) -> None:
         time.sleep(0.01)  # the writer thread's turn
     assert _ids(tmp_path / "trace.json.0") == ids == [1, 2, 3]
     tracer.close()
+
+
+def test_a_stalled_writer_drops_traces_and_never_blocks_requests(tmp_path: Path) -> None:
+    """The first trace file is a FIFO nobody reads: the writer thread blocks opening it."""
+    os.mkfifo(tmp_path / "trace.json.0")
+    tracer = _tracer(tmp_path, level="TIMESTAMPS", rate=1, log_frequency=1, max_pending=2)
+    started = time.monotonic()
+    ids = _run(tracer, "m", 10)
+    assert len(ids) == 10 and time.monotonic() - started < 30  # sampled, handed over, on
+    assert tracer.writer.dropped >= 7  # at most one in the writer's hands and two queued
+    with open(tmp_path / "trace.json.0") as fifo:  # unblock the writer
+        first = json.loads(fifo.read())
+    tracer.close()
+    later = [_ids(p) for p in sorted(tmp_path.glob("trace.json.[1-9]"))]
+    assert [first[0]["id"]] == ids[:1]
+    assert tracer.writer.written + tracer.writer.dropped == 10  # each written or counted
+    assert len(later) == tracer.writer.written - 1 and all(len(b) == 1 for b in later)
 
 
 def test_a_trace_is_tritons_json() -> None:

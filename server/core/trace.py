@@ -6,9 +6,10 @@ clearing every field of a model setting removes it (Triton's ``tracer.cc`` seman
 Every update replaces the setting object, so traces already sampled finish under the
 setting that sampled them, and the replaced one's traces are written out.
 
-The hot path pays one attribute read while tracing is off (``Tracer.on``): nothing is
-allocated for a request that is not traced. Finished traces go to a writer thread
-(``server/core/trace_output.py``): no file or exporter work runs on the event loop.
+While tracing is off the hot path pays a few attribute reads and ``None`` checks
+(``Tracer.on``, ``trace is not None``): nothing is allocated for a request not traced.
+Finished traces go to a writer thread (``server/core/trace_output.py``): no file or
+exporter work runs on the event loop.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from server.settings.tracing import U32_MAX, TraceSettings
 I32_MAX = (1 << 31) - 1
 MIN_COUNT = -1
 _FIELDS = ("level", "rate", "count", "log_frequency")
-_KEYS = {"trace_level": "level", "trace_rate": "rate", "trace_count": "count"}
-_KEYS["log_frequency"] = "log_frequency"
+_KEYS = dict(
+    trace_level="level", trace_rate="rate", trace_count="count", log_frequency="log_frequency"
+)
 _FIXED = {"trace_file": "trace file location", "trace_mode": "trace mode"}
 
 Changes = Mapping[str, "list[str] | None"]  # setting -> values; None (or []) clears it
