@@ -127,6 +127,7 @@ class InferenceServer:
         if self.http is not None:
             await self.http.stop()
         await self.manager.close()
+        await asyncio.to_thread(self.plane.tracer.close)  # writes the traces still held
         self.plane.shm.close()
         self.plane.images.close()
         self.trimmer.stop()

@@ -232,9 +232,7 @@ def test_health_and_reflection(server: ServerProcess) -> None:
     assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
 
 
-def test_unimplemented_rpcs_say_so(server: ServerProcess) -> None:
-    with pytest.raises(grpc.RpcError) as err:
-        server.stub().TraceSetting(pb.TraceSettingRequest())
-    assert (
-        err.value.code() == grpc.StatusCode.UNIMPLEMENTED and "TraceSetting" in err.value.details()
-    )
+def test_trace_setting_answers_tritons_defaults(server: ServerProcess) -> None:
+    answer = server.stub().TraceSetting(pb.TraceSettingRequest())
+    settings = {key: list(value.value) for key, value in answer.settings.items()}
+    assert settings["trace_level"] == ["OFF"] and settings["trace_mode"] == ["triton"]

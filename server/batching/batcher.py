@@ -55,6 +55,7 @@ from server.batching.types import (
     BatcherStats,
     BatchObserver,
     BatchSizeMismatchError,
+    BatchTrace,
     DeadlineExceededError,
     PendingRequest,
     QueueFullError,
@@ -160,9 +161,11 @@ class DynamicBatcher:
         deadline: float | None = None,
         owner: Hashable | None = None,
         features: bool = False,
+        trace: BatchTrace | None = None,
     ) -> concurrent.futures.Future[Any]:
         """Queue ``inputs``; the future gets its output rows (``features``: and their feature
-        maps, a tuple). Cancel it to withdraw. ``owner`` (a client) may hold only its share."""
+        maps, a tuple). Cancel it to withdraw. ``owner`` (a client) may hold only its share;
+        ``trace`` (a sampled request) is told its queue and compute times."""
         if not self._accepting:
             raise BatcherClosedError(f"model {self.name!r} is not accepting requests")
         if features and self.run_features is None:
@@ -194,7 +197,9 @@ class DynamicBatcher:
                 self._stats.rejected_queue_full += 1
                 raise QueueFullError(unfair)
             busy = self._in_flight >= cfg.instance_count
-            req = PendingRequest(inputs, n, deadline, future, now, busy, owner, features=features)
+            req = PendingRequest(
+                inputs, n, deadline, future, now, busy, owner, features=features, trace=trace
+            )
             self._pending.append(req)
             self._shares.add(owner, n)
             self._stats.queue_rows += n
@@ -264,7 +269,7 @@ class DynamicBatcher:
         dispatched = time.monotonic()
         rows = sum(r.rows for r in batch)
         try:
-            out, maps, compute_ns = self._compute(batch, rows)
+            out, maps, started_ns, compute_ns = self._compute(batch, rows)
             for req in batch:  # req <-> future is a cycle: free the megabytes without the GC
                 req.inputs = None  # type: ignore[assignment]
         except Exception as exc:
@@ -287,6 +292,8 @@ class DynamicBatcher:
             s.batch_sizes[rows] = (count + 1, total + compute_ns)
         offset = 0
         for req in batch:
+            if req.trace is not None:
+                req.trace.batched(req.arrival, dispatched, started_ns, started_ns + compute_ns)
             part = out[offset : offset + req.rows]
             req.future.set_result(
                 (part, maps[offset : offset + req.rows]) if req.features else part
@@ -299,8 +306,9 @@ class DynamicBatcher:
             except Exception:  # metrics must never fail inference
                 log.exception("batch observer of model %r failed", self.name)
 
-    def _compute(self, batch: list[PendingRequest], rows: int) -> tuple[np.ndarray, Any, int]:
-        """Concatenate, run (with the feature map if a request wants it), check rows."""
+    def _compute(self, batch: list[PendingRequest], rows: int) -> tuple[np.ndarray, Any, int, int]:
+        """Concatenate, run (with the feature map if a request wants it), check rows; the
+        outputs, the feature maps, when the run started (monotonic ns) and its ns."""
         inputs = [r.inputs for r in batch]
         x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
         start = time.monotonic_ns()
@@ -315,7 +323,7 @@ class DynamicBatcher:
                 f"model {self.name!r} returned {got} rows (shape {out.shape})"
                 f" for a batch of {rows} rows ({len(inputs)} requests)"
             )
-        return out, maps, elapsed
+        return out, maps, start, elapsed
 
     def _form(
         self, now: float, expired: list[tuple[PendingRequest, BaseException]]

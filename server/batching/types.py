@@ -69,6 +69,14 @@ class BatchObserver(Protocol):
     ) -> None: ...
 
 
+class BatchTrace(Protocol):
+    """A traced request (``server/core/trace.py``): told its batch's times by the worker."""
+
+    def batched(
+        self, queued: float, dispatched: float, input_end_ns: int, output_start_ns: int
+    ) -> None: ...
+
+
 @dataclass(eq=False)  # identity equality: deque.remove must not compare arrays
 class PendingRequest:
     """One caller's rows in the batcher's queue."""
@@ -82,6 +90,7 @@ class PendingRequest:
     owner: Hashable | None = None  # the client, for its share of the queue
     queued: bool = True
     features: bool = False  # also wants the feature map (class activation maps)
+    trace: BatchTrace | None = None  # a sampled request: its queue and compute times
 
 
 def is_expired(req: PendingRequest, now: float) -> bool:

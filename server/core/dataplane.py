@@ -29,6 +29,7 @@ from server.core.errors import (
     shown,
 )
 from server.core.images import ImagePipeline, accepted_inputs, input_forms
+from server.core.logsettings import LogControl
 from server.core.models import ModelManager, ServedVersion, check_name, version_number
 from server.core.shared_memory import (
     PARAM_OFFSET,
@@ -37,6 +38,7 @@ from server.core.shared_memory import (
     SharedMemoryManager,
     shm_ref,
 )
+from server.core.trace import Changes, Trace, Tracer
 from server.settings.limits import RequestLimits
 
 SERVER_NAME = "cnn-serving"
@@ -48,6 +50,8 @@ EXTENSIONS = (
     "statistics",
     "model_configuration",
     "binary_tensor_data",
+    "trace",  # server/core/trace.py
+    "logging",  # server/core/logsettings.py
 )
 _REQUEST_LIMITS = RequestLimits()
 _DATATYPE = {"TYPE_FP32": "FP32", "TYPE_STRING": "BYTES"}
@@ -66,6 +70,8 @@ class DataPlane:
         images: ImagePipeline | None = None,
         max_spatial_size: int | None = None,
         request_limits: RequestLimits = _REQUEST_LIMITS,
+        tracer: Tracer | None = None,
+        logs: LogControl | None = None,
     ) -> None:
         self.manager = manager
         self.request_limits = request_limits  # counts and explanation budgets per request
@@ -74,6 +80,8 @@ class DataPlane:
         self.shm = shm or SharedMemoryManager(enabled=False)
         self.cuda_shm = CudaSharedMemory()  # status and unregister answer; register refuses
         self.images = images or ImagePipeline()
+        self.tracer = tracer or Tracer()  # Triton's trace extension (server/core/trace.py)
+        self.logs = logs or LogControl()  # Triton's logging extension
         self.shutting_down = False
 
     # --- health -----------------------------------------------------------
@@ -240,11 +248,12 @@ class DataPlane:
         deadline: float | None,
         owner: object,
         features: bool = False,
+        trace: Trace | None = None,
     ):
         """The logits of ``array`` (with ``features``: and the feature map, a tuple)."""
         future = None
         try:
-            future = served.batcher.submit_future(array, deadline, owner, features)
+            future = served.batcher.submit_future(array, deadline, owner, features, trace)
             return await asyncio.wrap_future(future)
         except batching.QueueFullError as exc:
             raise ResourceExhausted(str(exc)) from exc
@@ -323,10 +332,14 @@ class DataPlane:
         deadline: float | None,
         owner: object = None,
         protocol: str = "grpc",
+        trace: Trace | None = None,
     ) -> pb.ModelInferResponse:
-        """``owner``: the client (connection or stream), for its share of the queue."""
+        """``owner``: the client (connection or stream), for its share of the queue;
+        ``trace``: a sampled request (``Tracer.sample``) whose timestamps to take."""
         request_caps.check_message(self.request_limits, request)  # before any per-item work
         served = self.manager.get(check_name(request.model_name), request.model_version)
+        if trace is not None:
+            trace.begin(served.spec.name, served.version, request.id)
         metrics = served.metrics
         started = time.perf_counter_ns()
         metrics.in_flight.inc()
@@ -344,7 +357,7 @@ class DataPlane:
                 served, request, len(array)
             )  # before queueing: bad requests cost nothing
             cam = wanted is not None and wanted.method == "cam"
-            result = await self._run(served, array, deadline, owner, features=cam)
+            result = await self._run(served, array, deadline, owner, cam, trace)
             logits, maps = result if cam else (result, None)
             response = pb.ModelInferResponse(
                 model_name=served.spec.name, model_version=str(served.version), id=request.id
@@ -369,6 +382,8 @@ class DataPlane:
         finally:
             metrics.in_flight.dec()
             metrics.queue_depth.set(served.batcher.queue_rows)
+            if trace is not None:
+                trace.stamp("REQUEST_END")
         elapsed = time.perf_counter_ns() - started
         served.success_ns[0] += 1
         served.success_ns[1] += elapsed
@@ -376,6 +391,16 @@ class DataPlane:
         metrics.requests("OK", protocol).inc()
         metrics.request_seconds.observe(elapsed / 1e9)
         return response
+
+    # --- trace settings -----------------------------------------------------
+    def trace_settings(self, model: str, changes: Changes) -> dict[str, list[str]]:
+        """Triton's TraceSetting: change (if ``changes``) and describe ``model``'s setting."""
+        if model:
+            try:
+                self.manager.get(model)
+            except InferenceError:
+                raise InvalidArgument(f"Request for unknown model : {model}") from None
+        return self.tracer.update(model, changes) if changes else self.tracer.describe(model)
 
     # --- statistics and repository ---------------------------------------
     def statistics(self, name: str, version: str) -> pb.ModelStatisticsResponse:

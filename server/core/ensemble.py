@@ -211,6 +211,7 @@ class EnsembleBatcher:
         deadline: float | None = None,
         owner: Hashable | None = None,
         features: bool = False,
+        trace: object = None,  # members are not traced: an ensemble trace has no compute times
     ) -> concurrent.futures.Future[np.ndarray]:
         if features:  # the data plane refuses class activation maps for ensembles first
             raise ValueError(f"ensemble {self.name!r} has no feature map (members differ)")

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 from server.core.dataplane import DataPlane
 from server.core.images import ImagePipeline
+from server.core.logsettings import LogControl
 from server.core.metrics import Metrics
 from server.core.models import ModelManager
 from server.core.shared_memory import SharedMemoryManager
+from server.core.trace import Tracer
 from server.settings import Settings
 
 
@@ -35,5 +37,7 @@ def build_core(settings: Settings) -> Core:
         images=ImagePipeline(settings.images),
         max_spatial_size=settings.models.max_spatial_size,
         request_limits=settings.requests,
+        tracer=Tracer(settings.tracing),
+        logs=LogControl(),
     )
     return Core(settings, metrics, manager, plane)

@@ -59,6 +59,11 @@ def _caller(context: grpc.aio.ServicerContext) -> Caller:
     return Caller(authorization=metadata.get("authorization"), client_cert=certified)
 
 
+def _parent(context: grpc.aio.ServicerContext) -> str | None:
+    """The client's W3C ``traceparent`` metadata, if any (tracing is on: this is not per call)."""
+    return next((v for k, v in context.invocation_metadata() or () if k == "traceparent"), None)
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self, plane: DataPlane, manager: ModelManager, control: ModelControl | None = None
@@ -94,7 +99,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request, context):
+        if self.plane.tracer.on:
+            return await self._infer(request, _deadline(context), context.peer(), context)
         return await self.plane.infer(request, _deadline(context), owner=context.peer())
+
+    async def _infer(self, request, deadline: float | None, owner: object, context):
+        """The data plane's infer, traced when the tracer samples the request: Triton's gRPC
+        timestamps around the data plane's (grpc.aio hands over a request already read)."""
+        tracer = self.plane.tracer
+        if not tracer.on or not (trace := tracer.sample(request.model_name, _parent(context))):
+            return await self.plane.infer(request, deadline, owner=owner)
+        trace.stamp("GRPC_WAITREAD_END")
+        try:
+            return await self.plane.infer(request, deadline, owner=owner, trace=trace)
+        finally:
+            trace.stamp("GRPC_SEND_START")
+            tracer.finish(trace)
 
     @_rpc
     async def ModelStatistics(self, request, context):
@@ -160,6 +180,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             status = response.regions[region.name]
             status.name, status.device_id = region.name, region.device_id
             status.byte_size = region.byte_size
+
+    # --- trace and log settings (Triton's extensions) ---------------------------------
+    @_rpc
+    async def TraceSetting(self, request, context):
+        changes = {key: list(value.value) for key, value in request.settings.items()}
+        answer = self.plane.trace_settings(request.model_name, changes)
+        response = pb.TraceSettingResponse()
+        for key, values in answer.items():
+            response.settings[key].value.extend(values)
+        return response
+
+    @_rpc
+    async def LogSettings(self, request, context):
+        changes = {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+                   for key, value in request.settings.items()}  # fmt: skip
+        answer = self.plane.logs.update(changes)
+        response = pb.LogSettingsResponse()
+        for key, value in answer.items():
+            field = {bool: "bool_param", int: "uint32_param", str: "string_param"}[type(value)]
+            setattr(response.settings[key], field, value)
         return response
 
     async def ModelStreamInfer(self, request_iterator, context):
@@ -167,7 +207,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if self.plane.shutting_down:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         # The stream, not its connection, is the client: its requests share one slice.
-        infer = functools.partial(self.plane.infer, owner=object())
+        infer = functools.partial(self._infer, owner=object(), context=context)
         stream = InferStream(infer, _deadline(context))
         self.streams.add(stream)
         try:
@@ -196,5 +236,8 @@ def _unimplemented(name: str) -> Callable[..., Awaitable[Any]]:
 for _name in (
     "TraceSetting",
     "LogSettings",
+    "CudaSharedMemoryStatus",
+    "CudaSharedMemoryRegister",
+    "CudaSharedMemoryUnregister",
 ):
     setattr(InferenceServicer, _name, _unimplemented(_name))

@@ -23,7 +23,7 @@ from server.core.control import ModelControl
 from server.core.dataplane import DataPlane
 from server.core.errors import InferenceError, clip, shown
 from server.core.models import ModelManager
-from server.http import budgets, codec, guard, page, shm_routes
+from server.http import budgets, codec, guard, page, shm_routes, trace_routes
 from server.http.offload import JsonOffload
 from server.settings import Settings, TlsSettings
 
@@ -181,6 +181,8 @@ class HttpFrontend:
     # --- inference -------------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.Response:
         self.plane.check_accepting()
+        tracer = self.plane.tracer
+        received = time.monotonic_ns() if tracer.on else 0  # Triton's HTTP_RECV_START
         started = time.perf_counter()
         if request.headers.get(codec.HEADER_LENGTH) == "0":  # Triton's raw binary request
             model, version = _model(request)
@@ -190,10 +192,21 @@ class HttpFrontend:
             del body
         else:
             call = await self.json.parse(request, self.budgets, self.plane.request_limits)
+        read = time.monotonic_ns() if received else 0  # read and parsed
         peer = request.transport.get_extra_info("peername") if request.transport else None
         owner = ("http", peer)  # one connection: one client, for its share of the queue
-        answer = await self.plane.infer(call.message, call.deadline, owner, protocol="http")
-        payload, header_length = await self.json.encode(answer, call)
+        parent = request.headers.get("traceparent") if received else None
+        trace = tracer.sample(call.message.model_name, parent) if received else None
+        if trace is not None:
+            trace.stamp("HTTP_RECV_START", received)
+            trace.stamp("HTTP_RECV_END", read)
+        try:
+            answer = await self.plane.infer(call.message, call.deadline, owner, "http", trace)
+            payload, header_length = await self.json.encode(answer, call)
+        finally:
+            if trace is not None:
+                trace.stamp("HTTP_SEND_START")
+                tracer.finish(trace)
         response = web.Response(
             body=payload,
             content_type="application/json"
@@ -245,6 +258,7 @@ class HttpFrontend:
         app.add_routes(routes)
         page.add_routes(app, self.plane)
         shm_routes.add_routes(app, self.plane)
+        trace_routes.add_routes(app, self.plane)
         return app
 
     async def start(self) -> None:

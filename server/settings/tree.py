@@ -14,6 +14,7 @@ from server.settings.models import BatchingSettings, ModelSettings
 from server.settings.repository import RepositorySettings
 from server.settings.runtime import ImageSettings, MemorySettings, ProtocolSettings
 from server.settings.security import SecuritySettings
+from server.settings.tracing import TraceSettings
 
 ENV_PREFIX = "CNN_SERVING_"
 ENV_NESTED = "__"
@@ -53,6 +54,8 @@ class Settings(BaseSettings):
     """Returning freed memory."""
     security: SecuritySettings = SecuritySettings()
     """Model control, its credential, and who may call over HTTP."""
+    tracing: TraceSettings = TraceSettings()
+    """Triton's trace extension: the settings a server starts with."""
     log_level: LogLevel = setting("INFO", flag="--log-level")
     """Python logging level of the server's log."""
 
