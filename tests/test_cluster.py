@@ -138,12 +138,21 @@ def test_every_node_is_an_entry_point(cluster: NetnsCluster) -> None:
     assert code == "UNIMPLEMENTED" and "send ModelInfer" in message, (code, message)
 
 
-def test_each_replica_serves_the_single_servers_metrics(cluster: NetnsCluster) -> None:
+def test_each_replica_serves_the_single_servers_metrics(
+    cluster: NetnsCluster, tmp_path: Path
+) -> None:
     address = f"--address={cluster.head_address()}"
-    out = cluster.run_in("head", sys.executable, "-m", "server.cluster", "status", address)
-    replicas = [json.loads(line) for line in out.splitlines() if line.startswith('{"model"')]
+    targets = tmp_path / "targets.json"
+    out = cluster.run_in(
+        "head", sys.executable, "-m", "server.cluster", "status", address, f"--file-sd={targets}"
+    )
+    replicas = [json.loads(line) for line in out.splitlines() if line.startswith('{"replica"')]
     lite0 = [r for r in replicas if r["model"] == LITE0]
     assert {r["node"] for r in lite0} == {cluster.nodes["w1"].ip, cluster.nodes["w2"].ip}, out
+    scraped = {
+        (t["targets"][0], t["labels"]["deployment"]) for t in json.loads(targets.read_text())
+    }
+    assert scraped == {(r["metrics"].split("/")[2], r["model"]) for r in replicas}, scraped
     served = 0
     for replica in lite0:
         with urllib.request.urlopen(replica["metrics"], timeout=30) as response:

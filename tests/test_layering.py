@@ -80,8 +80,7 @@ ROOMS = {
     "batching": {"batching", "settings"},
     "grpc": {"grpc", "core", "settings"},
     "http": {"http", "core", "settings"},
-    # grpc: until the replica calls the data plane instead of the servicer (issue 24)
-    "cluster": {"cluster", "core", "settings", "grpc"},
+    "cluster": {"cluster", "core", "settings"},
 }
 
 

@@ -49,15 +49,18 @@ def _deploy(args: argparse.Namespace, address: str) -> None:
     print(f"ready: gRPC on every node at port {args.grpc_port}", flush=True)
 
 
-def _status(address: str) -> None:
+def _status(address: str, file_sd: str | None) -> None:
     from ray import serve  # late: imports Ray Serve
 
-    from server.cluster.registry import replicas
+    from server.cluster.registry import replicas, write_file_sd
 
     _connect(address)
     print(json.dumps(serve.status().applications[APP_NAME].deployments, default=str, indent=1))
-    for replica in replicas():
+    found = replicas()
+    for replica in found:
         print(json.dumps(replica))
+    if file_sd:
+        write_file_sd(Path(file_sd), found)
 
 
 def _down(address: str, stop: bool) -> None:
@@ -95,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("status", "down"):
         p = sub.add_parser(name)
         p.add_argument("--address", default="127.0.0.1:6379")
+    sub.choices["status"].add_argument(
+        "--file-sd", metavar="PATH", help="also write the replicas as Prometheus file_sd targets"
+    )
     sub.choices["down"].add_argument(
         "--stop-node", action="store_true", help="then `ray stop` every Ray process here"
     )
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "deploy":
         _deploy(args, args.address)
     elif args.command == "status":
-        _status(args.address)
+        _status(args.address, args.file_sd)
     else:
         _down(args.address, args.stop_node)
     return 0

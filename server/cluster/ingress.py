@@ -2,9 +2,10 @@
 
 The proxy (one per node) invokes a method named like the RPC. Model RPCs go
 to the deployment of the model they name; server RPCs ask every model and
-merge. A status the replica's servicer chose travels back unchanged; a
-replica lost with its node (``kill -9``, a network split) becomes
-UNAVAILABLE, which clients retry, never INTERNAL.
+merge. A replica answers with a response or the core's ``InferenceError``,
+which becomes the call's status here through ``server/core/errors.py`` (the
+one table every frontend uses); a replica lost with its node (``kill -9``, a
+network split) becomes UNAVAILABLE, which clients retry, never INTERNAL.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
 from protos import grpc_service_pb2 as pb
-from server.cluster.replica import Outcome
+from server.core.decoding import undecodable
 from server.core.errors import InferenceError, NotFound, Unavailable, Unimplemented, clip
 from server.core.models import check_name, unknown_model
-from server.grpc.transport import undecodable
 
 log = logging.getLogger(__name__)
 
@@ -41,47 +41,48 @@ class KServeIngress:
     def __init__(self, models: dict[str, DeploymentHandle]) -> None:
         self.models = models
 
-    async def _ask(self, model: str, method: str, request: Any) -> Outcome:
+    async def _ask(self, model: str, method: str, request: Any) -> Any:
+        """The replica's response; its ``InferenceError`` raised."""
         handle = self.models.get(check_name(model))
         if handle is None:
             raise NotFound(unknown_model(model, "is not found"))
         try:
-            return await handle.call.remote(method, request)
+            answer = await handle.call.remote(method, request)
         except RayTaskError:  # the replica's own code failed: a bug, INTERNAL
             raise
         except (RayError, RayServeException) as exc:  # the replica or its node is gone
             raise Unavailable(
                 f"model '{model}': the replica was lost ({type(exc).__name__}); retry"
             ) from exc
+        if isinstance(answer, InferenceError):
+            raise answer
+        return answer
 
     async def _forward(
         self, model: str, method: str, request: Any, context: RayServegRPCContext
     ) -> Any:
         return await _answer(method, context, lambda: self._ask(model, method, request))
 
-    async def _ask_all(self, method: str, request: Any) -> dict[str, Outcome]:
+    async def _ask_all(self, method: str, request: Any) -> dict[str, Any]:
+        """Each model's response, or the ``InferenceError`` it answered with."""
         names = sorted(self.models)
         found = await asyncio.gather(
             *(self._ask(n, method, request) for n in names), return_exceptions=True
         )
-        outcomes = {}
-        for name, outcome in zip(names, found, strict=True):
-            if isinstance(outcome, InferenceError):
-                outcome = Outcome(None, outcome.code.name, clip(str(outcome)))
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            outcomes[name] = outcome
-        return outcomes
+        for answer in found:
+            if isinstance(answer, BaseException) and not isinstance(answer, InferenceError):
+                raise answer
+        return dict(zip(names, found, strict=True))
 
     # --- server RPCs: every model asked ------------------------------------
     async def ServerLive(self, request, grpc_context: RayServegRPCContext):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, grpc_context: RayServegRPCContext):
-        async def ready() -> Outcome:
-            outcomes = await self._ask_all("ServerReady", request)
-            ok = any(o.response is not None and o.response.ready for o in outcomes.values())
-            return Outcome(pb.ServerReadyResponse(ready=ok), "OK")
+        async def ready() -> pb.ServerReadyResponse:
+            answers = (await self._ask_all("ServerReady", request)).values()
+            ok = any(not isinstance(a, InferenceError) and a.ready for a in answers)
+            return pb.ServerReadyResponse(ready=ok)
 
         return await _answer("ServerReady", grpc_context, ready)
 
@@ -90,14 +91,14 @@ class KServeIngress:
         return await self._forward(first, "ServerMetadata", request, grpc_context)
 
     async def RepositoryIndex(self, request, grpc_context: RayServegRPCContext):
-        async def index() -> Outcome:
+        async def index() -> pb.RepositoryIndexResponse:
             merged = pb.RepositoryIndexResponse()
-            for name, outcome in (await self._ask_all("RepositoryIndex", request)).items():
-                if outcome.response is not None:
-                    merged.models.extend(m for m in outcome.response.models if m.name == name)
+            for name, answer in (await self._ask_all("RepositoryIndex", request)).items():
+                if not isinstance(answer, InferenceError):
+                    merged.models.extend(m for m in answer.models if m.name == name)
                 elif not request.ready:
-                    merged.models.add(name=name, state="UNAVAILABLE", reason=outcome.details)
-            return Outcome(merged, "OK")
+                    merged.models.add(name=name, state="UNAVAILABLE", reason=clip(str(answer)))
+            return merged
 
         return await _answer("RepositoryIndex", grpc_context, index)
 
@@ -105,12 +106,12 @@ class KServeIngress:
         if request.name:
             return await self._forward(request.name, "ModelStatistics", request, grpc_context)
 
-        async def every() -> Outcome:  # one replica per model answers: its own counts
+        async def every() -> pb.ModelStatisticsResponse:  # one replica per model: its counts
             merged = pb.ModelStatisticsResponse()
-            for outcome in (await self._ask_all("ModelStatistics", request)).values():
-                if outcome.response is not None:
-                    merged.model_stats.extend(outcome.response.model_stats)
-            return Outcome(merged, "OK")
+            for answer in (await self._ask_all("ModelStatistics", request)).values():
+                if not isinstance(answer, InferenceError):
+                    merged.model_stats.extend(answer.model_stats)
+            return merged
 
         return await _answer("ModelStatistics", grpc_context, every)
 
@@ -145,23 +146,20 @@ class KServeIngress:
 
 
 async def _answer(
-    method: str, context: RayServegRPCContext, ask: Callable[[], Awaitable[Outcome]]
+    method: str, context: RayServegRPCContext, ask: Callable[[], Awaitable[Any]]
 ) -> Any:
-    """The outcome's response, or an empty one with the outcome's status on the call."""
+    """The response, or an empty one with the error's status (errors.py) on the call."""
     try:
-        outcome = await ask()
+        return await ask()
     except InferenceError as exc:
-        outcome = Outcome(None, exc.code.name, clip(str(exc)))
-    if outcome.response is not None:
-        return outcome.response
-    context.set_code(grpc.StatusCode[outcome.code])
-    context.set_details(outcome.details)
-    return _RESPONSE[method]()
+        context.set_code(exc.code)
+        context.set_details(clip(str(exc)))
+        return _RESPONSE[method]()
 
 
 def _unimplemented(name: str, why: str) -> Callable[..., Awaitable[Any]]:
     async def handler(self: KServeIngress, request: Any, grpc_context: RayServegRPCContext) -> Any:
-        async def refuse() -> Outcome:
+        async def refuse() -> Any:
             raise Unimplemented(f"{name} is not supported through the Ray Serve cluster: {why}")
 
         return await _answer(name, grpc_context, refuse)

@@ -9,15 +9,19 @@ URLs that answer.
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
+import urllib.parse
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 from ray.experimental import internal_kv
 
 PREFIX = "kserve-replica:"
 
 
-def register(key: str, description: dict[str, str]) -> None:
+def register(key: str, description: dict[str, Any]) -> None:
     internal_kv._internal_kv_put(PREFIX + key, json.dumps(description), overwrite=True)
 
 
@@ -33,7 +37,7 @@ def _answers(url: str, timeout: float) -> bool:
         return False
 
 
-def replicas(timeout: float = 2.0) -> list[dict[str, str]]:
+def replicas(timeout: float = 2.0) -> list[dict[str, Any]]:
     """The live replicas' descriptions (model, revision, node, metrics URL)."""
     found = []
     for key in internal_kv._internal_kv_list(PREFIX):
@@ -48,12 +52,20 @@ def replicas(timeout: float = 2.0) -> list[dict[str, str]]:
     return sorted(found, key=lambda d: (d["model"], d["node"], d["metrics"]))
 
 
-def file_sd(descriptions: list[dict[str, str]]) -> list[dict[str, object]]:
+def file_sd(descriptions: list[dict[str, Any]]) -> list[dict[str, object]]:
     """Prometheus ``file_sd_configs`` content for the replicas."""
     return [
         {
-            "targets": [d["metrics"].split("//", 1)[1].split("/", 1)[0]],
+            "targets": [urllib.parse.urlsplit(d["metrics"]).netloc],
             "labels": {"ray_node": d["node"], "deployment": d["model"]},
         }
         for d in descriptions
     ]
+
+
+def write_file_sd(path: Path, descriptions: list[dict[str, Any]]) -> None:
+    """Written whole then renamed: Prometheus re-reads the file when it changes and must
+    never see half of it."""
+    staged = path.with_name(path.name + ".tmp")
+    staged.write_text(json.dumps(file_sd(descriptions), indent=1))
+    os.replace(staged, path)

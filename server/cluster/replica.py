@@ -1,31 +1,31 @@
-"""One model's Ray Serve replica: the single server's servicer, data plane and batcher.
+"""One model's Ray Serve replica: the single server's data plane, batcher and backends.
 
 Each replica loads one model from the repository with ``ModelManager`` and
-answers RPCs by calling the very ``InferenceServicer`` method the gRPC server
-calls, so validation, batching, backends and the error → status mapping are
-the same code. The servicer reports errors by aborting its context; the
-replica's stand-in context records the status instead, and the ingress puts
-it on the client's call.
+answers the ingress by calling the ``DataPlane`` methods the gRPC and HTTP
+frontends call, so validation, batching, backends and classification are the
+same code. An error comes back as the core's own ``InferenceError`` (a value,
+not a raised exception: Ray would log a traceback per bad request), and the
+ingress maps it to a status through ``server/core/errors.py`` like every
+frontend; anything else is a bug, logged here and answered INTERNAL.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import ray
 from ray import serve
 
+from protos import grpc_service_pb2 as pb
 from server.cluster import registry
-from server.core.dataplane import DataPlane
-from server.core.metrics import Metrics
-from server.core.models import ModelManager
-from server.core.shared_memory import SharedMemoryManager
-from server.grpc.servicer import InferenceServicer
-from server.settings import ModelSettings
+from server.core.errors import InferenceError, clip
+from server.core.wiring import build_core
+from server.settings import ModelSettings, ProtocolSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -33,50 +33,6 @@ MiB = 1 << 20
 # A ModelInfer response parameter naming the node that computed it (the tests and
 # operators see where requests went); clients that do not look ignore it.
 NODE_PARAMETER = "ray_node"
-# The methods a replica runs for the ingress; everything else never reaches it.
-MODEL_METHODS = frozenset(
-    {
-        "ServerReady",
-        "ServerMetadata",
-        "ModelReady",
-        "ModelMetadata",
-        "ModelConfig",
-        "ModelInfer",
-        "ModelStatistics",
-        "RepositoryIndex",
-    }
-)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one RPC came to: the response, or the status the servicer aborted with."""
-
-    response: Any
-    code: str  # grpc.StatusCode name; "OK" with a response
-    details: str = ""
-
-
-class _CallContext:
-    """The ``grpc.aio.ServicerContext`` methods the servicer uses, for a call that
-    arrived through Ray (the proxy applies the client's deadline)."""
-
-    def __init__(self) -> None:
-        self.code = grpc.StatusCode.OK
-        self.details = ""
-
-    def peer(self) -> str:
-        """Each call its own owner: the replica cannot see the client behind Ray's proxy,
-        so the single server's per-client queue share does not apply (Ray Serve bounds
-        each replica's ongoing requests instead)."""
-        return f"ray-call-{id(self)}"
-
-    def time_remaining(self) -> float | None:
-        return None
-
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
-        self.code, self.details = code, details
-        raise grpc.aio.AbortError()
 
 
 @dataclass(frozen=True)
@@ -86,6 +42,29 @@ class ReplicaSettings:
     intra_op_threads: int = 0
 
 
+async def _infer(replica: ModelReplica, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    # Each call its own owner: the replica cannot see the client behind Ray's proxy, so
+    # the single server's per-client queue share does not apply (Ray Serve bounds each
+    # replica's ongoing requests instead). The proxy applies the client's deadline.
+    response = await replica.plane.infer(request, None, owner=object())
+    response.parameters[NODE_PARAMETER].string_param = replica.node
+    return response
+
+
+# The RPCs a replica answers for the ingress, each one data-plane call.
+_METHODS: dict[str, Callable[[ModelReplica, Any], Any]] = {
+    "ServerReady": lambda r, q: pb.ServerReadyResponse(ready=r.plane.server_ready()),
+    "ServerMetadata": lambda r, q: r.plane.server_metadata(),
+    "ModelReady": lambda r, q: pb.ModelReadyResponse(ready=r.plane.model_ready(q.name, q.version)),
+    "ModelMetadata": lambda r, q: r.plane.model_metadata(q.name, q.version),
+    "ModelConfig": lambda r, q: r.plane.model_config(q.name, q.version),
+    "ModelInfer": _infer,
+    "ModelStatistics": lambda r, q: r.plane.statistics(q.name, q.version),
+    "RepositoryIndex": lambda r, q: r.plane.repository_index(q.ready),
+}
+MODEL_METHODS = frozenset(_METHODS)
+
+
 class ModelReplica:
     """Deployed once per model (``server.cluster.app``); Ray Serve makes the replicas."""
 
@@ -93,54 +72,61 @@ class ModelReplica:
         self, repository: str, model: str, revision: str, settings: ReplicaSettings
     ) -> None:
         self.model, self.revision = model, revision
+        self.key = serve.get_replica_context().replica_id.unique_id
         self.node = ray.util.get_node_ip_address()
-        self.metrics = Metrics.create()
-        options = ModelSettings(
-            repository=Path(repository),
-            names=(model,),
-            intra_op_threads=settings.intra_op_threads,
+        core = build_core(
+            Settings(
+                models=ModelSettings(
+                    repository=Path(repository),
+                    names=(model,),
+                    intra_op_threads=settings.intra_op_threads,
+                ),
+                # No shared memory: a client's region lives on its own host, not the replica's.
+                protocol=ProtocolSettings(
+                    max_message_mb=max(1, settings.max_message_bytes // MiB), shared_memory=False
+                ),
+            )
         )
-        self.manager = ModelManager(options, self.metrics)
-        # No shared memory: a client's region lives on its own host, not the replica's.
-        self.plane = DataPlane(
-            self.manager, settings.max_message_bytes, SharedMemoryManager(enabled=False)
-        )
-        self.servicer = InferenceServicer(self.plane, self.manager)
+        self.metrics, self.manager, self.plane = core.metrics, core.manager, core.plane
         await self.manager.load(model)  # raises: Ray reports the replica failed to start
         self._http = None
         self.metrics_url = ""
         if settings.metrics_port >= 0:
             self._http = self.metrics.serve(settings.metrics_port, "0.0.0.0")
             self.metrics_url = f"http://{self.node}:{self._http.server_port}/metrics"
-        self.key = serve.get_replica_context().replica_id.unique_id
         registry.register(self.key, self.describe())
         log.info("replica of %s (revision %s) on %s", model, revision, self.node)
 
-    async def call(self, method: str, request: Any) -> Outcome:
-        if method not in MODEL_METHODS:
-            raise ValueError(f"{method} is not a model RPC; allowed: {sorted(MODEL_METHODS)}")
-        context = _CallContext()
+    async def call(self, method: str, request: Any) -> Any:
+        """The RPC's response, or the ``InferenceError`` it failed with."""
+        run = _METHODS.get(method)
+        if run is None:
+            raise ValueError(f"{method} is not a model RPC; allowed: {sorted(_METHODS)}")
         try:
-            response = await getattr(self.servicer, method)(request, context)
-        except grpc.aio.AbortError:
-            return Outcome(None, context.code.name, context.details)
-        if method == "ModelInfer":
-            response.parameters[NODE_PARAMETER].string_param = self.node
-        return Outcome(response, "OK")
+            answer = run(self, request)
+            return await answer if isinstance(answer, Awaitable) else answer
+        except InferenceError as exc:
+            return exc
+        except Exception as exc:  # a bug: logged with its traceback, INTERNAL to the client
+            log.exception("%s failed", method)
+            return InferenceError(clip(f"{type(exc).__name__}: {exc}"))
 
-    def describe(self) -> dict[str, str]:
-        """Where this replica runs and where Prometheus scrapes it."""
+    def describe(self) -> dict[str, str | int]:
+        """Where this replica runs, at what niceness, and where Prometheus scrapes it."""
         return {
+            "replica": self.key,
             "model": self.model,
             "revision": self.revision,
             "node": self.node,
+            "pid": os.getpid(),
+            "nice": os.getpriority(os.PRIO_PROCESS, 0),
             "metrics": self.metrics_url,
         }
 
     def __del__(self) -> None:
         # Ray Serve calls this once the replica drained; the batcher threads die with
         # the process, the metrics port must not outlive a replica that stays alive.
-        if getattr(self, "key", None) is not None:
+        if getattr(self, "metrics_url", None) is not None:
             registry.unregister(self.key)
         if getattr(self, "_http", None) is not None:
             self._http.shutdown()

@@ -10,14 +10,13 @@ reports it with the message type.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from protos import grpc_service_pb2_grpc as pb_grpc
+from server.core.decoding import lenient, undecodable
 from server.settings.listeners import TlsSettings
 
 
@@ -37,29 +36,6 @@ def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
         root_certificates=ca,
         require_client_auth=ca is not None,
     )
-
-
-@dataclass(frozen=True)
-class _Undecodable:
-    type_name: str
-    error: str
-
-
-def _lenient(deserialize: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:
-    def parse(data: bytes) -> Any:
-        try:
-            return deserialize(data)
-        except DecodeError as exc:
-            return _Undecodable(type_name, str(exc))
-
-    return parse
-
-
-def undecodable(request: Any) -> str | None:
-    """The INVALID_ARGUMENT message for a body that did not parse; None for a message."""
-    if type(request) is _Undecodable:
-        return f"request body is not a valid {request.type_name} message: {request.error}"
-    return None
 
 
 def _guarded(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -98,7 +74,7 @@ def add_inference_service(servicer: pb_grpc.GRPCInferenceServiceServicer, server
             owner = getattr(deserialize, "__self__", None)
             type_name = owner.DESCRIPTOR.full_name if owner is not None else name
             handler = handler._replace(
-                request_deserializer=_lenient(deserialize, type_name),
+                request_deserializer=lenient(deserialize, type_name),
                 unary_unary=_guarded(handler.unary_unary),
             )
         handlers[name] = handler
