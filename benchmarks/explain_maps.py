@@ -34,7 +34,7 @@ from imaging.transform import resize_crop
 from modelrepo.cam import CamHead, read_head
 from modelrepo.spec import ModelSpec, load_spec
 from server.core.cam import class_maps
-from server.core.explain import ExplainOptions, occlusion
+from server.core.explain import ExplainRequest, occlusion
 from server.core.tensors import softmax
 
 MODELS = ("efficientnet_lite0",)
@@ -131,7 +131,7 @@ def maps(model: Explained, image: np.ndarray) -> tuple[int, np.ndarray, np.ndarr
     async def run(batch: np.ndarray) -> np.ndarray:
         return model.logits(batch)
 
-    opts = ExplainOptions(patch=PATCH, stride=STRIDE)
+    opts = ExplainRequest(patch=PATCH, stride=STRIDE)
     occ = asyncio.run(occlusion(run, x, logits, opts, model.spec.max_batch_size or 8))[0]
     return top, occ, cam
 

@@ -28,7 +28,7 @@ from modelrepo.files import read_config, write_config
 from protos import grpc_service_pb2 as pb
 from server.core.cam import class_maps
 from server.core.errors import InvalidArgument
-from server.core.explain import OUTPUT, ExplainOptions, check_method
+from server.core.explain import OUTPUT, ExplainRequest, check_method
 from tests.serving import ServerProcess, served, tensor_request
 from tests.test_explain import explain_request, heat_of
 from tests.triton_child import triton_features
@@ -153,7 +153,7 @@ def test_client_and_tritonclient_ask_for_cam(
 
 def test_an_ensemble_refuses_cam_saying_why() -> None:
     with pytest.raises(InvalidArgument, match="ensemble's members each have their own"):
-        check_method(ExplainOptions(method="cam"), "lenet5x5", has_cam=False, ensemble=True)
-    check_method(ExplainOptions(method="occlusion"), "lenet5x5", has_cam=False, ensemble=True)
+        check_method(ExplainRequest(method="cam"), "lenet5x5", has_cam=False, ensemble=True)
+    check_method(ExplainRequest(method="occlusion"), "lenet5x5", has_cam=False, ensemble=True)
     with pytest.raises(InvalidArgument, match="explain_class 10 is not in 0..9"):
-        check_method(ExplainOptions(method="occlusion", target=10), "lenet5", False, False, 10)
+        check_method(ExplainRequest(method="occlusion", target=10), "lenet5", False, False, 10)

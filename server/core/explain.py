@@ -44,7 +44,9 @@ RunBatch = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
 
 @dataclass(frozen=True)
-class ExplainOptions:
+class ExplainRequest:
+    """What one request asks to be explained (its parameters), not a server setting."""
+
     method: str = "occlusion"
     patch: int = 0  # 0: default for the input size
     stride: int = 0
@@ -63,7 +65,7 @@ def _int_param(params, key: str) -> int | None:
     raise InvalidArgument(f"parameter {key} must be a non-negative integer, got {kind} {param}")
 
 
-def parse(request: pb.ModelInferRequest) -> ExplainOptions | None:
+def parse(request: pb.ModelInferRequest) -> ExplainRequest | None:
     """The explanation asked for (None: none). Removes ``explanation`` from the requested
     outputs, which name only the model's own outputs afterwards."""
     names = [o.name for o in request.outputs]
@@ -77,7 +79,7 @@ def parse(request: pb.ModelInferRequest) -> ExplainOptions | None:
     if method not in METHODS:
         raise InvalidArgument(f"parameter explain {shown(method)}: choose from {list(METHODS)}")
     params = request.parameters
-    return ExplainOptions(
+    return ExplainRequest(
         method=method,
         patch=_int_param(params, "explain_patch") or 0,
         stride=_int_param(params, "explain_stride") or 0,
@@ -86,7 +88,7 @@ def parse(request: pb.ModelInferRequest) -> ExplainOptions | None:
 
 
 def check_method(
-    opts: ExplainOptions, model: str, has_cam: bool, ensemble: bool, classes: int = 0
+    opts: ExplainRequest, model: str, has_cam: bool, ensemble: bool, classes: int = 0
 ) -> None:
     """Before queueing: CAM only where the model's export holds its data, and a named
     class within the model's ``classes`` (0: not known from the config)."""
@@ -147,7 +149,7 @@ def positions(size: int, patch: int, stride: int) -> list[int]:
     return starts
 
 
-def _geometry(opts: ExplainOptions, height: int, width: int) -> tuple[int, list[int], list[int]]:
+def _geometry(opts: ExplainRequest, height: int, width: int) -> tuple[int, list[int], list[int]]:
     patch = opts.patch or max(1, round(min(height, width) / 7))
     stride = opts.stride or max(1, patch // 2)
     if patch > min(height, width):
@@ -162,7 +164,7 @@ def _geometry(opts: ExplainOptions, height: int, width: int) -> tuple[int, list[
 
 
 async def occlusion(
-    run: RunBatch, images: np.ndarray, logits: np.ndarray, opts: ExplainOptions, chunk_rows: int
+    run: RunBatch, images: np.ndarray, logits: np.ndarray, opts: ExplainRequest, chunk_rows: int
 ) -> np.ndarray:
     """[N, H, W] drop in class probability per pixel, the copies run through ``run``."""
     n, _, height, width = images.shape
@@ -190,7 +192,7 @@ async def occlusion(
 
 
 async def explain(
-    opts: ExplainOptions,
+    opts: ExplainRequest,
     run: RunBatch,
     images: np.ndarray,
     logits: np.ndarray,
