@@ -21,6 +21,7 @@ from exporter.onnx_export import INPUT_NAME, OUTPUT_NAME
 from exporter.pipeline import ExportRequest, export_model
 from exporter.registry import resolve_name
 from modelrepo import files, keys
+from modelrepo.reading import DEFAULT_LIMITS, read_text
 from modelrepo.serving import DEFAULT, ServingConfig
 from modelrepo.spec import parse_config
 from protos import model_config_pb2 as mc
@@ -145,7 +146,7 @@ def write_entry(
     """The ensemble entry over member ``entries`` already in ``repository`` (next version)."""
     first = repository / entries[0]
     config = ensemble_config(request.name, parse_config(first / keys.CONFIG_FILE), request, entries)
-    labels = (first / keys.LABELS_FILE).read_text().splitlines()
+    labels = read_text(first / keys.LABELS_FILE, DEFAULT_LIMITS.labels_bytes).splitlines()
     version = files.choose_version(repository / request.name, None)
     with files.staging(repository) as scratch:
         version_dir = scratch / str(version)  # Triton wants a version folder, empty

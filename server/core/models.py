@@ -10,38 +10,36 @@ the new version first and swaps it in; the old one drains what it accepted.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
 import logging
-import queue
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from engines import Backend, BackendConfig, create_backend
-from modelrepo import keys
-from modelrepo.cam import CamHead, features_output, read_head
 from modelrepo.files import model_folders
 from modelrepo.keys import CONFIG_FILE
 from modelrepo.names import RULE, valid_name
 from modelrepo.override import config_from_json, staged_model
-from modelrepo.reading import ReadLimits, UnsafeFileError, check_regular, fingerprint
-from modelrepo.serving import ServingConfig, read_serving
+from modelrepo.reading import ReadLimits, fingerprint
 from modelrepo.spec import ModelConfigError, ModelSpec, load_spec, parse_config
 from protos import model_config_pb2 as mc
-from server.batching.batcher import DynamicBatcher
-from server.batching.types import RunFeatures
 from server.core import ensemble
+from server.core.building import (  # ServedVersion: re-exported for callers
+    BuildContext,
+    ServedVersion,
+    _backend_config,  # noqa: F401  (tests/test_onnxruntime_config.py)
+    batching_config,
+    build_version,
+    close_versions,
+    release_memory,
+    versions_to_serve,
+)
 from server.core.errors import InvalidArgument, NotFound, Unavailable, shown
 from server.core.limits import max_spatial_size
 from server.core.load_request import LoadRequest
 from server.core.loader import Loader, Stop
-from server.core.metrics import Metrics, ModelMetrics
-from server.core.warmup import warm_up, warmup_sizes
+from server.core.metrics import Metrics
 from server.settings.models import BatchingSettings, ModelSettings
 from server.settings.repository import RepositorySettings
 
@@ -49,29 +47,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SETTINGS = RepositorySettings()
 PLAIN = LoadRequest()  # a load naming only the model
-
-RunBatch = Callable[[np.ndarray], np.ndarray]
 _STAGED = re.compile(r"\S*cnn-serving-load-[^/\s]+/")  # a load request's private folder
-
-
-@dataclass
-class ServedVersion:
-    spec: ModelSpec
-    version: int
-    backends: list[Backend]
-    batcher: DynamicBatcher
-    metrics: ModelMetrics  # this version's labelled series
-    success_ns: list[int] = field(default_factory=lambda: [0, 0])  # count, ns
-    failure_ns: list[int] = field(default_factory=lambda: [0, 0])
-    preprocess_ns: list[int] = field(default_factory=lambda: [0, 0])
-    output_ns: list[int] = field(default_factory=lambda: [0, 0])  # encoding the answer
-    last_inference_ms: int = 0
-    cam: CamHead | None = None  # class activation map data (None: the model has none)
-
-    async def close(self, drain: bool = True) -> None:
-        await self.batcher.stop(drain=drain)
-        for backend in self.backends:
-            backend.unload()
 
 
 @dataclass
@@ -102,59 +78,6 @@ def version_number(text: str) -> int | None:
     return None
 
 
-def batching_config(
-    spec: ModelSpec, opts: ModelSettings, batching: BatchingSettings
-) -> ServingConfig:
-    """``spec``'s serving configuration with the settings' overrides applied."""
-    return read_serving(
-        spec.config,
-        **batching.serving_overrides(),
-        intra_op_threads=opts.intra_op_threads or None,
-    )
-
-
-def _backend_config(
-    spec: ModelSpec, version: int, opts: ModelSettings, serving: ServingConfig
-) -> BackendConfig:
-    accel = spec.config.optimization.execution_accelerators.gpu_execution_accelerator
-    return BackendConfig(
-        model_file=spec.model_file(version),
-        platform=spec.platform,
-        instance_kind=serving.instance_kind,
-        allow_cpu_fallback=opts.allow_cpu_fallback,
-        intra_op_threads=serving.intra_op_threads,
-        use_tensorrt_ep=any(a.name == "tensorrt" for a in accel),
-        session_config=(*_session_params(spec), *opts.onnxruntime_config.items()),
-        features_output=features_output(spec.config),
-    )
-
-
-def _session_params(spec: ModelSpec) -> list[tuple[str, str]]:
-    """config.pbtxt parameters "onnxruntime.<key>" as ONNX Runtime session config entries."""
-    return [
-        (key.removeprefix(keys.ONNXRUNTIME_PREFIX), param.string_value)
-        for key, param in sorted(spec.config.parameters.items())
-        if key.startswith(keys.ONNXRUNTIME_PREFIX)
-    ]
-
-
-def _versions_to_serve(spec: ModelSpec) -> list[int]:
-    policy = spec.config.version_policy
-    choice = policy.WhichOneof("policy_choice")
-    if choice == "all":
-        return list(spec.versions)
-    if choice == "specific":
-        wanted = [v for v in policy.specific.versions if v in spec.versions]
-        if not wanted:
-            raise Unavailable(
-                f"none of the specific versions {list(policy.specific.versions)}"
-                f" exist; found {list(spec.versions)}"
-            )
-        return wanted
-    n = policy.latest.num_versions if choice == "latest" else 1
-    return list(spec.versions[-max(n, 1) :])
-
-
 class ModelManager:
     def __init__(
         self,
@@ -174,6 +97,7 @@ class ModelManager:
         self.listeners: list[Callable[[str, bool], None]] = []
         # Reads and builds run off the event loop, each on its own abandonable thread.
         self.loader = Loader(repository.load_timeout_s)
+        self._context = BuildContext(metrics, self.limits, repository.warmup_bytes, self.batching)
         self._roots = sorted({str(opts.repository), str(Path(opts.repository).resolve())}, key=len)
 
     def _notify(self, name: str) -> None:
@@ -224,6 +148,9 @@ class ModelManager:
                 new = await self._build_any(name, request)
                 for served in new.values():
                     served.batcher.start()
+            except asyncio.CancelledError:  # the caller left: the build stops, as abandoned
+                self._failed(entry, Unavailable("the load was cancelled by its caller"), request)
+                raise
             except Exception as exc:
                 raise self._failed(entry, exc, request) from exc
             entry.versions, entry.state, entry.reason = new, "READY", ""
@@ -274,12 +201,12 @@ class ModelManager:
     async def _build_any(self, name: str, request: LoadRequest) -> dict[int, ServedVersion]:
         if request.files:
             return await self.loader.run(
-                name, self._build_staged, name, request, discard=_close_versions, stop=True
+                name, self._build_staged, name, request, discard=close_versions, stop=True
             )
         spec = await self.read_spec(name, request.config)
         if ensemble.is_ensemble(spec):
             return await self._build_ensemble(spec)
-        return await self.loader.run(name, self._build, spec, discard=_close_versions, stop=True)
+        return await self.loader.run(name, self._build, spec, discard=close_versions, stop=True)
 
     def _build_staged(
         self, name: str, request: LoadRequest, stop: Stop
@@ -297,7 +224,7 @@ class ModelManager:
         ensemble unavailable with the member's reason."""
         plan = await ensemble.load_members(spec, self)
         served: dict[int, ServedVersion] = {}
-        for version in _versions_to_serve(spec):
+        for version in versions_to_serve(spec):
             bcfg = batching_config(spec, self.opts, self.batching)
             batcher = ensemble.EnsembleBatcher(plan, self.get, bcfg, name=f"{spec.name}/{version}")
             metrics = self.metrics.bind(spec.name, str(version))
@@ -312,45 +239,12 @@ class ModelManager:
             )
         served: dict[int, ServedVersion] = {}
         try:
-            for version in _versions_to_serve(spec):
-                served[version] = self._build_version(spec, version, stop)
+            for version in versions_to_serve(spec):
+                served[version] = build_version(spec, version, self.opts, self._context, stop)
         except BaseException:
-            _close_versions(served)
+            close_versions(served)
             raise
         return served
-
-    def _build_version(self, spec: ModelSpec, version: int, stop: Stop) -> ServedVersion:
-        bcfg = batching_config(spec, self.opts, self.batching)
-        sizes = warmup_sizes(spec, bcfg, self.settings.warmup_bytes)
-        try:
-            check_regular(spec.model_file(version))
-        except UnsafeFileError as exc:
-            raise ModelConfigError(str(exc)) from exc
-        backends: list[Backend] = []
-        try:
-            for _ in range(bcfg.instance_count):
-                stop.check()
-                backend = create_backend(_backend_config(spec, version, self.opts, bcfg))
-                backends.append(backend)
-                backend.load()
-            if self.opts.warmup:
-                warm_up(spec, version, backends, sizes, stop.check)
-            cam = read_head(spec.config, spec.version_dir(version), self.limits.cam_head_bytes)
-        except BaseException:
-            for backend in backends:
-                backend.unload()
-            raise
-        metrics = self.metrics.bind(spec.name, str(version))
-        run, run_features = _pool_runners(backends)
-        batcher = DynamicBatcher(
-            run,
-            bcfg,
-            name=f"{spec.name}/{version}",
-            observer=metrics,
-            max_queue_share=self.batching.max_queue_share,
-            run_features=run_features if cam is not None else None,
-        )
-        return ServedVersion(spec, version, backends, batcher, metrics, cam=cam)
 
     async def unload(self, name: str) -> None:
         """Unload ``name``; a load of it in progress is abandoned, never waited for."""
@@ -426,53 +320,6 @@ def _override(config_json: str, base: mc.ModelConfig | None, limits: ReadLimits)
         raise InvalidArgument(str(exc)) from exc
 
 
-def _close_versions(versions: dict[int, ServedVersion]) -> None:
-    """Release what an abandoned or failed build made (on the thread that gets it)."""
-    for served in versions.values():
-        served.batcher.close(drain=False)
-        for backend in served.backends:
-            backend.unload()
-
-
 def _in_flight(served: ServedVersion) -> float:
     """Requests in the data plane that resolved ``served`` (its in-flight gauge)."""
     return sum(s.value for m in served.metrics.in_flight.collect() for s in m.samples)
-
-
-def release_memory() -> None:
-    """After an unload: collect the reference cycles that still hold the old version's
-    objects (the next full collection may be far off), then hand the freed heap pages
-    back to the OS (glibc keeps them in per-thread arenas otherwise)."""
-    gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
-
-
-def _pool_runners(backends: list[Backend]) -> tuple[RunBatch, RunFeatures]:
-    """run_batch and run_features for the batcher: each call borrows one instance's backend."""
-    pool: queue.SimpleQueue[Backend] = queue.SimpleQueue()
-    for backend in backends:
-        pool.put(backend)
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        backend = pool.get()
-        try:
-            out = backend.infer(np.ascontiguousarray(batch, dtype=np.float32))
-        finally:
-            pool.put(backend)
-        # ONNX Runtime's outputs are views of its own buffers: one kept anywhere (a
-        # response, a future in a cycle) would keep the session's whole arena alive
-        # after an unload. Copying the logits costs microseconds.
-        return np.array(out, copy=True)
-
-    def run_features(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        backend = pool.get()
-        try:
-            out, maps = backend.infer_features(np.ascontiguousarray(batch, dtype=np.float32))
-        finally:
-            pool.put(backend)
-        return np.array(out, copy=True), np.array(maps, copy=True)  # copied as in run
-
-    return run, run_features
