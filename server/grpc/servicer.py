@@ -60,7 +60,7 @@ def _caller(context: grpc.aio.ServicerContext) -> Caller:
 
 
 def _parent(context: grpc.aio.ServicerContext) -> str | None:
-    """The client's W3C ``traceparent`` metadata, if any (tracing is on: this is not per call)."""
+    """The client's W3C ``traceparent`` metadata, if any (read only while tracing is on)."""
     return next((v for k, v in context.invocation_metadata() or () if k == "traceparent"), None)
 
 
