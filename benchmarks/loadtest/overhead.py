@@ -287,6 +287,17 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": a.rounds,
         "server_args": a.server_args,
         "repository": str(a.repository),
+        "servers": [
+            {
+                "server": t.server,
+                "kind": t.kind,
+                "protocol": t.protocol,
+                "model": t.model,
+                "pid": t.pid,
+            }
+            for pair in pairs
+            for t in pair
+        ],  # fmt: skip
         "machine": machine(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_seconds": round(time.perf_counter() - started, 1),
