@@ -50,6 +50,6 @@ def test_a_plain_install_leaves_out_the_benchmarks_and_devtools() -> None:
         "protos",
         "client",
     }
-    for script in ("latency", "load", "tune", "serve_vs_inprocess"):
+    for script in ("latency", "load", "tune", "serve_vs_inprocess", "overhead"):
         text = (ROOT / "benchmarks" / f"{script}.py").read_text()
         assert "sys.path.insert(0, str(Path(__file__).resolve().parents[1]))" in text, script
