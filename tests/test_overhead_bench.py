@@ -7,6 +7,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from benchmarks.report import overhead as report
 from exporter.pipeline import ExportRequest, export_model
 
 MODEL = "lenet5"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +161,35 @@ def test_summary_ratios_per_round() -> None:
 def test_bad_options_name_the_allowed_ones(flag: str, value: str, message: str) -> None:
     with pytest.raises(SystemExit, match=message):
         overhead.parse_args([flag, value])
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def test_sigterm_stops_every_child(repo: Path, tmp_path: Path) -> None:
+    """Stopped mid-window, the benchmark takes our server and both floors down with it."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--repository", str(repo),
+           "--models", MODEL, "--clients", "1", "--seconds", "60", "--warmup", "0",
+           "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = []
+        for line in proc.stdout:  # every server up, the first window begins
+            seen.append(line)
+            if line.startswith("measuring;"):
+                break
+        assert seen and seen[-1].startswith("measuring;"), "".join(seen)
+        children = _children(proc.pid)
+        assert len(children) == 3, children  # ours and two floors
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        assert not [pid for pid in children if _alive(pid)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

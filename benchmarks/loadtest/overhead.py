@@ -21,58 +21,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shlex
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
-
 from benchmarks.common.machine import machine
 from benchmarks.common.md_table import fmt
-from benchmarks.common.zoo import default_repository, ensure_exported
-from benchmarks.loadtest.floor import start_floor
-from benchmarks.loadtest.http_loadgen import (
-    HEADER_LENGTH,
-    HttpRequest,
-    binary_request,
-    check_http,
-    run_http_closed_loop,
-)
-from benchmarks.loadtest.infer_requests import (
-    CHANNEL_OPTIONS,
-    INFER_METHOD,
-    model_info,
-    tensor_request,
-)
-from benchmarks.loadtest.loadgen import run_closed_loop
-from benchmarks.loadtest.profile import profile_server
+from benchmarks.common.zoo import default_repository
+from benchmarks.loadtest.profile import profile_server, py_spy, stop_all
+from benchmarks.loadtest.targets import Target, prepare
 from benchmarks.report import overhead as report
-from devtools.launch import Launched, launch
 
 PROTOCOLS = ("grpc", "http")
-KIND = {"ours": "python -m server", "grpc": "bare grpc.aio", "http": "bare aiohttp"}
-Load = Callable[[int, float, float], dict]  # (clients, seconds, warm-up) -> result dict
-
-
-@dataclass(frozen=True)
-class Target:
-    """One server loaded for one model over one protocol."""
-
-    server: str  # "ours" or "floor"
-    protocol: str
-    model: str
-    pid: int
-    load: Load
-
-    @property
-    def kind(self) -> str:
-        return KIND["ours" if self.server == "ours" else self.protocol]
 
 
 def _list(text: str, kind: type, flag: str, allowed: tuple[str, ...] = ()) -> list:
@@ -109,88 +74,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.client_counts = _list(a.clients, int, "--clients")
     a.protocol_names = _list(a.protocols, str, "--protocols", PROTOCOLS)
     return a
-
-
-def _grpc_answer(url: str, request: bytes, timeout: float) -> bytes:
-    """The raw ModelInferResponse bytes a server answers to ``request``."""
-    with grpc.insecure_channel(url, options=CHANNEL_OPTIONS) as channel:
-        call = channel.unary_unary(
-            INFER_METHOD, request_serializer=None, response_deserializer=None
-        )
-        return call(request, timeout=timeout)
-
-
-def _http_answer(url: str, request: HttpRequest, who: str) -> tuple[bytes, dict[str, str]]:
-    reply = check_http(url, request)
-    if reply.status != 200:
-        raise SystemExit(f"{who} answered HTTP {reply.status}: {reply.body[:300]!r}")
-    wanted = {"content-type", HEADER_LENGTH.lower()}
-    return reply.body, {k: v for k, v in reply.headers.items() if k.lower() in wanted}
-
-
-def _started(stack: contextlib.ExitStack, server: Launched) -> Launched:
-    stack.callback(server.terminate)
-    return server
-
-
-def _grpc_pair(
-    a: argparse.Namespace, stack: contextlib.ExitStack, ours: Launched, info
-) -> tuple[Target, Target]:
-    request = tensor_request(info)
-    answer = _grpc_answer(ours.url, request, a.timeout)
-    floor = _started(stack, start_floor("grpc", answer, a.out / "floors"))
-    if _grpc_answer(floor.url, request, a.timeout) != answer:
-        raise SystemExit(f"the bare grpc.aio server did not answer its fixed bytes; {floor.log}")
-
-    def load(url: str, pid: int) -> Load:
-        return lambda n, s, w: run_closed_loop(
-            url, request, n, s, w, server_pid=pid, timeout=a.timeout
-        )
-
-    return (
-        Target("ours", "grpc", info.name, ours.proc.pid, load(ours.url, ours.proc.pid)),
-        Target("floor", "grpc", info.name, floor.proc.pid, load(floor.url, floor.proc.pid)),
-    )
-
-
-def _http_pair(
-    a: argparse.Namespace, stack: contextlib.ExitStack, ours: Launched, info
-) -> tuple[Target, Target]:
-    if ours.http_port < 0:
-        raise SystemExit("our server runs without HTTP (--server-args turned it off?)")
-    request = binary_request(info)
-    body, headers = _http_answer(ours.http_url, request, "our server")
-    floor = _started(stack, start_floor("http", body, a.out / "floors", headers))
-    if _http_answer(floor.http_url, request, "the bare aiohttp server")[0] != body:
-        raise SystemExit(f"the bare aiohttp server did not answer its fixed body; {floor.log}")
-
-    def load(url: str, pid: int) -> Load:
-        return lambda n, s, w: run_http_closed_loop(
-            url, request, n, s, w, server_pid=pid, timeout=a.timeout
-        )
-
-    return (
-        Target("ours", "http", info.name, ours.proc.pid, load(ours.http_url, ours.proc.pid)),
-        Target("floor", "http", info.name, floor.proc.pid, load(floor.http_url, floor.proc.pid)),
-    )
-
-
-def prepare(
-    a: argparse.Namespace, stack: contextlib.ExitStack
-) -> tuple[Launched, list[tuple[Target, Target]]]:
-    """Our server and, per model and protocol, its floor: the (ours, floor) pairs."""
-    names = [ensure_exported(m, a.repository, log=print).name for m in a.model_names]
-    flags = [arg for name in names for arg in ("--model", name)]
-    log = a.out / "overhead-server.log"
-    print(f"starting our server on {a.repository}; log {log}", flush=True)
-    ours = _started(stack, launch(a.repository, *flags, *shlex.split(a.server_args), log=log))
-    pairs = []
-    for name in names:
-        info = model_info(ours.url, name)
-        for protocol in a.protocol_names:
-            make = _grpc_pair if protocol == "grpc" else _http_pair
-            pairs.append(make(a, stack, ours, info))
-    return ours, pairs
 
 
 def row(round_: int, target: Target, clients: int, result: dict) -> dict:
@@ -264,18 +147,33 @@ def profile(a: argparse.Namespace, pairs: list[tuple[Target, Target]]) -> list[d
     return found
 
 
-def _raise_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so every child server is stopped by its pid."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+@contextlib.contextmanager
+def _sigterm_as_sigint() -> Iterator[None]:
+    """SIGTERM becomes Ctrl-C, which asyncio.run turns into a cancellation at an await (an
+    exception raised mid-callback can leave aiohttp waiting forever) and anything else into
+    KeyboardInterrupt: the stack unwinds and every child is stopped by its pid. SIGINT is
+    set first (a shell starts background jobs with it ignored); both restored after."""
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
-    _raise_on_sigterm()
+    if a.profile:
+        py_spy()  # missing: say so before any server starts
     started = time.perf_counter()
-    with contextlib.ExitStack() as stack:
+    with _sigterm_as_sigint(), contextlib.ExitStack() as stack:
         _ours, pairs = prepare(a, stack)
+        stack.callback(stop_all)  # runs first: the profiler lets go before servers stop
+        pids = ", ".join(f"{t.kind} {t.protocol} {t.model} {t.pid}" for p in pairs for t in p)
+        print(f"measuring; server pids: {pids}", flush=True)
         runs = measure(a, pairs)
         profiles = profile(a, pairs) if a.profile else []
     meta = {

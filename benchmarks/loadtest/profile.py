@@ -48,18 +48,38 @@ def py_spy() -> str:
     return found
 
 
+_RUNNING: set[subprocess.Popen[str]] = set()  # py-spy processes, stopped by stop_all()
+
+
 def record(pid: int, seconds: float, output: Path, fmt: str, rate: int = 200) -> str | None:
     """Sample ``pid`` for ``seconds`` into ``output``; None, or why it failed."""
     cmd = [py_spy(), "record", "--pid", str(pid), "--native", "--nolineno",
            "--rate", str(rate), "--duration", str(max(1, round(seconds))),
            "--format", fmt, "--output", str(output)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _RUNNING.add(proc)
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+        said, _ = proc.communicate(timeout=seconds + 120)
     except subprocess.TimeoutExpired:
         return f"py-spy did not finish within {seconds + 120:.0f}s"
-    if done.returncode != 0 or not output.is_file():
-        return f"py-spy exited with {done.returncode}: {(done.stderr or done.stdout)[-500:]}"
+    finally:
+        _stop(proc)
+    if proc.returncode != 0 or not output.is_file():
+        return f"py-spy exited with {proc.returncode}: {said[-500:]}"
     return None
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    _RUNNING.discard(proc)
+
+
+def stop_all() -> None:
+    """Kill (by pid) every py-spy still running: the benchmark is ending."""
+    for proc in list(_RUNNING):
+        _stop(proc)
 
 
 def split_waiting(text: str) -> tuple[list[tuple[list[str], int]], int]:

@@ -114,7 +114,8 @@ def markdown(doc: dict) -> str:
         "# Server CPU per request against the transport's floor",
         "",
         f"Machine: {describe(meta['machine'])}.",
-        f"Our server: `python -m server {meta['server_args']}`; floors: a bare grpc.aio and a "
+        f"Our server: `python -m server{' ' + meta['server_args'] if meta['server_args'] else ''}`"
+        "; floors: a bare grpc.aio and a "
         f"bare aiohttp server answering a fixed response. {meta['rounds']} round(s) of "
         f"{meta['seconds']:g} s windows (after {meta['warmup']:g} s warm-up), interleaved.",
         "",
