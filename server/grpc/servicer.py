@@ -19,7 +19,7 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server.core.control import Caller, ModelControl
 from server.core.dataplane import DataPlane
-from server.core.errors import InferenceError, Unimplemented, clip
+from server.core.errors import InferenceError, clip
 from server.core.load_request import from_grpc
 from server.core.models import ModelManager
 from server.grpc.streaming import InferStream
@@ -223,21 +223,3 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         for stream in list(self.streams):
             stream.stop_reading()
 
-
-def _unimplemented(name: str) -> Callable[..., Awaitable[Any]]:
-    @_rpc
-    async def handler(self: InferenceServicer, request: Any, context: Any) -> Any:
-        raise Unimplemented(f"{name} is not supported by this server")
-
-    handler.__name__ = name
-    return handler
-
-
-for _name in (
-    "TraceSetting",
-    "LogSettings",
-    "CudaSharedMemoryStatus",
-    "CudaSharedMemoryRegister",
-    "CudaSharedMemoryUnregister",
-):
-    setattr(InferenceServicer, _name, _unimplemented(_name))
