@@ -131,7 +131,7 @@ class HttpFrontend:
         security: SecuritySettings = SecuritySettings(),
     ) -> None:
         self.plane, self.manager, self.opts = plane, manager, opts
-        self.control = control or ModelControl(security)  # default: model control off
+        self.control = control or ModelControl(security)  # the app shares one with gRPC
         self.guard = guard.HttpGuard(security, opts.host, opts.cors_origins)
         self.shutting_down = False
         self.port = -1
