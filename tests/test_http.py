@@ -255,9 +255,11 @@ def test_unload_and_load_over_http(http_server: ServerProcess, triton_digits: Di
 
 @pytest.mark.parametrize("origin", [None, "http://elsewhere.example"])
 def test_cors_is_off_unless_enabled(http_server: ServerProcess, origin: str | None) -> None:
+    """No CORS answer for anyone; a page of another site is refused outright (guard.py)."""
     headers = {"Origin": origin} if origin else {}
     reply = call(f"{http_server.http_url}/v2/health/ready", headers=headers)
-    assert reply.status == 200 and "Access-Control-Allow-Origin" not in reply.headers
+    assert reply.status == (403 if origin else 200), reply.body
+    assert "Access-Control-Allow-Origin" not in reply.headers
 
 
 def test_explanations_over_http_match_grpc(

@@ -8,7 +8,9 @@ pytest tmp dir, copied to results/http_page/).
 
 from __future__ import annotations
 
+import http.server
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +29,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 ARTEFACTS = ROOT / "results" / "http_page"
 PHOTO = "chelsea.png"
+EVIL = "evil.example"
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
@@ -34,14 +37,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+def _chromium(tmp_path: Path, *extra: str) -> Iterator[webdriver.Chrome]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1800",
+        *extra,
     ):  # fmt: skip
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
@@ -50,6 +53,17 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    yield from _chromium(tmp_path)
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    """A browser in which the attacker's DNS name evil.example resolves to this machine."""
+    yield from _chromium(tmp_path, f"--host-resolver-rules=MAP {EVIL} 127.0.0.1")
 
 
 def _keep(driver: webdriver.Chrome, tmp_path: Path, name: str) -> Path:
@@ -113,3 +127,69 @@ def test_page_fits_a_phone(
     )
     assert overflow <= 0, f"the page is {overflow}px wider than a 390px phone"
     _keep(browser, tmp_path, "phone.png")
+
+
+class _EvilSite(http.server.BaseHTTPRequestHandler):
+    """The attacker's site: a page that fires a cross-site request, and a log of what
+    browsers send to it (to see the same request land on a server that accepts it)."""
+
+    page = b""
+    seen: list[dict[str, str]] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's spelling)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(self.page)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.seen.append({k.lower(): v for k, v in self.headers.items()} | {"path": self.path})
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def evil_site() -> Iterator[tuple[type[_EvilSite], int]]:
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EvilSite)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    yield _EvilSite, site.server_address[1]
+    site.shutdown()
+    site.server_close()
+
+
+def _ready(srv: ServerProcess, model: str) -> bool:
+    return call(f"{srv.http_url}/v2/models/{model}/ready").status == 200
+
+
+def test_a_page_of_another_site_cannot_unload_a_model(
+    victim: webdriver.Chrome, http_server: ServerProcess, evil_site: tuple[type[_EvilSite], int]
+) -> None:
+    """The visitor of evil.example runs its script: a no-cors text/plain POST (no
+    preflight) to the server on their machine, and the same page rebound to its port."""
+    site, port = evil_site
+    targets = [
+        f"http://{EVIL}:{port}/probe",
+        f"{http_server.http_url}/v2/repository/models/{LITE0}/unload",
+    ]
+    site.page = (
+        "<script>Promise.all(" + repr(targets) + ".map(u => fetch(u, {method: 'POST', "
+        "mode: 'no-cors', body: '{}'}).catch(() => null)))"
+        ".then(() => { document.title = 'sent'; });</script>"
+    ).encode()
+    assert _ready(http_server, LITE0)
+    victim.get(f"http://{EVIL}:{port}/")
+    WebDriverWait(victim, 60).until(lambda d: d.title == "sent")
+    # What the browser sent (seen on the attacker's own server): a simple request.
+    probe = site.seen[-1]
+    assert probe["origin"] == f"http://{EVIL}:{port}"
+    assert probe["content-type"].startswith("text/plain")
+    assert _ready(http_server, LITE0)  # the same request to the model server: refused
+    # DNS rebinding: evil.example now resolves to the server's port; its page is refused.
+    victim.get(f"http://{EVIL}:{http_server.http_port}/")
+    assert "is not a name this server answers to" in victim.page_source
+    assert _ready(http_server, LITE0)

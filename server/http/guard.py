@@ -19,6 +19,7 @@ a same-origin CSP) and a ``Server`` header that names no library version.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -39,6 +40,7 @@ _HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9_.-]+))(?::(?P<p
 _ORIGIN = re.compile(r"(?P<scheme>https?)://(?P<authority>[^/?#@]+)")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+_CACHED = 1024  # Host and Origin values whose verdict is remembered
 _CSP = (
     "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
     "form-action 'none'; frame-ancestors 'none'"
@@ -99,6 +101,9 @@ class HttpGuard:
         self._names = frozenset(n for n in names if not n.startswith("."))
         self._suffixes = tuple(n for n in names if n.startswith("."))
         self._cors = frozenset(cors_origins)
+        # Verdicts per header value: browsers repeat them, a client inventing new ones only misses.
+        self._host_verdict = functools.lru_cache(_CACHED)(self._judge_host)
+        self._origin_verdict = functools.lru_cache(_CACHED)(self._judge_origin)
 
     def _named(self, name: str) -> bool:
         """A DNS name the operator vouches for (not localhost or an IP address)."""
@@ -106,55 +111,61 @@ class HttpGuard:
             return True
         return any(name.endswith(s) or name == s[1:] for s in self._suffixes)
 
-    def _check_host(self, request: web.Request) -> tuple[str, int | None] | None:
-        value = request.headers.get(hdrs.HOST)
-        if value is None:
-            return None  # HTTP/1.0 without Host: no browser sends that
+    def _judge_host(self, value: str) -> tuple[int, str]:
+        """(0, "") to serve a ``Host`` value, else the status and message to refuse it with."""
         host = _authority(value)
         if host is None:
-            raise web.HTTPBadRequest(text=f"Host header {shown(value)} is not host[:port]")
-        name = host[0]
-        if not (_is_ip(name) or _is_loopback(name) or self._named(name)):
-            raise web.HTTPForbidden(
-                text=f"Host {shown(name)} is not a name this server answers to (a DNS name "
-                "rebound to it?): list it in the security setting allowed_hosts to serve it"
-            )
-        return host
+            return 400, f"Host header {shown(value)} is not host[:port]"
+        if _is_ip(host[0]) or _is_loopback(host[0]) or self._named(host[0]):
+            return 0, ""
+        return 403, (
+            f"Host {shown(host[0])} is not a name this server answers to (a DNS name rebound "
+            "to it?): list it in the security setting allowed_hosts to serve it"
+        )
 
-    def _check_origin(self, request: web.Request, host: tuple[str, int | None] | None) -> None:
-        origin = request.headers.get(hdrs.ORIGIN)
-        if origin is None or origin in self._cors or "*" in self._cors:
-            return
+    def _judge_origin(self, origin: str, host: str | None, scheme: str) -> bool:
+        """Whether a page at ``origin`` may call this server, reached as ``host``."""
+        if origin in self._cors or "*" in self._cors:
+            return True
         found = _ORIGIN.fullmatch(origin.strip().lower())
         parsed = _authority(found["authority"]) if found else None
-        if found is not None and parsed is not None:
-            name, port = parsed
-            port = port or _DEFAULT_PORTS[found["scheme"]]
-            if host is not None and found["scheme"] == request.scheme:
-                if (name, port) == (host[0], host[1] or _DEFAULT_PORTS[request.scheme]):
-                    return  # same origin: this server's own page
-            if _is_loopback(name) or self._named(name):
-                return
-        raise web.HTTPForbidden(
-            text=f"requests from web pages at Origin {shown(origin)} are refused: name it with "
-            "--http-cors-origin (or its host in allowed_hosts) to let its pages call this API"
-        )
+        if found is None or parsed is None:
+            return False  # "null" (sandboxed frames, files), extensions, garbage
+        name, port = parsed[0], parsed[1] or _DEFAULT_PORTS[found["scheme"]]
+        own = _authority(host) if host else None
+        if own is not None and found["scheme"] == scheme:
+            if (name, port) == (own[0], own[1] or _DEFAULT_PORTS.get(scheme)):
+                return True  # same origin: this server's own page
+        return _is_loopback(name) or self._named(name)
 
     @staticmethod
     def _check_content_type(request: web.Request) -> None:
-        if request.method in _BODILESS or hdrs.CONTENT_TYPE not in request.headers:
+        if request.method in _BODILESS:
             return
-        if request.content_type not in BODY_TYPES:
-            raise web.HTTPUnsupportedMediaType(
-                text=f"Content-Type {shown(request.headers[hdrs.CONTENT_TYPE])} is not "
-                f"accepted: send {BODY_TYPES[0]} (curl: -H 'Content-Type: application/json') "
-                f"or {BODY_TYPES[1]} with the binary tensor extension"
-            )
+        value = request.headers.get(hdrs.CONTENT_TYPE)
+        if value is None or value in BODY_TYPES or request.content_type in BODY_TYPES:
+            return
+        raise web.HTTPUnsupportedMediaType(
+            text=f"Content-Type {shown(value)} is not accepted: send {BODY_TYPES[0]} "
+            f"(curl: -H 'Content-Type: application/json') or {BODY_TYPES[1]} with the "
+            "binary tensor extension"
+        )
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Refuse, before any handler reads a byte of the body, what a browser was tricked into."""
-        self._check_origin(request, self._check_host(request))
+        host = request.headers.get(hdrs.HOST)  # None: HTTP/1.0 without Host, never a browser
+        if host is not None:
+            status, message = self._host_verdict(host)
+            if status:
+                raise (web.HTTPForbidden if status == 403 else web.HTTPBadRequest)(text=message)
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is not None and not self._origin_verdict(origin, host, request.scheme):
+            raise web.HTTPForbidden(
+                text=f"requests from web pages at Origin {shown(origin)} are refused: name it "
+                "with --http-cors-origin (or its host in allowed_hosts) to let its pages call "
+                "this API"
+            )
         self._check_content_type(request)
         return await handler(request)
 

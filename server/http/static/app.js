@@ -129,7 +129,9 @@ async function classify(file) {
 }
 
 async function loadModels() {
-  const index = await getJSON("/v2/repository/index", { method: "POST", body: '{"ready": true}' });
+  const index = await getJSON("/v2/repository/index", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: '{"ready": true}',
+  });  // a text/plain body (fetch's default for a string) is refused 415
   const select = $("model");
   const names = [...new Set(index.map((m) => m.name))];
   select.replaceChildren(...names.map((name) => new Option(name, name)));
