@@ -65,11 +65,14 @@ class Loader:
         self._waiting.setdefault(key, set()).add(waiter)
         limit = self.timeout_s if timeout_s is None else timeout_s
         token = self._stops[waiter] = Stop()
+        timer = asyncio.timeout(limit)
         try:
-            async with asyncio.timeout(limit):
+            async with timer:
                 _start(loop, waiter, fn, (*args, token) if stop else args, discard)
                 return await asyncio.shield(waiter)
         except TimeoutError:
+            if not timer.expired():
+                raise  # the job's own TimeoutError, not ours
             raise Unavailable(
                 f"loading '{key}' took longer than {limit:g} s (repository setting "
                 "load_timeout_s); the load was abandoned"
@@ -83,7 +86,7 @@ class Loader:
             del self._stops[waiter]
 
     def busy(self, key: str) -> bool:
-        """A job for ``key`` is running or waiting for its turn."""
+        """A job for ``key`` is running."""
         return any(not w.done() for w in self._waiting.get(key, ()))
 
     def abandon(self, key: str, why: str) -> None:
