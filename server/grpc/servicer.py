@@ -222,4 +222,3 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Shutdown: open streams read no more requests and end once they are answered."""
         for stream in list(self.streams):
             stream.stop_reading()
-

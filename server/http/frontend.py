@@ -257,7 +257,7 @@ class HttpFrontend:
             ]
         app.add_routes(routes)
         page.add_routes(app, self.plane)
-        shm_routes.add_routes(app, self.plane)
+        shm_routes.add_routes(app, self.plane, self.limits.max_control_body_kb << 10)
         trace_routes.add_routes(app, self.plane)
         return app
 

@@ -18,7 +18,6 @@ from aiohttp import web
 
 from server.core.dataplane import DataPlane
 from server.core.errors import InvalidArgument, shown
-from server.settings.triton import SharedMemoryHttp
 
 
 async def _body(request: web.Request, limit: int) -> dict[str, Any]:
@@ -56,8 +55,8 @@ def _name(request: web.Request) -> str:
 class SharedMemoryRoutes:
     """Handlers for both extensions, each a few lines over the core's managers."""
 
-    def __init__(self, plane: DataPlane, settings: SharedMemoryHttp) -> None:
-        self.plane, self.limit = plane, settings.register_body_bytes
+    def __init__(self, plane: DataPlane, limit: int) -> None:
+        self.plane, self.limit = plane, limit  # a registration is a few JSON fields
 
     async def system_status(self, request: web.Request) -> web.Response:
         regions = self.plane.shm.status(_name(request))
@@ -108,11 +107,10 @@ class SharedMemoryRoutes:
         return web.Response()
 
 
-def add_routes(
-    app: web.Application, plane: DataPlane, settings: SharedMemoryHttp | None = None
-) -> None:
-    """Triton's routes for both shared-memory kinds, with and without a region name."""
-    routes = SharedMemoryRoutes(plane, settings or SharedMemoryHttp())
+def add_routes(app: web.Application, plane: DataPlane, limit: int) -> None:
+    """Triton's routes for both shared-memory kinds, with and without a region name;
+    ``limit``: the largest registration body (the HTTP section's control-body bound)."""
+    routes = SharedMemoryRoutes(plane, limit)
     table = []
     for kind, status, register, unregister in (
         ("system", routes.system_status, routes.system_register, routes.system_unregister),
