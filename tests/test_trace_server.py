@@ -23,7 +23,7 @@ from protos import grpc_service_pb2 as pb
 from server.settings.sources import section_env
 from server.settings.tracing import TraceSettings
 from tests.otlp_receiver import OtlpReceiver
-from tests.serving import _STARTED, ServerProcess, digits, tensor_request
+from tests.serving import _STARTED, EXPLICIT, ServerProcess, digits, tensor_request
 from tests.triton_helpers import LENET, ROOT
 
 CHILD = Path(__file__).with_name("triton_trace.py")
@@ -45,7 +45,8 @@ def lenet_repo(serve_repo: Path) -> Path:
 def _serve(repo: Path, folder: Path, settings: TraceSettings) -> ServerProcess:
     """``python -m server`` with ``settings`` (as CNN_SERVING_TRACING__*), once ready."""
     log = folder / f"server-{time.monotonic_ns()}.log"
-    env = section_env("tracing", settings)
+    # explicit model control: the log flow reloads the model to see its log lines
+    env = {**section_env("tracing", settings), **section_env("security", EXPLICIT)}
     launched = launch(repo, "--model", LENET, log=log, cwd=ROOT, env=env)
     _STARTED.append(launched.proc)  # killed at exit if a test fails before terminate()
     return ServerProcess(
