@@ -18,7 +18,7 @@ import numpy as np
 from modelrepo.keys import RUNTIME_PREFIX
 from protos import grpc_service_pb2 as pb
 from server.batching import batcher as batching
-from server.core import ensemble, explain, limits, request_caps, tensors
+from server.core import ensemble, explain, limits, outputs, request_caps, statistics, tensors
 from server.core.cuda_shared_memory import CudaSharedMemory
 from server.core.errors import (
     DeadlineExceeded,
@@ -30,11 +30,8 @@ from server.core.errors import (
 )
 from server.core.images import ImagePipeline, accepted_inputs, input_forms
 from server.core.logsettings import LogControl
-from server.core.models import ModelManager, ServedVersion, check_name, version_number
+from server.core.models import ModelManager, ServedVersion, check_name
 from server.core.shared_memory import (
-    PARAM_OFFSET,
-    PARAM_REGION,
-    PARAM_SIZE,
     SharedMemoryManager,
     shm_ref,
 )
@@ -274,57 +271,20 @@ class DataPlane:
         except Exception as exc:  # the backend failed this batch
             raise InferenceError(f"inference failed: {exc}") from exc
 
-    def _check_outputs(
-        self, served: ServedVersion, request: pb.ModelInferRequest, rows: int
-    ) -> None:
-        outputs = {o.name: o for o in served.spec.config.output}
-        seen: set[str] = set()  # one pass: a request may name thousands of outputs
-        for out in request.outputs:
-            if out.name in seen:
-                raise InvalidArgument(f"output {shown(out.name)} is requested more than once")
-            seen.add(out.name)
-            if out.name not in outputs:
-                raise InvalidArgument(f"unknown output '{out.name}'; available: {list(outputs)}")
-            k = tensors.classification_k(out)
-            classes = int(np.prod(outputs[out.name].dims))
-            if k > classes:
-                raise InvalidArgument(
-                    f"classification count {k} exceeds the model's {classes} classes"
-                )
-            ref = shm_ref(out.parameters, f"output '{out.name}'")
-            if ref is not None:  # strings vary in length: only logits have a known size
-                self.shm.check_room(ref, 0 if k else rows * classes * 4, f"output '{out.name}'")
-
-    def _outputs(
+    def _check_explanation(
         self,
         served: ServedVersion,
-        request: pb.ModelInferRequest,
-        logits: np.ndarray,
-        response: pb.ModelInferResponse,
-    ) -> None:
-        available = [o.name for o in served.spec.config.output]
-        requested = list(request.outputs) or [
-            pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in available
-        ]
-        for out in requested:  # names and k checked before queueing (_check_outputs)
-            k = tensors.classification_k(out)
-            tensor = response.outputs.add(name=out.name)
-            if k:
-                strings = tensors.classify(logits, k, served.spec.labels)
-                tensor.datatype, tensor.shape[:] = "BYTES", [logits.shape[0], k]
-                data = tensors.serialize_bytes_elements(strings)
-            else:
-                tensor.datatype, tensor.shape[:] = "FP32", list(logits.shape)
-                data = np.ascontiguousarray(logits, dtype="<f4").tobytes()
-            ref = shm_ref(out.parameters, f"output '{out.name}'")
-            if ref is None:
-                response.raw_output_contents.append(data)
-                continue
-            self.shm.write(ref, data, f"output '{out.name}'")
-            for key in (PARAM_REGION, PARAM_OFFSET, PARAM_SIZE):  # where the client reads it
-                if key in out.parameters:
-                    tensor.parameters[key].CopyFrom(out.parameters[key])
-            response.raw_output_contents.append(b"")  # keeps raw contents positional
+        wanted: explain.ExplainRequest,
+        array: np.ndarray,
+        deadline: float | None,
+    ) -> float | None:
+        """Refuse an explanation the model cannot give before any work; its deadline."""
+        combined = ensemble.is_ensemble(served.spec)
+        classes = int(np.prod(served.spec.config.output[0].dims))
+        has_cam = served.cam is not None
+        explain.check_method(wanted, served.spec.name, has_cam, combined, classes)
+        explain.check_size(array.shape, self.max_input_bytes)
+        return explain.deadline(self.request_limits, deadline)
 
     async def infer(
         self,
@@ -347,15 +307,8 @@ class DataPlane:
             array = await self._input_array(served, request, deadline)
             wanted = explain.parse(request)  # takes 'explanation' off the requested outputs
             if wanted is not None:
-                combined = ensemble.is_ensemble(served.spec)
-                classes = int(np.prod(served.spec.config.output[0].dims))
-                has_cam = served.cam is not None
-                explain.check_method(wanted, served.spec.name, has_cam, combined, classes)
-                explain.check_size(array.shape, self.max_input_bytes)
-                deadline = explain.deadline(self.request_limits, deadline)
-            self._check_outputs(
-                served, request, len(array)
-            )  # before queueing: bad requests cost nothing
+                deadline = self._check_explanation(served, wanted, array, deadline)
+            outputs.check_outputs(served, request, len(array), self.shm)
             cam = wanted is not None and wanted.method == "cam"
             result = await self._run(served, array, deadline, owner, cam, trace)
             logits, maps = result if cam else (result, None)
@@ -363,7 +316,7 @@ class DataPlane:
                 model_name=served.spec.name, model_version=str(served.version), id=request.id
             )
             encode_started = time.perf_counter_ns()
-            self._outputs(served, request, logits, response)
+            outputs.write_outputs(served, request, logits, response, self.shm)
             served.output_ns[0] += 1
             served.output_ns[1] += time.perf_counter_ns() - encode_started
             if wanted is not None:
@@ -404,71 +357,7 @@ class DataPlane:
 
     # --- statistics and repository ---------------------------------------
     def statistics(self, name: str, version: str) -> pb.ModelStatisticsResponse:
-        names = [check_name(name)] if name else sorted(self.manager.entries)
-        response = pb.ModelStatisticsResponse()
-        for model in names:
-            entry = self.manager.entries.get(model)
-            if name:
-                self.manager.get(model, version)  # raises NOT_FOUND/UNAVAILABLE
-            elif (
-                entry is None
-                or not entry.versions
-                or (version and version_number(version) not in entry.versions)
-            ):
-                continue  # all models: skip those without the asked version
-            chosen = [self.manager.get(model, version)] if version else entry.versions.values()
-            for served in chosen:
-                response.model_stats.append(_model_statistics(served))
-        return response
+        return statistics.statistics(self.manager, name, version)
 
     def repository_index(self, ready_only: bool) -> pb.RepositoryIndexResponse:
-        response = pb.RepositoryIndexResponse()
-        names = set(self.manager.names_in_repository()) | set(self.manager.entries)
-        for name in sorted(names):
-            entry = self.manager.entries.get(name)
-            if entry is not None and entry.versions:
-                for version in sorted(entry.versions):
-                    response.models.add(name=name, version=str(version), state="READY")
-            elif not ready_only:
-                state = entry.state if entry else "UNAVAILABLE"
-                reason = entry.reason if entry else "not loaded"
-                response.models.add(name=name, state=state, reason=reason)
-        return response
-
-
-def _duration(count: int, ns: int) -> pb.StatisticDuration:
-    return pb.StatisticDuration(count=count, ns=ns)
-
-
-def _model_statistics(served: ServedVersion) -> pb.ModelStatistics:
-    stats = served.batcher.stats()
-    return pb.ModelStatistics(
-        name=served.spec.name,
-        version=str(served.version),
-        last_inference=served.last_inference_ms,
-        inference_count=stats.inference_count,
-        execution_count=stats.execution_count,
-        inference_stats=pb.InferStatistics(
-            success=_duration(*served.success_ns),
-            fail=_duration(*served.failure_ns),
-            queue=_duration(stats.success_count, stats.queue_ns),
-            compute_input=_duration(*served.preprocess_ns),
-            compute_infer=_duration(stats.execution_count, stats.compute_ns),
-            compute_output=_duration(*served.output_ns),
-        ),
-        # One response per request (not decoupled): Triton keys it "0".
-        response_stats={
-            "0": pb.InferResponseStatistics(
-                compute_infer=_duration(stats.success_count, stats.request_compute_ns),
-                compute_output=_duration(*served.output_ns),
-                success=_duration(*served.success_ns),
-                fail=_duration(*served.failure_ns),
-                empty_response=_duration(0, 0),
-                cancel=_duration(0, 0),
-            )
-        },
-        batch_stats=[
-            pb.InferBatchStatistics(batch_size=size, compute_infer=_duration(n, ns))
-            for size, (n, ns) in sorted(stats.batch_sizes.items())
-        ],
-    )
+        return statistics.repository_index(self.manager, ready_only)

@@ -23,7 +23,7 @@ from server.core.control import ModelControl
 from server.core.dataplane import DataPlane
 from server.core.errors import InferenceError, clip, shown
 from server.core.models import ModelManager
-from server.http import budgets, codec, guard, page, shm_routes, trace_routes
+from server.http import answers, budgets, codec, guard, page, shm_routes, trace_routes
 from server.http.offload import JsonOffload
 from server.settings import Settings, TlsSettings
 
@@ -141,24 +141,24 @@ class HttpFrontend:
         return web.json_response(body, status=200 if ready else 400)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return web.json_response(codec.message_json(self.plane.server_metadata()))
+        return web.json_response(answers.message_json(self.plane.server_metadata()))
 
     async def model_metadata(self, request: web.Request) -> web.Response:
-        return web.json_response(codec.message_json(self.plane.model_metadata(*_model(request))))
+        return web.json_response(answers.message_json(self.plane.model_metadata(*_model(request))))
 
     async def model_config(self, request: web.Request) -> web.Response:
         config = self.plane.model_config(*_model(request)).config
-        return web.json_response(codec.message_json(config))
+        return web.json_response(answers.message_json(config))
 
     async def statistics(self, request: web.Request) -> web.Response:
         name, version = request.match_info.get("name", ""), request.match_info.get("version", "")
-        return web.json_response(codec.message_json(self.plane.statistics(name, version)))
+        return web.json_response(answers.message_json(self.plane.statistics(name, version)))
 
     # --- repository ------------------------------------------------------------------
     async def repository_index(self, request: web.Request) -> web.Response:
         body = await self.budgets.read_body(request)
         ready = codec.index_ready(body)
-        index = codec.message_json(self.plane.repository_index(ready))
+        index = answers.message_json(self.plane.repository_index(ready))
         return web.json_response(index.get("models", []))
 
     async def load(self, request: web.Request) -> web.Response:

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from protos import grpc_service_pb2 as pb
 from server.core.errors import Unavailable
-from server.http import codec
+from server.http import answers, codec
 from server.http.budgets import Budgets
 from server.settings.limits import HttpLimits, RequestLimits
 
@@ -112,7 +112,7 @@ class JsonOffload:
     async def encode(
         self, answer: pb.ModelInferResponse, call: codec.InferCall
     ) -> tuple[bytes, int | None]:
-        """``codec.encode_infer``, in a worker when the JSON answer would be large."""
+        """``answers.encode_infer``, in a worker when the JSON answer would be large."""
         binary = functools.partial(_binary, dict(call.binary_outputs), call.binary_default)
         as_json = sum(
             len(raw)
@@ -120,8 +120,8 @@ class JsonOffload:
             if not binary(tensor.name)
         )
         if as_json * _JSON_PER_RAW_BYTE <= self.bound:
-            return codec.encode_infer(answer, binary)
-        return await self._off_loop(codec.encode_infer, answer, binary)
+            return answers.encode_infer(answer, binary)
+        return await self._off_loop(answers.encode_infer, answer, binary)
 
     def close(self) -> None:
         if self._pool is not None:

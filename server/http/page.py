@@ -19,7 +19,7 @@ from aiohttp import web
 from modelrepo.keys import EXPORT_REPORT_FILE
 from modelrepo.reading import read_json
 from server.core.dataplane import DataPlane
-from server.http import codec
+from server.http import answers
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def add_routes(app: web.Application, plane: DataPlane) -> None:
         return web.FileResponse(STATIC / "index.html")
 
     async def zoo_json(request: web.Request) -> web.Response:
-        return web.json_response(zoo(plane), dumps=codec.dumps)  # export.json may hold NaN
+        return web.json_response(zoo(plane), dumps=answers.dumps)  # export.json may hold NaN
 
     async def chart(request: web.Request) -> web.FileResponse:
         path = charts.get(request.match_info["file"])  # only the files found at start
