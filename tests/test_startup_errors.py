@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.serving import ROOT, ServerProcess, start_server
-from tests.test_security import _issue
+from tests.pki import _issue
 
 CLIENT_HELLO = bytes.fromhex("16030100f4010000f00303") + bytes(range(64))
 
