@@ -338,9 +338,8 @@ def test_stop_node_stops_only_that_nodes_ray_processes(cluster: NetnsCluster) ->
     others = {pid for node in ("head", "w1") for pid in cluster.pids(node)}
     assert cluster.pids("w2")
     address = f"--address={cluster.head_address()}"
-    out = cluster.run_in(
-        "w2", sys.executable, "-m", "server.cluster", "down", address, "--stop-node"
-    )
+    down = ("-m", "server.cluster", "down", address, "--stop-node")
+    out = cluster.run_in("w2", sys.executable, *down, f"--node-ip={cluster.nodes['w2'].ip}")
     assert "stopped" in out, out
     cluster.nodes["w2"].proc.wait(timeout=WAIT_S)  # its `ray start --block` too
     assert cluster.pids("w2") == [], cluster.pids("w2")
