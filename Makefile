@@ -128,7 +128,7 @@ down:
 
 # A Ray Serve cluster (docs/cluster.md): cluster-up starts a head here and deploys every
 # model of $(REPO) (ADDRESS=HEAD:6379 joins that head as a worker instead);
-# cluster-down deletes the application and stops this machine's Ray processes.
+# cluster-down deletes the application and stops this node's Ray processes (only those).
 ADDRESS ?=
 .PHONY: cluster-up cluster-down
 cluster-up: $(STAMP)

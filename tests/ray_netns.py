@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.cluster.nodes import NodeOptions, start_command
+from server.cluster.nodes import NodeOptions, node_env, start_command
 
 ROOT = Path(__file__).resolve().parents[1]
 GCS_PORT = 6379
@@ -52,6 +52,7 @@ class Node:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. RAY_REDIS_ADDRESS
 
 
 @dataclass
@@ -107,16 +108,21 @@ class NetnsCluster:
             TMPDIR=str(home / "tmp"),
             PYTHONPATH=str(ROOT),
             RAY_USAGE_STATS_ENABLED="0",
+            **node_env(node_ip=self.nodes[node].ip if node in self.nodes else None),
             # Notice a killed node in ~2-3 s instead of the default ~15-30 s.
             RAY_health_check_period_ms="1000",
             RAY_health_check_failure_threshold="3",
             RAY_health_check_timeout_ms="1000",
         )
+        if node in self.nodes:
+            env.update(self.nodes[node].extra_env)
         return env
 
-    def add_node(self, name: str, index: int, options: NodeOptions) -> Node:
+    def add_node(
+        self, name: str, index: int, options: NodeOptions, env: dict[str, str] | None = None
+    ) -> Node:
         netns, ip = self.add_namespace(index)
-        node = Node(name, netns, ip, options, self.workdir / f"{name}.log")
+        node = Node(name, netns, ip, options, self.workdir / f"{name}.log", extra_env=env or {})
         self.nodes[name] = node
         return node
 

@@ -53,10 +53,11 @@ def _with_params(config: Path, params: dict[str, str]) -> None:
 
 @pytest.fixture(scope="module")
 def cluster_repo(lite0_repo: Path, serve_repo: Path, tmp_path_factory) -> Path:
-    """lite0 on two 1-CPU replicas; lenet5 and mobilenet_v2 (for the fuzz) on one CPU-free one."""
+    """Every model on the cluster's default two replicas: lite0's of one CPU (one per
+    1-CPU worker), lenet5's and mobilenet_v2's (for the fuzz) CPU-free."""
     repo = tmp_path_factory.mktemp("cluster-repo")
     shutil.copytree(lite0_repo / LITE0, repo / LITE0)
-    _with_params(repo / LITE0 / "config.pbtxt", {"ray.min_replicas": "2", "ray.num_cpus": "1"})
+    _with_params(repo / LITE0 / "config.pbtxt", {"ray.num_cpus": "1"})
     for name in ("lenet5", "mobilenet_v2"):
         shutil.copytree(serve_repo / name, repo / name)
         _with_params(repo / name / "config.pbtxt", {"ray.num_cpus": "0"})
@@ -129,30 +130,51 @@ def test_tritonclient_classifies_through_the_head_and_both_workers_serve(
     assert errors["shm"]["status"] == "StatusCode.UNIMPLEMENTED", errors
 
 
-def test_every_node_is_an_entry_point(cluster: NetnsCluster) -> None:
-    for node in ("w1", "w2"):
+def test_every_node_is_an_entry_point_with_its_own_ingress(cluster: NetnsCluster) -> None:
+    """Each node's proxy hands requests to the ingress replica on its own node."""
+    for node in ("head", "w1", "w2"):
         stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(_url(cluster, node)))
         assert stub.ServerLive(pb.ServerLiveRequest(), timeout=60).live
+        for _ in range(5):
+            response = stub.ModelInfer(tensor_request("lenet5", digits(1)), timeout=60)
+            assert response.parameters["ray_ingress"].string_param == cluster.nodes[node].ip
     stream = stub.ModelStreamInfer(iter([tensor_request("lenet5", digits(1))]), timeout=60)
     code, message = outcome(lambda: list(stream))
     assert code == "UNIMPLEMENTED" and "send ModelInfer" in message, (code, message)
 
 
+def _status(net: NetnsCluster, *extra: str) -> dict:
+    address = f"--address={net.head_address()}"
+    cmd = (sys.executable, "-m", "server.cluster", "status", address, "--json", *extra)
+    return json.loads(net.run_in("head", *cmd))
+
+
+def _replica_ids(status: dict, app: str, deployment: str) -> set[str]:
+    replicas = status["applications"][app]["deployments"][deployment]["replicas"]
+    return {r["replica_id"] for r in replicas if r["state"] == "RUNNING"}
+
+
 def test_each_replica_serves_the_single_servers_metrics(
     cluster: NetnsCluster, tmp_path: Path
 ) -> None:
-    address = f"--address={cluster.head_address()}"
     targets = tmp_path / "targets.json"
-    out = cluster.run_in(
-        "head", sys.executable, "-m", "server.cluster", "status", address, f"--file-sd={targets}"
-    )
-    replicas = [json.loads(line) for line in out.splitlines() if line.startswith('{"replica"')]
+    status = _status(cluster, f"--file-sd={targets}")
+    replicas = status["replicas"]
     lite0 = [r for r in replicas if r["model"] == LITE0]
-    assert {r["node"] for r in lite0} == {cluster.nodes["w1"].ip, cluster.nodes["w2"].ip}, out
+    assert {r["node"] for r in lite0} == {cluster.nodes["w1"].ip, cluster.nodes["w2"].ip}, status
+    # The niceness `up` chose (ClusterSettings.worker_niceness), not Ray's default 15.
+    assert {r["nice"] for r in replicas} == {0}, replicas
     scraped = {
         (t["targets"][0], t["labels"]["deployment"]) for t in json.loads(targets.read_text())
     }
     assert scraped == {(r["metrics"].split("/")[2], r["model"]) for r in replicas}, scraped
+    nodes = {node.ip for node in cluster.nodes.values()}
+    assert set(status["proxies"]) == nodes, status["proxies"]  # a proxy on every node
+    ingress = status["applications"]["kserve"]["deployments"]["kserve"]["replicas"]
+    assert sorted(r["node_ip"] for r in ingress) == sorted(nodes), ingress  # one beside each
+    # HA by default: lenet5's config names no count, so it runs the cluster's 2, spread.
+    lenet = status["applications"]["model-lenet5"]["deployments"]["lenet5"]["replicas"]
+    assert len({r["node_ip"] for r in lenet if r["state"] == "RUNNING"}) == 2, lenet
     served = 0
     for replica in lite0:
         with urllib.request.urlopen(replica["metrics"], timeout=30) as response:
@@ -250,10 +272,11 @@ class _Lines:
 
 
 @contextlib.contextmanager
-def _traffic(net: NetnsCluster, photo: Path) -> Iterator[_Lines]:
-    """tritonclient sending the photo on two threads until the block ends; ``.result``."""
+def _traffic(net: NetnsCluster, photo: Path, node: str = "head") -> Iterator[_Lines]:
+    """tritonclient sending the photo on two threads, through ``node``'s proxy, until the
+    block ends; ``.result``."""
     proc = subprocess.Popen(
-        [sys.executable, str(CLIENT), "traffic", _url(net), str(photo)],
+        [sys.executable, str(CLIENT), "traffic", _url(net, node), str(photo)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -290,6 +313,9 @@ def test_a_new_version_rolls_out_replica_by_replica_without_failures(
     cluster: NetnsCluster, cluster_repo: Path, photos: dict[str, Path], request
 ) -> None:
     w1, w2 = cluster.nodes["w1"].ip, cluster.nodes["w2"].ip
+    unchanged = [("kserve", "kserve"), ("model-lenet5", "lenet5")]
+    unchanged.append(("model-mobilenet_v2", "mobilenet_v2"))
+    before = _status(cluster)
     shutil.copytree(cluster_repo / LITE0 / "1", cluster_repo / LITE0 / "2")  # a new export
     with _traffic(cluster, photos["coffee.png"]) as lines:
         lines.wait_for(f"seen start {w1}", f"seen start {w2}", "version start 1")
@@ -300,6 +326,28 @@ def test_a_new_version_rolls_out_replica_by_replica_without_failures(
     counts = lines.result["counts"]
     report(request.config, f"\ncluster rolling update: {counts}, {lines.result['versions']}")
     assert all(set(c) == {"OK"} for c in counts.values()), (counts, lines.result["messages"])
+    after = _status(cluster)
+    for app, deployment in unchanged:  # not restarted: the same replicas still run
+        assert _replica_ids(after, app, deployment) == _replica_ids(before, app, deployment)
+    rolled = _replica_ids(after, f"model-{LITE0}", LITE0)
+    assert len(rolled) == 2 and not rolled & _replica_ids(before, f"model-{LITE0}", LITE0)
+
+
+def test_stop_node_stops_only_that_nodes_ray_processes(cluster: NetnsCluster) -> None:
+    """Every node runs on this one machine: ``ray stop`` would kill all three."""
+    others = {pid for node in ("head", "w1") for pid in cluster.pids(node)}
+    assert cluster.pids("w2")
+    address = f"--address={cluster.head_address()}"
+    down = ("-m", "server.cluster", "down", address, "--stop-node")
+    out = cluster.run_in("w2", sys.executable, *down, f"--node-ip={cluster.nodes['w2'].ip}")
+    assert "stopped" in out, out
+    cluster.nodes["w2"].proc.wait(timeout=WAIT_S)  # its `ray start --block` too
+    assert cluster.pids("w2") == [], cluster.pids("w2")
+    alive = {pid for node in ("head", "w1") for pid in cluster.pids(node)}
+    assert others <= alive, others - alive
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(_url(cluster)))
+    assert stub.ServerReady(pb.ServerReadyRequest(), timeout=60).ready
+    cluster.start("w2", timeout=WAIT_S)  # back for the next test
 
 
 def test_a_worker_killed_mid_traffic_costs_no_internal_error_and_rejoins(

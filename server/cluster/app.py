@@ -1,18 +1,26 @@
-"""The Ray Serve application: an ingress deployment and one deployment per model.
+"""The Ray Serve applications: the ``kserve`` ingress and one application per model.
 
-``deploy`` is idempotent: deploying again with a new model revision (a newly
-exported version, a changed config) makes Ray Serve replace that model's
-replicas one after another, each new one loaded and warmed up before an old
-one stops taking requests, and an old one drains what it accepted.
+``deploy`` applies one declarative Serve config (the same schema as ``serve
+deploy`` and KubeRay's ``serveConfigV2``): the ingress application at route
+prefix ``/`` and one application per model, whose arguments carry the model's
+revision. Serve restarts an application's replicas only when its import path or
+arguments change, so a deploy rolls exactly the models whose revision changed
+(a new replica loaded and warmed up before an old one stops taking requests,
+and the old one drains what it accepted); unchanged models and the ingress keep
+their replicas, and a changed replica count only adds or removes replicas.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ray import serve
 from ray.serve.config import gRPCOptions
+from ray.serve.context import _get_global_client
+from ray.serve.schema import ServeDeploySchema
 
 from server.cluster.ingress import KServeIngress
 from server.cluster.replica import ModelReplica, ReplicaSettings
@@ -26,6 +34,8 @@ from server.cluster.settings import (
     plan,
 )
 
+POLL_S = 0.5  # Serve's controller recomputes statuses every 0.1 s; nothing to wait on
+
 
 @dataclass(frozen=True)
 class ProxyOptions:
@@ -37,11 +47,42 @@ class ProxyOptions:
 
 @dataclass(frozen=True)
 class IngressOptions:
-    replicas: int = 1
-    # Place the ingress on nodes started with this custom resource (``up --ingress``):
-    # the head, which runs no model replicas, so a worker lost with its replicas never
-    # takes an ingress replica (and the calls it holds) with it.
-    on_ingress_nodes: bool = True
+    # None: one replica on every node that carries the ingress resource (every node `up`
+    # starts), so each node's proxy has an ingress beside it: Serve's proxy prefers a
+    # replica on its own node, and a request entering at a worker never crosses to the
+    # head. Serve runs a proxy on every node that has a replica: this one included.
+    replicas: int | None = None
+    on_ingress_nodes: bool = True  # False: anywhere (no node resource asked for)
+
+    def actor_options(self) -> dict[str, Any]:
+        actor: dict[str, Any] = {"num_cpus": 0}
+        if self.on_ingress_nodes:
+            actor["resources"] = {INGRESS_RESOURCE: 0.001}
+        return actor
+
+    def deployment(self, nodes: int) -> dict[str, Any]:
+        """The ingress's Serve options, ``nodes`` being the nodes with the resource."""
+        return {
+            "name": INGRESS,
+            "num_replicas": self.replicas or max(1, nodes),
+            "max_replicas_per_node": 1,
+            "ray_actor_options": self.actor_options(),
+        }
+
+
+def ingress_nodes() -> int:
+    """Live nodes carrying the ingress resource (needs a Ray connection)."""
+    import ray  # late: a Ray connection exists by now
+
+    return sum(1 for n in ray.nodes() if n["Alive"] and INGRESS_RESOURCE in n["Resources"])
+
+
+class DeployError(RuntimeError):
+    """A deploy that failed or could not place its replicas in time."""
+
+
+def model_app_name(model: str) -> str:
+    return f"model-{model}"
 
 
 def start(proxy: ProxyOptions) -> None:
@@ -57,43 +98,124 @@ def start(proxy: ProxyOptions) -> None:
     )
 
 
-def build(
+def serve_config(
     repository: Path,
     plans: list[ModelPlan],
     settings: ReplicaSettings,
     ingress: IngressOptions,
-) -> serve.Application:
-    handles = {
-        p.name: serve.deployment(ModelReplica)
-        .options(name=p.name, **p.replicas.serve_options())
-        .bind(str(repository.resolve()), p.name, p.revision, settings)
-        for p in plans
+    proxy: ProxyOptions,
+    nodes: int = 1,
+) -> dict[str, Any]:
+    """The declarative Serve config (``ServeDeploySchema``) for the repository's models;
+    ``nodes``: how many nodes carry the ingress resource."""
+    ingress_app = {
+        "name": APP_NAME,
+        "route_prefix": "/",
+        "import_path": "server.cluster.app:ingress_app",
+        "args": {"models": {p.name: model_app_name(p.name) for p in plans}},
+        "deployments": [ingress.deployment(nodes)],
     }
-    actor = {"num_cpus": 0}
-    if ingress.on_ingress_nodes:
-        actor["resources"] = {INGRESS_RESOURCE: 0.001}
+    model_apps = [
+        {
+            "name": model_app_name(p.name),
+            "route_prefix": None,  # reached through the ingress only
+            "import_path": "server.cluster.app:model_app",
+            "args": {
+                "model_repository": str(repository.resolve()),
+                "model": p.name,
+                "revision": p.revision,  # a new revision: Serve rolls this model's replicas
+                "settings": asdict(settings),
+            },
+            "deployments": [{"name": p.name, **p.replicas.serve_options()}],
+        }
+        for p in plans
+    ]
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": proxy.host, "port": proxy.http_port},
+        "grpc_options": {"port": proxy.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
+        "applications": [ingress_app, *model_apps],
+    }
+
+
+def model_app(args: dict[str, Any]) -> serve.Application:
+    """One model's application (the config's ``import_path``)."""
     return (
-        serve.deployment(KServeIngress)
-        .options(name=INGRESS, num_replicas=ingress.replicas, ray_actor_options=actor)
-        .bind(handles)
+        serve.deployment(ModelReplica)
+        .options(name=args["model"])
+        .bind(
+            args["model_repository"],
+            args["model"],
+            args["revision"],
+            ReplicaSettings(**args.get("settings", {})),
+        )
     )
 
 
-def deploy(app: serve.Application) -> None:
-    """Deploy or update; returns once every deployment runs its target replicas."""
-    # route_prefix "/": without one the gRPC proxy answers NOT_FOUND ("Application
-    # metadata not set") to clients that send no ``application`` header, as tritonclient.
-    serve.run(app, name=APP_NAME, route_prefix="/")
+def ingress_app(args: dict[str, Any]) -> serve.Application:
+    """The ingress application: model name -> the application that serves it."""
+    return serve.deployment(KServeIngress).options(name=INGRESS).bind(dict(args["models"]))
+
+
+def apply(
+    config: dict[str, Any], proxy: ProxyOptions, timeout_s: float | None, nodes: int = 1
+) -> None:
+    """Deploy the config; with a timeout, return once every application runs and a proxy
+    serves on each of the ``nodes`` that hold an ingress replica."""
+    schema = ServeDeploySchema.model_validate(config)
+    start(proxy)
+    _get_global_client().deploy_apps(schema)
+    if timeout_s is not None:
+        wait_running([a.name for a in schema.applications], timeout_s, nodes)
+
+
+def wait_running(names: list[str], timeout_s: float, nodes: int = 1) -> None:
+    """Until every application runs and ``nodes`` proxies are healthy; a failed application
+    or the timeout raises ``DeployError``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        time.sleep(POLL_S)
+        status = serve.status()
+        apps = status.applications
+        failed = [n for n in names if n in apps and apps[n].status == "DEPLOY_FAILED"]
+        if failed:
+            raise DeployError("; ".join(f"{n}: {apps[n].message}" for n in failed))
+        healthy = sum(1 for p in status.proxies.values() if p == "HEALTHY")
+        if all(n in apps and apps[n].status == "RUNNING" for n in names) and healthy >= nodes:
+            return
+        if time.monotonic() > deadline:
+            why = unplaced(apps, names, timeout_s)
+            raise DeployError(f"{why}; {healthy} of {nodes} proxies healthy")
+
+
+def unplaced(apps: dict[str, Any], names: list[str], timeout_s: float) -> str:
+    """What keeps the deploy from running: replicas that have no place, and Serve's why."""
+    lines = []
+    for name in names:
+        app = apps.get(name)
+        if app is None:
+            lines.append(f"application {name} was not created")
+            continue
+        for deployment, overview in app.deployments.items():
+            states = {getattr(k, "value", k): v for k, v in overview.replica_states.items()}
+            waiting = sum(v for k, v in states.items() if k != "RUNNING")
+            if overview.status != "HEALTHY" or waiting:
+                why = overview.message or f"replicas {states}"
+                lines.append(f"cannot place {waiting} replicas of {deployment}: {why}")
+    return f"not running after {timeout_s:g} s: " + ("; ".join(lines) or "no reason given")
 
 
 def from_args(args: dict[str, str]) -> serve.Application:
-    """The application for a Serve config file (KubeRay's ``serveConfigV2``):
+    """One application holding the ingress and every model, for a Serve config file
+    (KubeRay's ``serveConfigV2``):
 
         import_path: server.cluster.app:from_args
         args: {model_repository: /models, models: "a,b", min_replicas: "2", ...}
 
     The config file then carries ``proxy_location`` and ``grpc_options``
-    (port, ``GRPC_SERVICER``) that ``start`` sets here; route_prefix "/".
+    (port, ``GRPC_SERVICER``) that ``start`` sets here; route_prefix "/". Every
+    model shares the application's code version, so any change rolls them all:
+    ``python -m server.cluster deploy --serve-config FILE`` writes the per-model form.
     """
     known = {"model_repository", "models", *ReplicaOverrides.__dataclass_fields__}
     unknown = sorted(set(args) - known)
@@ -110,4 +232,13 @@ def from_args(args: dict[str, str]) -> serve.Application:
     repository = Path(args.get("model_repository", "/models"))
     models = tuple(m for m in args.get("models", "").split(",") if m)
     plans = plan(repository, models, overrides)
-    return build(repository, plans, ReplicaSettings(), IngressOptions())
+    handles = {
+        p.name: serve.deployment(ModelReplica)
+        .options(name=p.name, **p.replicas.serve_options())
+        .bind(str(repository.resolve()), p.name, p.revision, ReplicaSettings())
+        for p in plans
+    }
+    actor = IngressOptions().actor_options()
+    return (
+        serve.deployment(KServeIngress).options(name=INGRESS, ray_actor_options=actor).bind(handles)
+    )

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+import ray
+from ray import serve
 from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import RayServeException
 from ray.serve.grpc_util import RayServegRPCContext
@@ -35,11 +37,21 @@ _RESPONSE = {
     if hasattr(pb, f"{name}Response")
 }
 _RESPONSE["ModelInfer"] = pb.ModelInferResponse
+# A ModelInfer response parameter naming the node whose ingress routed the request.
+INGRESS_PARAMETER = "ray_ingress"
 
 
 class KServeIngress:
-    def __init__(self, models: dict[str, DeploymentHandle]) -> None:
-        self.models = models
+    def __init__(self, models: dict[str, DeploymentHandle | str]) -> None:
+        """``models``: each model's deployment handle (one application holding them all),
+        or the name of the application that serves it (one application per model)."""
+        self.models = {
+            name: serve.get_deployment_handle(name, app_name=where, _check_exists=False)
+            if isinstance(where, str)
+            else where
+            for name, where in models.items()
+        }
+        self.node = ray.util.get_node_ip_address()
 
     async def _ask(self, model: str, method: str, request: Any) -> Any:
         """The replica's response; its ``InferenceError`` raised."""
@@ -128,7 +140,9 @@ class KServeIngress:
         return await self._forward(request.name, "ModelConfig", request, grpc_context)
 
     async def ModelInfer(self, request, grpc_context: RayServegRPCContext):
-        return await self._forward(request.model_name, "ModelInfer", request, grpc_context)
+        response = await self._forward(request.model_name, "ModelInfer", request, grpc_context)
+        response.parameters[INGRESS_PARAMETER].string_param = self.node
+        return response
 
     async def ModelStreamInfer(self, requests, grpc_context: RayServegRPCContext):
         """Bidirectional streaming is not routed through the cluster: UNIMPLEMENTED, said so."""

@@ -1,15 +1,18 @@
 """What a cluster deployment looks like: one frozen plan per model, read from config.pbtxt.
 
 Replica counts belong with the model (like ``instance_group`` does for one
-machine), so they are ``config.pbtxt`` parameters; command-line flags override
-them for every model:
+machine), so they are ``config.pbtxt`` parameters; ``deploy``'s flags write them
+there for every model deployed (``persist``), so the next deploy keeps them:
 
     parameters { key: "ray.min_replicas"            value { string_value: "1" } }
     parameters { key: "ray.max_replicas"            value { string_value: "4" } }
     parameters { key: "ray.target_ongoing_requests" value { string_value: "4" } }
     parameters { key: "ray.num_cpus"                value { string_value: "1" } }
 
-min == max means a fixed replica count (no autoscaling).
+min == max means a fixed replica count (no autoscaling). Without a count the
+cluster's default applies (``ClusterSettings.min_replicas``: 2). The ``ray.*``
+parameters are not part of the model's revision: changing them scales (or, for
+``num_cpus``, re-places) the replicas without counting as a new model.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelrepo.files import model_folders
+from modelrepo.files import model_folders, read_config, to_pbtxt, write_config
 from modelrepo.spec import ModelSpec, load_spec
+from server.settings.cluster import ClusterSettings
 
 PARAM_PREFIX = "ray."
 APP_NAME = "kserve"
@@ -108,16 +112,16 @@ _KINDS: dict[str, type[float] | type[int]] = {
 }
 
 
-def replica_plan(spec: ModelSpec, overrides: ReplicaOverrides) -> ReplicaPlan:
-    """config.pbtxt's values (a min alone is a fixed count), then the flags on top."""
+def replica_plan(spec: ModelSpec, overrides: ReplicaOverrides, default_min: int = 1) -> ReplicaPlan:
+    """config.pbtxt's values (a min alone is a fixed count; none: ``default_min``, capped
+    by a max), then the flags on top."""
     values = {k: v for k, kind in _KINDS.items() if (v := _number(spec, k, kind)) is not None}
-    if "min_replicas" in values:
-        values.setdefault("max_replicas", values["min_replicas"])
-    elif "max_replicas" in values:
-        values["min_replicas"] = 1
+    if "min_replicas" not in values:
+        values["min_replicas"] = min(default_min, values.get("max_replicas", default_min))
+    values.setdefault("max_replicas", values["min_replicas"])
     flags = {k: v for k in _KINDS if (v := getattr(overrides, k)) is not None}
     values.update(flags)
-    low, high = values.get("min_replicas", 1), values.get("max_replicas", 1)
+    low, high = values["min_replicas"], values["max_replicas"]
     if low > high and flags.keys() & {"min_replicas", "max_replicas"}:  # the flag wins
         values["min_replicas" if "max_replicas" in flags else "max_replicas"] = (
             high if "max_replicas" in flags else low
@@ -126,18 +130,47 @@ def replica_plan(spec: ModelSpec, overrides: ReplicaOverrides) -> ReplicaPlan:
 
 
 def revision(model_dir: Path) -> str:
-    """A digest of the names, sizes and times of the model's files."""
+    """A digest of the names, sizes and times of the model's files, and of its config
+    without the ``ray.*`` parameters (those change the replicas, not the model)."""
     digest = hashlib.sha256()
+    config = read_config(model_dir)
+    for key in [k for k in config.parameters if k.startswith(PARAM_PREFIX)]:
+        del config.parameters[key]
+    digest.update(to_pbtxt(config).encode())
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        if path == model_dir / "config.pbtxt":
+            continue
         stat = path.stat()
         digest.update(f"{path.relative_to(model_dir)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     return digest.hexdigest()[:16]
 
 
+def persist(repository: Path, models: list[str], overrides: ReplicaOverrides) -> None:
+    """Write the flags given to ``deploy`` into each model's config.pbtxt as ``ray.*``
+    parameters, so a later deploy without them keeps them (written atomically)."""
+    given = {k: v for k in _KINDS if (v := getattr(overrides, k)) is not None}
+    if not given:
+        return
+    for name in models:
+        config = read_config(repository / name)
+        params = config.parameters
+        for key, value in given.items():
+            params[PARAM_PREFIX + key].string_value = str(value)
+        low, high = PARAM_PREFIX + "min_replicas", PARAM_PREFIX + "max_replicas"
+        if low in params and high in params:
+            if int(params[low].string_value) > int(params[high].string_value):
+                del params[high if "min_replicas" in given else low]  # the flag wins
+        write_config(repository / name, config)
+
+
 def plan(
-    repository: Path, models: tuple[str, ...] = (), overrides: ReplicaOverrides | None = None
+    repository: Path,
+    models: tuple[str, ...] = (),
+    overrides: ReplicaOverrides | None = None,
+    defaults: ClusterSettings | None = None,
 ) -> list[ModelPlan]:
     """One plan per model of ``repository`` (or the named ones)."""
+    default_min = (defaults or ClusterSettings()).default_min_replicas
     names = list(models) or model_folders(repository)
     if not names:
         raise ValueError(f"no models (folders with config.pbtxt) in {repository}")
@@ -150,7 +183,7 @@ def plan(
     return [
         ModelPlan(
             name=name,
-            replicas=replica_plan(load_spec(repository / name), overrides),
+            replicas=replica_plan(load_spec(repository / name), overrides, default_min),
             revision=revision(repository / name),
         )
         for name in names
