@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving import ROOT, ServerProcess, start_server
 from tests.pki import _issue
+from tests.serving import ROOT, ServerProcess, start_server
 
 CLIENT_HELLO = bytes.fromhex("16030100f4010000f00303") + bytes(range(64))
 
