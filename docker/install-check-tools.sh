@@ -9,6 +9,8 @@
 #                         without a Docker engine
 #   chromium,             Debian's headless browser and its WebDriver, for the
 #   chromium-driver       try-it page test (tests/test_http_page.py, via Selenium)
+#   redis-server          the GCS store of the head-kill test (tests/test_cluster_ha.py);
+#                         the test starts its own inside a network namespace
 # Run by `make test`. Idempotent: once present, it only checks. Without apt (or
 # root where an install is needed) it says what is missing and exits 0; the
 # tests that need the tool then skip with the same reason.
@@ -82,6 +84,17 @@ install_chromium() {
     say "$(chromium --version 2> /dev/null | head -n 1) installed"
 }
 
+install_redis() {
+    if command -v redis-server > /dev/null; then
+        return
+    fi
+    apt_install "redis-server (the cluster's head-kill test)" redis-server || return 0
+    # Debian's package starts a daemon on 127.0.0.1:6379: the test needs none of it.
+    if command -v systemctl > /dev/null; then systemctl disable --now redis-server 2> /dev/null || true; fi
+    say "$(redis-server --version | head -n 1) installed"
+}
+
 install_prometheus
 install_compose
 install_chromium
+install_redis
