@@ -21,7 +21,7 @@ from protos import grpc_service_pb2 as pb
 from tests.serving import ServerProcess, logits_of, start_server
 from tests.stress import ValidStream, encoded, image_request, png_bomb, wait_for
 
-B, Q, IN_FLIGHT = 4, 7, 6  # max batch, queue bound, images in flight per model
+B, Q, IN_FLIGHT = 8, 9, 6  # max batch, queue bound, images in flight per model
 SLOW = png_bomb(7000, 7000, pixels=True)
 SMALL = encoded("PNG", (64, 48))
 
@@ -93,7 +93,7 @@ def test_in_flight_caps_refuse_by_name(server: ServerProcess) -> None:
 
 
 def test_decoding_counts_against_the_queue_bound(server: ServerProcess) -> None:
-    """While six slow images decode, six more exceed the queue bound of seven."""
+    """While six slow images decode, six more exceed the queue bound of nine."""
     pid = server.proc.pid
     base = _idle(pid)
     first = server.stub().ModelInfer.future(image_request([SLOW] * IN_FLIGHT), timeout=120)
