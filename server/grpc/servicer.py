@@ -180,6 +180,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             status = response.regions[region.name]
             status.name, status.device_id = region.name, region.device_id
             status.byte_size = region.byte_size
+        return response
 
     # --- trace and log settings (Triton's extensions) ---------------------------------
     @_rpc

@@ -41,6 +41,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _FD_RESERVE = 256  # descriptors kept for gRPC, model files, the metrics port, logs
 _LOG_INTERVAL = 10.0  # seconds between two log lines for the same loop error
 _INFER = "/infer"
+_LOAD = "/load"
 _HEADER_LENGTH = "Inference-Header-Content-Length"
 _RESERVED = "budget.reserved"
 SPOOL_PREFIX = "cnn-serving-body-"
@@ -87,6 +88,8 @@ class Budgets:
     def _cap(self, request: web.Request) -> tuple[int, str]:
         if request.path.endswith(_INFER):
             return self.max_body_bytes, "--max-message-mb"
+        if request.path.endswith(_LOAD):  # Triton's file: parameters carry model files
+            return self.max_body_bytes, "--max-message-mb (a model load with its files)"
         return self.limits.max_control_body_kb << 10, "http limit max_control_body_kb"
 
     def refusal(self, request: web.Request, take: bool = True) -> web.Response | None:

@@ -163,7 +163,7 @@ class HttpFrontend:
 
     async def load(self, request: web.Request) -> web.Response:
         self.control.authorize("load", guard.caller(request))
-        body = await request.read()
+        body = await self.budgets.read_body(request)  # files may make it as large as a model
         if len(body) > self.limits.json_on_loop_bytes:  # files in base64: decoded on a thread
             load = await asyncio.to_thread(codec.load_request, body)
         else:

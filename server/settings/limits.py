@@ -35,8 +35,9 @@ class HttpLimits(Section):
     """KiB of JSON before a binary-extension request's tensors (Inference-Header-Content-Length)."""
 
     max_control_body_kb: int = setting(64, ge=1)
-    """KiB of body accepted by requests other than inference (repository index, load, unload,
-    shared-memory registration)."""
+    """KiB of body accepted by requests other than inference and load (repository index,
+    unload, shared-memory registration); a load carrying model files may use the message
+    limit."""
 
     json_on_loop_kb: int = setting(64, ge=1)
     """KiB of JSON parsed or written on the event loop; larger goes to a worker process."""
