@@ -57,6 +57,10 @@ def test_replicas_come_from_config_pbtxt_and_flags_override_them(tmp_path: Path)
     }
     assert "num_replicas" not in auto
     assert plans["b"].serve_options()["num_replicas"] == 3
+    # On 3 nodes no node takes more than its share: a is spread 2 per node, c 1 per node.
+    assert plans["a"].serve_options(3)["max_replicas_per_node"] == 2
+    assert plans["c"].serve_options(3)["max_replicas_per_node"] == 1
+    assert "max_replicas_per_node" not in plans["c"].serve_options()
     forced = {p.name: p.replicas for p in plan(tmp_path, (), ReplicaOverrides(min_replicas=1))}
     assert forced["b"].min_replicas == 1 and forced["b"].max_replicas == 3
 

@@ -151,10 +151,15 @@ def test_expired_and_cancelled_requests_are_dropped_before_compute(
     )
     try:
         stub = srv.stub()
-        # 1024x1024: the 12 or more heavy requests queued ahead take seconds even on a quiet,
-        # fast host, so the 0.5 s deadlines pass while the small requests wait.
         heavy = tensor_request("mobilenet_v2", np.zeros((1, 3, 1024, 1024), np.float32))
         small = tensor_request("mobilenet_v2", np.zeros((1, 3, 32, 32), np.float32))
+        # The deadline scales with this host's speed: 4 heavy requests' time lets the small
+        # ones reach even a starved server, and the 12 or more heavy ones queued ahead of
+        # them take 3x that, so the deadline passes while they wait.
+        stub.ModelInfer(heavy, timeout=120)  # the first run also pays the model's set-up
+        start = time.perf_counter()
+        stub.ModelInfer(heavy, timeout=120)
+        deadline_s = 4 * (time.perf_counter() - start)
 
         def arrived() -> float:  # requests the server has taken in: in handlers or answered
             return metric(srv, "inference_in_flight") + metric(srv, "inference_requests_total")
@@ -167,12 +172,12 @@ def test_expired_and_cancelled_requests_are_dropped_before_compute(
         small_stub = pb_grpc.GRPCInferenceServiceStub(own)
         with ThreadPoolExecutor(24) as pool:
             done = [pool.submit(stub.ModelInfer, heavy, timeout=120) for _ in range(24)]
-            assert wait_for(lambda: arrived() >= 24), arrived()  # every heavy one is in
+            assert wait_for(lambda: arrived() >= 26), arrived()  # every heavy one is in
             queued = metric(srv, "inference_in_flight")
-            assert queued >= 12, f"only {queued} heavy requests left: too few to outlast 0.5 s"
-            late = [small_stub.ModelInfer.future(small, timeout=0.5) for _ in range(4)]
+            assert queued >= 12, f"only {queued} heavy requests left: too few to outlast"
+            late = [small_stub.ModelInfer.future(small, timeout=deadline_s) for _ in range(4)]
             cancelled = [small_stub.ModelInfer.future(small, timeout=120) for _ in range(4)]
-            assert wait_for(lambda: arrived() >= 32), arrived()  # all 8 are queued
+            assert wait_for(lambda: arrived() >= 34), arrived()  # all 8 are queued
             for call in cancelled:
                 call.cancel()
             for call in late:
@@ -183,7 +188,7 @@ def test_expired_and_cancelled_requests_are_dropped_before_compute(
                 future.result()
         own.close()
         stats = _stats(srv)
-        assert stats.inference_count == stats.execution_count == 24  # only the heavy ones ran
+        assert stats.inference_count == stats.execution_count == 26  # only the heavy ones ran
         assert wait_for(lambda: metric(srv, "inference_dropped_total") == 8), metric(
             srv, "inference_dropped_total"
         )

@@ -126,7 +126,7 @@ def serve_config(
                 "revision": p.revision,  # a new revision: Serve rolls this model's replicas
                 "settings": asdict(settings),
             },
-            "deployments": [{"name": p.name, **p.replicas.serve_options()}],
+            "deployments": [{"name": p.name, **p.replicas.serve_options(nodes)}],
         }
         for p in plans
     ]

@@ -10,7 +10,9 @@ there for every model deployed (``persist``), so the next deploy keeps them:
     parameters { key: "ray.num_cpus"                value { string_value: "1" } }
 
 min == max means a fixed replica count (no autoscaling). Without a count the
-cluster's default applies (``ClusterSettings.min_replicas``: 2). The ``ray.*``
+cluster's default applies (``ClusterSettings.default_min_replicas``: 2). No node holds more
+than ``ceil(max_replicas / nodes)`` of a model's replicas, so the default two are on
+two nodes whenever there are two. The ``ray.*``
 parameters are not part of the model's revision: changing them scales (or, for
 ``num_cpus``, re-places) the replicas without counting as a new model.
 """
@@ -18,6 +20,7 @@ parameters are not part of the model's revision: changing them scales (or, for
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,12 +67,16 @@ class ReplicaPlan:
                 f"num_cpus {self.num_cpus} >= 0"
             )
 
-    def serve_options(self) -> dict[str, object]:
-        """Keyword arguments for ``Deployment.options``."""
+    def serve_options(self, nodes: int | None = None) -> dict[str, object]:
+        """Keyword arguments for ``Deployment.options``. With ``nodes`` (the nodes that
+        may hold replicas) no node takes more than its share of ``max_replicas``: Serve's
+        own spreading is a preference, and two replicas on one node are not HA."""
         options: dict[str, object] = {
             "ray_actor_options": {"num_cpus": self.num_cpus},
             "max_ongoing_requests": self.max_ongoing_requests,
         }
+        if nodes:
+            options["max_replicas_per_node"] = math.ceil(self.max_replicas / nodes)
         if self.min_replicas == self.max_replicas:
             options["num_replicas"] = self.min_replicas
         else:
