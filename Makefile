@@ -110,7 +110,7 @@ test: $(STAMP) check-tools
 test-all: $(STAMP) check-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Tools for the deployment checks (tests/test_deploy.py) that pip cannot install:
+# Tools for the deployment checks (tests/deploy/test_deploy.py) that pip cannot install:
 # Prometheus/promtool and docker-compose from Debian; a no-op once present.
 .PHONY: check-tools up down
 check-tools:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The tools tests/test_deploy.py needs that pip cannot provide (hadolint comes
+# The tools tests/deploy/test_deploy.py needs that pip cannot provide (hadolint comes
 # from pyproject's dev extra):
 #   prometheus, promtool  from Debian's `prometheus` package, unpacked into
 #                         .cache/tools/bin rather than installed: its maintainer
@@ -8,8 +8,8 @@
 #   docker-compose        Debian's package (1.29): validates docker-compose.yml
 #                         without a Docker engine
 #   chromium,             Debian's headless browser and its WebDriver, for the
-#   chromium-driver       try-it page test (tests/test_http_page.py, via Selenium)
-#   redis-server          the GCS store of the head-kill test (tests/test_cluster_ha.py);
+#   chromium-driver       try-it page test (tests/server/http/test_http_page.py, via Selenium)
+#   redis-server          the GCS store of the head-kill test (tests/server/cluster/test_cluster_ha.py);
 #                         the test starts its own inside a network namespace
 # Run by `make test`. Idempotent: once present, it only checks. Without apt (or
 # root where an install is needed) it says what is missing and exits 0; the

@@ -6,7 +6,7 @@ The tritonclient session is session-scoped because two modules
 running it costs a server start and a child interpreter. tritonclient cannot be
 imported in this process (its generated protobuf modules and ours define the
 same ``inference.*`` names: see test_protocol.py), so the child runs
-``tests/triton_session.py``, which uses only tritonclient, numpy and Pillow, and
+``tests/kit/triton_session.py``, which uses only tritonclient, numpy and Pillow, and
 prints what it observed as JSON.
 """
 
@@ -24,10 +24,11 @@ import numpy as np
 import pytest
 
 from exporter.samples import EXPECTED, photo_paths
-from tests.triton_helpers import LENET, LITE0, ROOT
+from tests.kit import KIT
+from tests.kit.triton_helpers import LENET, LITE0, ROOT
 
-TRITON_SESSION = Path(__file__).with_name("triton_session.py")
-TRITON_HTTP_SESSION = Path(__file__).with_name("triton_http_session.py")
+TRITON_SESSION = KIT / "triton_session.py"
+TRITON_HTTP_SESSION = KIT / "triton_http_session.py"
 TRITON_DIGIT_ROWS = slice(0, 1800, 150)  # 12 digits spread over the set
 
 
@@ -93,7 +94,7 @@ def triton_server(
     triton_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """``python -m server`` on ports the OS picks; its URL."""
-    from tests.serving import EXPLICIT, start_server
+    from tests.kit.serving import EXPLICIT, start_server
 
     # explicit: the session loads and unloads models
     srv = start_server(
@@ -156,7 +157,7 @@ def triton_http_report(
     photos: dict[str, Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Any]:
-    """The tritonclient.http session (tests/triton_http_session.py); its JSON report."""
+    """The tritonclient.http session (tests/kit/triton_http_session.py); its JSON report."""
     folder = tmp_path_factory.mktemp("triton-http-session")
     url = f"127.0.0.1:{http_server.http_port}"
     return _run_session(TRITON_HTTP_SESSION, url, triton_digits[0], photos, folder)
@@ -177,7 +178,7 @@ def lenet_reference(triton_repository: Path) -> Callable[[np.ndarray], np.ndarra
 @pytest.fixture(scope="session")
 def http_server(triton_repository: Path, tmp_path_factory: pytest.TempPathFactory):
     """A server for the HTTP/REST suites (its own process: they load and unload models)."""
-    from tests.serving import EXPLICIT, start_server
+    from tests.kit.serving import EXPLICIT, start_server
 
     srv = start_server(
         triton_repository, log_dir=tmp_path_factory.mktemp("http-server"), security=EXPLICIT

@@ -6,5 +6,5 @@ measure.py (one candidate: concurrency sweep + Server-scenario rate), search.py
 out), live.py (the real server and load generator), report.py (table, files, chart),
 progress.py (the progress bar).
 candidates, measure and search are pure logic, tested on a simulated server
-(tests/test_tune_search.py); the rest in tests/test_tune_live.py.
+(tests/benchmarks/test_tune_search.py); the rest in tests/benchmarks/test_tune_live.py.
 """

@@ -28,7 +28,7 @@ from server.core import ensemble
 from server.core.building import (  # ServedVersion: re-exported for callers
     BuildContext,
     ServedVersion,
-    _backend_config,  # noqa: F401  (tests/test_onnxruntime_config.py)
+    _backend_config,  # noqa: F401  (tests/server/core/test_onnxruntime_config.py)
     batching_config,
     build_version,
     close_versions,

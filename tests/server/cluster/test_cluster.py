@@ -1,0 +1,377 @@
+"""The repository served from a real 3-node Ray cluster (head + 2 workers, one netns each).
+
+The head runs no model replicas (``--num-cpus 0``), only the control plane,
+the gRPC proxy and the ingress; each worker has one CPU and efficientnet_lite0
+asks for two 1-CPU replicas, so they land on different workers and every
+request crosses hosts. tritonclient, unmodified, runs in a child process
+(see conftest.py) against the head's proxy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from exporter.samples import EXPECTED
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from server.cluster.nodes import NodeOptions
+from tests.kit import KIT
+from tests.kit.fuzz_kit import broken_request, image_element, outcome
+from tests.kit.ray_netns import ROOT, NetnsCluster, netns_available
+from tests.kit.serving import digits, tensor_request
+from tests.kit.stress import flip, image_request, report
+
+pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
+
+CLIENT = KIT / "cluster_client.py"
+LITE0 = "efficientnet_lite0"
+GRPC_PORT = 8001
+WAIT_S = 300  # generous: a 2x slower host still passes; nothing here waits on a sleep
+
+
+def _with_params(config: Path, params: dict[str, str]) -> None:
+    text = "".join(
+        f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}\n' for k, v in params.items()
+    )
+    config.write_text(config.read_text() + text)
+
+
+@pytest.fixture(scope="module")
+def cluster_repo(lite0_repo: Path, serve_repo: Path, tmp_path_factory) -> Path:
+    """Every model on the cluster's default two replicas: lite0's of one CPU (one per
+    1-CPU worker), lenet5's and mobilenet_v2's (for the fuzz) CPU-free."""
+    repo = tmp_path_factory.mktemp("cluster-repo")
+    shutil.copytree(lite0_repo / LITE0, repo / LITE0)
+    _with_params(repo / LITE0 / "config.pbtxt", {"ray.num_cpus": "1"})
+    for name in ("lenet5", "mobilenet_v2"):
+        shutil.copytree(serve_repo / name, repo / name)
+        _with_params(repo / name / "config.pbtxt", {"ray.num_cpus": "0"})
+    return repo
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_repo: Path, tmp_path_factory) -> Iterator[NetnsCluster]:
+    why = netns_available()
+    if why:
+        pytest.skip(f"no network namespaces here ({why}): the multi-node test needs them")
+    net = NetnsCluster(tmp_path_factory.mktemp("ray-nodes"))
+    try:
+        net.create_bridge()
+        head = net.add_node("head", 0, NodeOptions(num_cpus=0, object_store_mb=128))
+        for i in (1, 2):
+            net.add_node(
+                f"w{i}",
+                i,
+                NodeOptions(head_address=f"{head.ip}:6379", num_cpus=1, object_store_mb=96),
+            )
+        for name in ("head", "w1", "w2"):  # one after another: parallel starts collide
+            net.start(name, timeout=WAIT_S)
+        _deploy(net, cluster_repo)
+        yield net
+    finally:
+        net.close()
+
+
+def _url(net: NetnsCluster, node: str = "head") -> str:
+    return f"{net.nodes[node].ip}:{GRPC_PORT}"
+
+
+def _client(*args: str, timeout: float = WAIT_S) -> dict:
+    done = subprocess.run(
+        [sys.executable, str(CLIENT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and results, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(results[-1].removeprefix("RESULT "))
+
+
+def test_tritonclient_classifies_through_the_head_and_both_workers_serve(
+    cluster: NetnsCluster, photos: dict[str, Path], tmp_path: Path
+) -> None:
+    plan = tmp_path / "photos.json"
+    plan.write_text(json.dumps({name: str(path) for name, path in photos.items()}))
+    seen = _client("classify", _url(cluster), str(plan))
+    assert seen["live"] and seen["ready"] and seen["model_ready"]
+    assert seen["metadata"]["name"] == "cnn-serving"
+    index = {(m["name"], m.get("state")) for m in seen["index"]["models"]}
+    assert index == {(n, "READY") for n in (LITE0, "lenet5", "mobilenet_v2")}, index
+    assert seen["config_name"] == LITE0
+    for name, (top1, label) in seen["labels"].items():
+        assert top1 in EXPECTED[name], (name, top1, label)
+    workers = {cluster.nodes["w1"].ip, cluster.nodes["w2"].ip}
+    assert set(seen["nodes"]) == workers, seen["nodes"]  # the head computes nothing
+    errors = seen["errors"]
+    assert errors["unknown_model"]["status"] == "StatusCode.NOT_FOUND", errors
+    assert "no_such_model" in errors["unknown_model"]["message"]
+    assert errors["bad_input"]["status"] == "StatusCode.INVALID_ARGUMENT", errors
+    assert "unknown input 'pixels'" in errors["bad_input"]["message"]
+    assert errors["bad_version"]["status"] == "StatusCode.NOT_FOUND", errors
+    assert errors["load"]["status"] == "StatusCode.UNIMPLEMENTED", errors
+    assert "python -m server.cluster deploy" in errors["load"]["message"]
+    assert errors["shm"]["status"] == "StatusCode.UNIMPLEMENTED", errors
+
+
+def test_every_node_is_an_entry_point_with_its_own_ingress(cluster: NetnsCluster) -> None:
+    """Each node's proxy hands requests to the ingress replica on its own node."""
+    for node in ("head", "w1", "w2"):
+        stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(_url(cluster, node)))
+        assert stub.ServerLive(pb.ServerLiveRequest(), timeout=60).live
+        for _ in range(5):
+            response = stub.ModelInfer(tensor_request("lenet5", digits(1)), timeout=60)
+            assert response.parameters["ray_ingress"].string_param == cluster.nodes[node].ip
+    stream = stub.ModelStreamInfer(iter([tensor_request("lenet5", digits(1))]), timeout=60)
+    code, message = outcome(lambda: list(stream))
+    assert code == "UNIMPLEMENTED" and "send ModelInfer" in message, (code, message)
+
+
+def _status(net: NetnsCluster, *extra: str) -> dict:
+    address = f"--address={net.head_address()}"
+    cmd = (sys.executable, "-m", "server.cluster", "status", address, "--json", *extra)
+    return json.loads(net.run_in("head", *cmd))
+
+
+def _replica_ids(status: dict, app: str, deployment: str) -> set[str]:
+    replicas = status["applications"][app]["deployments"][deployment]["replicas"]
+    return {r["replica_id"] for r in replicas if r["state"] == "RUNNING"}
+
+
+def test_each_replica_serves_the_single_servers_metrics(
+    cluster: NetnsCluster, tmp_path: Path
+) -> None:
+    targets = tmp_path / "targets.json"
+    status = _status(cluster, f"--file-sd={targets}")
+    replicas = status["replicas"]
+    lite0 = [r for r in replicas if r["model"] == LITE0]
+    assert {r["node"] for r in lite0} == {cluster.nodes["w1"].ip, cluster.nodes["w2"].ip}, status
+    # The niceness `up` chose (ClusterSettings.worker_niceness), not Ray's default 15.
+    assert {r["nice"] for r in replicas} == {0}, replicas
+    scraped = {
+        (t["targets"][0], t["labels"]["deployment"]) for t in json.loads(targets.read_text())
+    }
+    assert scraped == {(r["metrics"].split("/")[2], r["model"]) for r in replicas}, scraped
+    nodes = {node.ip for node in cluster.nodes.values()}
+    assert set(status["proxies"]) == nodes, status["proxies"]  # a proxy on every node
+    ingress = status["applications"]["kserve"]["deployments"]["kserve"]["replicas"]
+    assert sorted(r["node_ip"] for r in ingress) == sorted(nodes), ingress  # one beside each
+    # HA by default: lenet5's config names no count, so it runs the cluster's 2, spread.
+    lenet = status["applications"]["model-lenet5"]["deployments"]["lenet5"]["replicas"]
+    assert len({r["node_ip"] for r in lenet if r["state"] == "RUNNING"}) == 2, lenet
+    served = 0
+    for replica in lite0:
+        with urllib.request.urlopen(replica["metrics"], timeout=30) as response:
+            text = response.read().decode()
+        found = re.search(rf'inference_requests_total{{(?=[^}}]*model="{LITE0}")'
+                          rf'(?=[^}}]*code="OK")[^}}]*}} (\S+)', text)  # fmt: skip
+        assert found, text[:2000]
+        served += int(float(found.group(1)))
+    assert served > 0
+
+
+# --- the protocol fuzz (tests/kit/fuzz_kit.py's strategies) through the cluster ------------
+CLUSTER_FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+
+
+@pytest.fixture(scope="module")
+def stub(cluster: NetnsCluster) -> pb_grpc.GRPCInferenceServiceStub:
+    return pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(_url(cluster)))
+
+
+@CLUSTER_FUZZ
+@given(case=broken_request())
+def test_malformed_tensor_requests_through_the_cluster(stub, case) -> None:
+    req, codes, words = case
+    code, message = outcome(lambda: stub.ModelInfer(req, timeout=60))
+    assert code in codes, (code, message, codes)
+    assert any(w in message for w in words), (message, words)
+
+
+@CLUSTER_FUZZ
+@given(elements=st.lists(image_element(), min_size=1, max_size=3))
+def test_malformed_images_through_the_cluster(stub, elements) -> None:
+    req = image_request([e for e, _ in elements], None, False)
+    code, message = outcome(lambda: stub.ModelInfer(req, timeout=60))
+    if any(bad for _, bad in elements):
+        assert code == "INVALID_ARGUMENT", (code, message)
+    assert code in {"OK", "INVALID_ARGUMENT"}, (code, message)
+
+
+@CLUSTER_FUZZ
+@given(body=st.binary(max_size=3000) | st.lists(st.integers(0, 10**6), min_size=1, max_size=6))
+def test_bytes_that_are_not_a_request_through_the_cluster(cluster: NetnsCluster, body) -> None:
+    if isinstance(body, list):
+        body = flip(tensor_request("lenet5", digits(1)).SerializeToString(), body)
+    channel = grpc.insecure_channel(_url(cluster))
+    call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    code, message = outcome(lambda: call(body, timeout=60))
+    channel.close()
+    assert code not in {"INTERNAL", "UNKNOWN"}, (code, message)
+
+
+# --- last: a node killed and rejoined (the cluster is not the same afterwards) ----
+class _Lines:
+    """A child's stdout lines, waited on with a deadline (never a sleep)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc, self.lines = proc, queue.Queue()
+        self.seen: list[str] = []
+        self.result: dict = {}
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def _next(self, deadline: float, waiting_for: str) -> str:
+        try:
+            line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"no {waiting_for} after {self.seen[-20:]}") from None
+        self.seen.append(line)
+        return line
+
+    def wait_for(self, *wanted: str, timeout: float = WAIT_S) -> None:
+        deadline = time.monotonic() + timeout
+        missing = set(wanted) - set(self.seen)
+        while missing:
+            missing.discard(self._next(deadline, str(sorted(missing))))
+
+    def line_with(self, prefix: str, timeout: float = WAIT_S) -> str:
+        deadline = time.monotonic() + timeout
+        while not (line := self._next(deadline, repr(prefix))).startswith(prefix):
+            pass
+        return line
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+
+@contextlib.contextmanager
+def _traffic(net: NetnsCluster, photo: Path, node: str = "head") -> Iterator[_Lines]:
+    """tritonclient sending the photo on two threads, through ``node``'s proxy, until the
+    block ends; ``.result``."""
+    proc = subprocess.Popen(
+        [sys.executable, str(CLIENT), "traffic", _url(net, node), str(photo)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        lines = _Lines(proc)
+        lines.wait_for("started")
+        yield lines
+        lines.send("stop")
+        lines.result = json.loads(lines.line_with("RESULT ").removeprefix("RESULT "))
+        proc.wait(timeout=WAIT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _deploy(net: NetnsCluster, repo: Path) -> None:
+    net.run_in(
+        "head",
+        sys.executable,
+        "-m",
+        "server.cluster",
+        "deploy",
+        f"--address={net.head_address()}",
+        f"--model-repository={repo}",
+        f"--grpc-port={GRPC_PORT}",
+        timeout=WAIT_S,
+    )
+
+
+def test_a_new_version_rolls_out_replica_by_replica_without_failures(
+    cluster: NetnsCluster, cluster_repo: Path, photos: dict[str, Path], request
+) -> None:
+    w1, w2 = cluster.nodes["w1"].ip, cluster.nodes["w2"].ip
+    unchanged = [("kserve", "kserve"), ("model-lenet5", "lenet5")]
+    unchanged.append(("model-mobilenet_v2", "mobilenet_v2"))
+    before = _status(cluster)
+    shutil.copytree(cluster_repo / LITE0 / "1", cluster_repo / LITE0 / "2")  # a new export
+    with _traffic(cluster, photos["coffee.png"]) as lines:
+        lines.wait_for(f"seen start {w1}", f"seen start {w2}", "version start 1")
+        lines.send("phase rolling")
+        _deploy(cluster, cluster_repo)  # returns once both replicas run version 2
+        lines.send("phase rolled")
+        lines.wait_for(f"seen rolled {w1}", f"seen rolled {w2}", "version rolled 2")
+    counts = lines.result["counts"]
+    report(request.config, f"\ncluster rolling update: {counts}, {lines.result['versions']}")
+    assert all(set(c) == {"OK"} for c in counts.values()), (counts, lines.result["messages"])
+    after = _status(cluster)
+    for app, deployment in unchanged:  # not restarted: the same replicas still run
+        assert _replica_ids(after, app, deployment) == _replica_ids(before, app, deployment)
+    rolled = _replica_ids(after, f"model-{LITE0}", LITE0)
+    assert len(rolled) == 2 and not rolled & _replica_ids(before, f"model-{LITE0}", LITE0)
+
+
+def test_stop_node_stops_only_that_nodes_ray_processes(cluster: NetnsCluster) -> None:
+    """Every node runs on this one machine: ``ray stop`` would kill all three."""
+    others = {pid for node in ("head", "w1") for pid in cluster.pids(node)}
+    assert cluster.pids("w2")
+    address = f"--address={cluster.head_address()}"
+    down = ("-m", "server.cluster", "down", address, "--stop-node")
+    out = cluster.run_in("w2", sys.executable, *down, f"--node-ip={cluster.nodes['w2'].ip}")
+    assert "stopped" in out, out
+    cluster.nodes["w2"].proc.wait(timeout=WAIT_S)  # its `ray start --block` too
+    assert cluster.pids("w2") == [], cluster.pids("w2")
+    alive = {pid for node in ("head", "w1") for pid in cluster.pids(node)}
+    assert others <= alive, others - alive
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(_url(cluster)))
+    assert stub.ServerReady(pb.ServerReadyRequest(), timeout=60).ready
+    cluster.start("w2", timeout=WAIT_S)  # back for the next test
+
+
+def test_a_worker_killed_mid_traffic_costs_no_internal_error_and_rejoins(
+    cluster: NetnsCluster, photos: dict[str, Path], request: pytest.FixtureRequest
+) -> None:
+    w1, w2 = cluster.nodes["w1"].ip, cluster.nodes["w2"].ip
+    with _traffic(cluster, photos["chelsea.png"]) as lines:
+        lines.wait_for(f"seen start {w1}", f"seen start {w2}")
+        lines.send("phase killed")
+        lines.wait_for("phase killed")
+        assert cluster.kill("w2") > 0
+        lines.wait_for(f"seen killed {w1}")  # the survivor serves
+        cluster.start("w2", timeout=WAIT_S)  # the machine comes back
+        lines.send("phase rejoined")
+        lines.wait_for(f"seen rejoined {w1}", f"seen rejoined {w2}")
+    result = lines.result
+    counts = result["counts"]
+    report(request.config, f"\ncluster kill -9 of a worker mid-traffic: {counts}")
+    for phase, statuses in counts.items():
+        assert set(statuses) <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}, (
+            phase,
+            statuses,
+            result["messages"],
+        )
+    # A request counts in the phase it started in: those in flight at the kill are "start".
+    assert set(counts["rejoined"]) == {"OK"}, counts

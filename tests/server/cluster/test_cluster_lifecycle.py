@@ -1,0 +1,91 @@
+"""The cluster's commands as an operator runs them, on a head alone in its own namespace.
+
+``up`` on the head returns once the head runs (no worker has joined, so no model
+replica can be placed yet); ``deploy`` then fails within its timeout naming the
+replicas it cannot place; ``down --stop-node`` leaves no process of the node
+behind. A port inside Ray's worker range is refused before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.cluster.nodes import NodeOptions
+from tests.kit.ray_netns import ROOT, NetnsCluster, netns_available
+
+pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
+
+WAIT_S = 300  # generous: a 2x slower host still passes; nothing here waits on a sleep
+
+
+@pytest.fixture
+def head(tmp_path: Path) -> Iterator[NetnsCluster]:
+    why = netns_available()
+    if why:
+        pytest.skip(f"no network namespaces here ({why})")
+    net = NetnsCluster(tmp_path / "nodes")
+    (tmp_path / "nodes").mkdir()
+    try:
+        net.create_bridge()
+        net.add_node("head", 0, NodeOptions(num_cpus=0))
+        yield net
+    finally:
+        net.close()  # kills whatever the test left running in the namespace, by pid
+
+
+def _cli(net: NetnsCluster, log: Path, *args: str) -> tuple[int, str]:
+    """``python -m server.cluster ARGS`` in the head's namespace: (exit status, output).
+
+    Output goes to a file: ``ray start`` leaves daemons behind, and a pipe they
+    inherited would keep ``subprocess.run`` waiting for them."""
+    node = net.nodes["head"]
+    with log.open("w") as out:
+        done = subprocess.run(
+            ["ip", "netns", "exec", node.netns, sys.executable, "-m", "server.cluster", *args],
+            env=net.env("head"),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=WAIT_S,
+        )
+    return done.returncode, log.read_text()
+
+
+def test_head_up_deploy_timeout_and_stop_node(
+    head: NetnsCluster, serve_repo: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(serve_repo / "lenet5", repo / "lenet5")
+    ip, address = head.nodes["head"].ip, f"--address={head.head_address()}"
+    up = ("up", "--num-cpus=0", f"--node-ip={ip}", f"--model-repository={repo}")
+    up += ("--object-store-mb=96",)
+
+    code, out = _cli(head, tmp_path / "refused.log", *up, "--grpc-port=12000")
+    assert code == 2 and "--grpc-port 12000 lies in Ray's worker port range" in out, out
+    assert head.pids("head") == []  # refused before anything started
+
+    code, out = _cli(head, tmp_path / "up.log", *up)
+    assert code == 0 and "deploy submitted" in out, out
+    assert head.pids("head")  # the node runs in the background
+
+    code, out = _cli(head, tmp_path / "deploy.log", "deploy", address,
+                     f"--model-repository={repo}", "--deploy-timeout-s=40")  # fmt: skip
+    assert code == 1, out
+    assert "cannot place 2 replicas of lenet5" in out, out  # 1-CPU replicas, a 0-CPU head
+
+    code, out = _cli(head, tmp_path / "status.log", "status", address, "--json")
+    assert code == 0, out
+    status = json.loads(out[out.index("{\n") :])
+    assert set(status["applications"]) == {"kserve", "model-lenet5"}, status
+    assert status["applications"]["kserve"]["status"] == "RUNNING", status  # CPU-free
+
+    code, out = _cli(head, tmp_path / "down.log", "down", address, "--stop-node", f"--node-ip={ip}")
+    assert code == 0 and "stopped" in out, out
+    assert head.pids("head") == []
