@@ -25,7 +25,8 @@ EXPECTED: dict[str, set[int]] = {
 }
 # Drawn by hand on the 224x224 centre crops efficientnet_lite0's preprocessing makes
 # (shorter side 256, centre crop 224): (top, left, bottom, right) around the object the
-# class names, for checking where explanation maps peak (tests/server/core/test_explain.py, test_cam.py).
+# class names, for checking where explanation maps peak
+# (tests/server/core/test_explain.py, test_cam.py).
 BOXES: dict[str, tuple[int, int, int, int]] = {
     # the launch complex: the rocket and its two towers ("missile" leans on them: the
     # occlusion peak sits beside the rocket's nose, by the left tower, not on the rocket)

@@ -36,7 +36,9 @@ from protos import grpc_service_pb2 as pb
 from tests.kit.serving import ROOT, logits_of, start_server, tensor_request
 
 NO_GPU = unavailable_reason()  # these tests check what a machine without a GPU answers
-ON_GPU_HOST = pytest.mark.skipif(NO_GPU is None, reason="a GPU is usable here: tests/engines/test_gpu.py")
+ON_GPU_HOST = pytest.mark.skipif(
+    NO_GPU is None, reason="a GPU is usable here: tests/engines/test_gpu.py"
+)
 DIGITS = Preprocess(color_mode="L", resize_size=32, crop_size=32, mean=(0.5,), std=(0.5,))
 
 

@@ -1,4 +1,5 @@
-"""Run tests/kit/triton_features.py in a child interpreter (tritonclient cannot share our process)."""
+"""Run tests/kit/triton_features.py in a child interpreter (tritonclient cannot share our
+process)."""
 
 from __future__ import annotations
 

@@ -30,8 +30,8 @@ from server.core.cam import class_maps
 from server.core.errors import InvalidArgument
 from server.core.explain import OUTPUT, ExplainRequest, check_method
 from tests.kit.serving import ServerProcess, served, tensor_request
-from tests.server.core.test_explain import explain_request, heat_of
 from tests.kit.triton_child import triton_features
+from tests.server.core.test_explain import explain_request, heat_of
 
 LITE0 = "efficientnet_lite0"
 NO_CAM = "lite0_nocam"  # the same model exported as with --no-cam

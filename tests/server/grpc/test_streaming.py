@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 
 from protos import grpc_service_pb2 as pb
-from tests.kit.serving import ServerProcess, digits, in_process, logits_of, start_server, tensor_request
+from tests.kit.serving import (
+    ServerProcess,
+    digits,
+    in_process,
+    logits_of,
+    start_server,
+    tensor_request,
+)
 from tests.kit.stress import metric, wait_for
 
 

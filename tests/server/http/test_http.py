@@ -24,8 +24,8 @@ from protos import grpc_service_pb2 as pb
 from server.core.explain import OUTPUT as EXPLANATION
 from tests.kit.http_kit import HEADER_LENGTH, binary_request, call, fp32, length_prefixed
 from tests.kit.serving import ServerProcess, tensor_request
-from tests.server.core.test_explain import explain_request, heat_of
 from tests.kit.triton_helpers import LENET, LITE0, Digits, assert_close, parse
+from tests.server.core.test_explain import explain_request, heat_of
 
 
 def _infer(srv: ServerProcess, model: str) -> str:
