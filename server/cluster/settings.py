@@ -10,7 +10,7 @@ there for every model deployed (``persist``), so the next deploy keeps them:
     parameters { key: "ray.num_cpus"                value { string_value: "1" } }
 
 min == max means a fixed replica count (no autoscaling). Without a count the
-cluster's default applies (``ClusterSettings.default_min_replicas``: 2). No node holds more
+cluster's default applies (``cluster.deploy.default_min_replicas``: 2). No node holds more
 than ``ceil(max_replicas / nodes)`` of a model's replicas, so the default two are on
 two nodes whenever there are two. The ``ray.*``
 parameters are not part of the model's revision: changing them scales (or, for
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from modelrepo.files import model_folders, read_config, to_pbtxt, write_config
 from modelrepo.spec import ModelSpec, load_spec
-from server.settings.cluster import ClusterSettings
+from server.settings.cluster import DeploySettings, ReplicaOverrides
 
 PARAM_PREFIX = "ray."
 APP_NAME = "kserve"
@@ -36,16 +36,6 @@ INGRESS = "kserve"
 GRPC_SERVICER = "server.grpc.transport.add_inference_service"
 # The node resource that places the ingress replicas (none: anywhere, CPU-free).
 INGRESS_RESOURCE = "kserve_ingress"
-
-
-@dataclass(frozen=True)
-class ReplicaOverrides:
-    """Command-line values that win over every model's config.pbtxt."""
-
-    min_replicas: int | None = None
-    max_replicas: int | None = None
-    target_ongoing_requests: float | None = None
-    num_cpus: float | None = None
 
 
 @dataclass(frozen=True)
@@ -174,10 +164,10 @@ def plan(
     repository: Path,
     models: tuple[str, ...] = (),
     overrides: ReplicaOverrides | None = None,
-    defaults: ClusterSettings | None = None,
+    deploy: DeploySettings | None = None,
 ) -> list[ModelPlan]:
     """One plan per model of ``repository`` (or the named ones)."""
-    default_min = (defaults or ClusterSettings()).default_min_replicas
+    default_min = (deploy or DeploySettings()).default_min_replicas
     names = list(models) or model_folders(repository)
     if not names:
         raise ValueError(f"no models (folders with config.pbtxt) in {repository}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from server.cluster.nodes import NodeOptions
+from server.settings.cluster import NodeSettings
 from tests.kit.ray_netns import ROOT, NetnsCluster, netns_available
 
 pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
@@ -34,7 +34,7 @@ def head(tmp_path: Path) -> Iterator[NetnsCluster]:
     (tmp_path / "nodes").mkdir()
     try:
         net.create_bridge()
-        net.add_node("head", 0, NodeOptions(num_cpus=0))
+        net.add_node("head", 0, NodeSettings(num_cpus=0))
         yield net
     finally:
         net.close()  # kills whatever the test left running in the namespace, by pid
