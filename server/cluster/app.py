@@ -30,6 +30,7 @@ from server.cluster.settings import (
     INGRESS_RESOURCE,
     ModelPlan,
     plan,
+    replica_settings,
 )
 from server.settings import Settings
 from server.settings.cluster import ReplicaOverrides
@@ -37,25 +38,8 @@ from server.settings.cluster import ReplicaOverrides
 POLL_S = 0.5  # Serve's controller recomputes statuses every 0.1 s; nothing to wait on
 
 
-# The sections a model replica's data plane is built from (server/core/wiring.py): the
-# single server's own; tracing stays off (TraceSetting is not routed through the cluster).
-REPLICA_SECTIONS = ("models", "batching", "repository", "protocol", "images", "requests")
 # The ingress replicas: CPU-free, on nodes carrying the ingress resource (every node `up` starts).
 INGRESS_ACTOR: dict[str, Any] = {"num_cpus": 0, "resources": {INGRESS_RESOURCE: 0.001}}
-
-
-def replica_settings(settings: Settings) -> dict[str, Any]:
-    """The tree's values a model replica reads, non-defaults only, as the model application's
-    argument: it changes (and Serve rolls the replicas) only when one of them changes."""
-    include: dict[str, Any] = {name: True for name in REPLICA_SECTIONS}
-    include["cluster"] = {"replica": True}
-    tree = settings.model_dump(
-        mode="json",
-        include=include,
-        exclude={"models": {"repository", "names"}},  # each application names its own
-        exclude_defaults=True,
-    )
-    return {section: values for section, values in tree.items() if values}
 
 
 def ingress_deployment(replicas: int | None, nodes: int) -> dict[str, Any]:

@@ -22,9 +22,9 @@ from ray import serve
 
 from protos import grpc_service_pb2 as pb
 from server.cluster import registry
+from server.cluster.settings import replica_tree
 from server.core.errors import InferenceError, clip
 from server.core.wiring import build_core
-from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class ModelReplica:
         self.model, self.revision = model, revision
         self.key = serve.get_replica_context().replica_id.unique_id
         self.node = ray.util.get_node_ip_address()
-        tree = Settings.model_validate(settings)
+        tree = replica_tree(settings)
         models = {"repository": Path(repository), "names": (model,)}
         # No shared memory: a client's region lives on its own host, not the replica's.
         protocol = {"shared_memory": False}

@@ -23,9 +23,11 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from modelrepo.files import model_folders, read_config, to_pbtxt, write_config
 from modelrepo.spec import ModelSpec, load_spec
+from server.settings import Settings
 from server.settings.cluster import DeploySettings, ReplicaOverrides
 
 PARAM_PREFIX = "ray."
@@ -185,3 +187,32 @@ def plan(
         )
         for name in names
     ]
+
+
+# The sections a model replica's data plane is built from (server/core/wiring.py): the
+# single server's own; tracing stays off (TraceSetting is not routed through the cluster).
+REPLICA_SECTIONS = ("models", "batching", "repository", "protocol", "images", "requests")
+
+
+def replica_settings(settings: Settings) -> dict[str, Any]:
+    """The tree's values a model replica reads, non-defaults only, as the model application's
+    argument: it changes (and Serve rolls the replicas) only when one of them changes."""
+    include: dict[str, Any] = {name: True for name in REPLICA_SECTIONS}
+    include["cluster"] = {"replica": True}
+    tree = settings.model_dump(
+        mode="json",
+        include=include,
+        exclude={"models": {"repository", "names"}},  # each application names its own
+        exclude_defaults=True,
+    )
+    return {section: values for section, values in tree.items() if values}
+
+
+def replica_tree(values: dict[str, Any]) -> Settings:
+    """The tree back from ``replica_settings``: the deploy's values only, not the node's
+    ``CNN_SERVING_*`` environment (every replica of a deploy is built alike)."""
+    sections = {
+        name: Settings.model_fields[name].annotation.model_validate(given)  # type: ignore[union-attr]
+        for name, given in values.items()
+    }
+    return Settings.model_construct(**sections)

@@ -105,10 +105,11 @@ def test_the_head_makes_a_private_token_and_others_must_have_it(
     assert auth_env(worker) == {"RAY_AUTH_MODE": "token"}
 
 
-def test_a_replica_gets_the_trees_data_plane_values_and_nothing_else() -> None:
+def test_a_replica_gets_the_trees_data_plane_values_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A model application's argument: unchanged settings, unchanged argument (no roll)."""
-    pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
-    from server.cluster.app import replica_settings
+    from server.cluster.settings import replica_settings, replica_tree
     from server.settings import Settings
 
     assert replica_settings(Settings()) == {}
@@ -117,4 +118,5 @@ def test_a_replica_gets_the_trees_data_plane_values_and_nothing_else() -> None:
     tree = replica_settings(settings.model_copy(update={"models": settings.models.model_copy(
         update={"repository": Path("/elsewhere"), "names": ("x",)})}))  # fmt: skip
     assert tree == {"models": {"intra_op_threads": 2}}
-    assert Settings.model_validate(tree).models.intra_op_threads == 2
+    monkeypatch.setenv("CNN_SERVING_MODELS__INTRA_OP_THREADS", "5")  # the node's: not read
+    assert replica_tree(tree).models.intra_op_threads == 2
