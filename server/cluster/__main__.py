@@ -4,6 +4,8 @@ python -m server.cluster up --model-repository R            # a head here; deplo
 python -m server.cluster up --address HEAD:6379              # join as a worker
 python -m server.cluster deploy --address HEAD:6379 --model-repository R
 python -m server.cluster status --address HEAD:6379 [--json]
+python -m server.cluster serve-config --model-repository R   # the Serve config (KubeRay's
+                                                             # serveConfigV2), no cluster
 python -m server.cluster up --print-settings                 # the effective settings
 python -m server.cluster down --address HEAD:6379            # delete the applications
 python -m server.cluster down --stop-node                    # stop this node's Ray processes
@@ -60,6 +62,29 @@ def _proxy_ports(settings: Settings) -> dict[str, int]:
     return {"--grpc-port": listeners.grpc_port, "--http-port": listeners.http_port}
 
 
+def _write(config: dict[str, Any], path: str | None) -> None:
+    import yaml  # late: only for the file
+
+    text = yaml.safe_dump(config, sort_keys=False)
+    if path == "-":
+        sys.stdout.write(text)
+    elif path:
+        Path(path).write_text(text)
+
+
+def _serve_config(args: argparse.Namespace, settings: Settings) -> None:
+    """The Serve config ``deploy`` would apply, written without a cluster (KubeRay's
+    ``serveConfigV2``): the ingress count is ``--ingress-replicas`` (default 1)."""
+    cluster = settings.cluster
+    check_ports(_proxy_ports(settings), cluster.nodes)
+    repository = cluster.deploy.repository
+    plans = plan(repository, cluster.deploy.models, cluster.replicas, cluster.deploy)
+    from server.cluster import app  # late: imports Ray Serve
+
+    config = app.serve_config(repository, plans, settings, cluster.deploy.ingress_replicas or 1)
+    _write(config, args.serve_config or "-")
+
+
 def _deploy(
     settings: Settings, serve_config: str | None, wait: bool, address: str | None = None
 ) -> None:
@@ -74,10 +99,7 @@ def _deploy(
 
     nodes = app.ingress_nodes()
     config = app.serve_config(repository, plans, settings, nodes)
-    if serve_config:
-        import yaml  # late: only for the file
-
-        Path(serve_config).write_text(yaml.safe_dump(config, sort_keys=False))
+    _write(config, serve_config)
     app.apply(config, settings, cluster.deploy.timeout_s if wait else None, nodes)
     for p in plans:
         print(f"deployed {p.name} (revision {p.revision}): {p.replicas}")
@@ -185,21 +207,26 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start a head (deploy submitted) or join one (--address)")
     deploy = sub.add_parser("deploy", help="deploy the repository; rolls only changed models")
     status, down = sub.add_parser("status"), sub.add_parser("down")
-    for p in (up, deploy):
-        p.add_argument("--serve-config", metavar="PATH", help="also write the Serve config")
+    config = sub.add_parser(
+        "serve-config", help="write the Serve config deploy applies, without a cluster"
+    )
+    for p in (up, deploy, config):
+        p.add_argument(
+            "--serve-config", metavar="PATH", help="(also) write the Serve config; -: stdout"
+        )
     up.add_argument("--deploy", action="store_true", help="deploy also after joining")
     status.add_argument("--json", action="store_true", help="one JSON document")
     status.add_argument("--file-sd", metavar="PATH", help="also write Prometheus file_sd targets")
     down.add_argument(
         "--stop-node", action="store_true", help="then stop this node's Ray processes (only)"
     )
-    for p in (up, deploy, status, down):
+    for p in (up, deploy, status, down, config):
         add_file_options(p)
         add_settings(p, _node_leaf if p is status else _cluster_leaf)
     return parser
 
 
-COMMANDS = {"up": _up, "status": _status, "down": _down}
+COMMANDS = {"up": _up, "status": _status, "down": _down, "serve-config": _serve_config}
 
 
 def main(argv: list[str] | None = None) -> int:
