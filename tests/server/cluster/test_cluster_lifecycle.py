@@ -3,13 +3,16 @@
 ``up`` on the head returns once the head runs (no worker has joined, so no model
 replica can be placed yet); ``deploy`` then fails within its timeout naming the
 replicas it cannot place; ``down --stop-node`` leaves no process of the node
-behind. A port inside Ray's worker range is refused before anything starts.
+behind. A port inside Ray's worker range is refused before anything starts. Ray's token
+authentication is on: ``up`` made the token file (mode 0600), the commands use it, and a
+client without it, or with another token, is refused by the GCS.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -58,6 +61,31 @@ def _cli(net: NetnsCluster, log: Path, *args: str) -> tuple[int, str]:
     return done.returncode, log.read_text()
 
 
+# A Ray driver that says whether the GCS let it in.
+PROBE = """
+import logging, ray
+try:
+    ray.init(address="{address}", logging_level=logging.WARNING, log_to_driver=False)
+    print("CONNECTED")
+except ConnectionError as exc:
+    print("REFUSED", exc)
+"""
+
+
+def _probe(net: NetnsCluster, log: Path, **auth: str) -> str:
+    """A Ray client in the head's namespace with ``auth`` as its only Ray settings (no token
+    file: HOME elsewhere)."""
+    env = {k: v for k, v in net.env("head").items() if not k.startswith(("RAY_AUTH", "CNN_"))}
+    env.update(HOME=str(log.parent), **auth)
+    script = PROBE.format(address=net.head_address())
+    with log.open("w") as out:
+        subprocess.run(
+            ["ip", "netns", "exec", net.nodes["head"].netns, sys.executable, "-c", script],
+            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=WAIT_S,
+        )  # fmt: skip
+    return log.read_text()
+
+
 def test_head_up_deploy_timeout_and_stop_node(
     head: NetnsCluster, serve_repo: Path, tmp_path: Path
 ) -> None:
@@ -74,6 +102,12 @@ def test_head_up_deploy_timeout_and_stop_node(
     code, out = _cli(head, tmp_path / "up.log", *up)
     assert code == 0 and "deploy submitted" in out, out
     assert head.pids("head")  # the node runs in the background
+    assert stat.S_IMODE(head.token.stat().st_mode) == 0o600  # made by the head's `up`
+
+    wrong = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}
+    for name, auth in {"none": {}, "wrong": wrong}.items():
+        out = _probe(head, tmp_path / f"probe-{name}.log", **auth)
+        assert "REFUSED" in out and "Authentication token is missing or incorrect" in out, out
 
     code, out = _cli(head, tmp_path / "deploy.log", "deploy", address,
                      f"--model-repository={repo}", "--deploy-timeout-s=40")  # fmt: skip
