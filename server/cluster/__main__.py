@@ -118,7 +118,10 @@ def _summary() -> dict[str, Any]:
     """Serve's applications, deployments, replicas and proxies as plain JSON values."""
     from ray.serve.context import _get_global_client  # late: imports Ray Serve
 
-    details = _get_global_client().get_serve_details()
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:  # Serve not started, or shut down by `down`: nothing deployed
+        return {"applications": {}, "proxies": {}}
+    details = client.get_serve_details()
     apps = {}
     for name, found in details.get("applications", {}).items():
         apps[name] = {

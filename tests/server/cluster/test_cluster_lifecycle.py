@@ -5,7 +5,10 @@ replica can be placed yet); ``deploy`` then fails within its timeout naming the
 replicas it cannot place; ``down --stop-node`` leaves no process of the node
 behind. A port inside Ray's worker range is refused before anything starts. Ray's token
 authentication is on: ``up`` made the token file (mode 0600), the commands use it, and a
-client without it, or with another token, is refused by the GCS.
+client without it, or with another token, is refused by the GCS. The ingress (CPU-free,
+so running on the head alone) answers through the head's proxy: the RPCs the cluster does
+not route are UNIMPLEMENTED, a body that is not protobuf INVALID_ARGUMENT. ``down``
+deletes the applications.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
 from server.settings.cluster import NodeSettings
+from tests.kit.fuzz_kit import outcome
 from tests.kit.ray_netns import ROOT, NetnsCluster, netns_available
 
 pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
@@ -120,6 +127,30 @@ def test_head_up_deploy_timeout_and_stop_node(
     assert set(status["applications"]) == {"kserve", "model-lenet5"}, status
     assert status["applications"]["kserve"]["status"] == "RUNNING", status  # CPU-free
 
+    _ingress_answers(f"{ip}:8001")
+    code, out = _cli(head, tmp_path / "delete.log", "down", address)  # the applications only
+    assert code == 0, out
+    code, out = _cli(head, tmp_path / "status2.log", "status", address, "--json")
+    assert code == 0 and json.loads(out[out.index("{\n") :])["applications"] == {}, out
+    assert head.pids("head")  # the node still runs
+
     code, out = _cli(head, tmp_path / "down.log", "down", address, "--stop-node", f"--node-ip={ip}")
     assert code == 0 and "stopped" in out, out
     assert head.pids("head") == []
+
+
+def _ingress_answers(url: str) -> None:
+    """What the ingress answers without any model replica, through the head's proxy."""
+    channel = grpc.insecure_channel(url)
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=WAIT_S).live
+    for name, call in {
+        "trace": lambda: stub.TraceSetting(pb.TraceSettingRequest(), timeout=60),
+        "log": lambda: stub.LogSettings(pb.LogSettingsRequest(), timeout=60),
+    }.items():
+        code, message = outcome(call)
+        assert code == "UNIMPLEMENTED" and "not supported" in message, (name, code, message)
+    raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    code, message = outcome(lambda: raw(b"\x0a\x05ab", timeout=60))  # a field cut short
+    assert code == "INVALID_ARGUMENT", (code, message)
+    channel.close()
