@@ -116,6 +116,8 @@ def test_tritonclient_classifies_through_the_head_and_both_workers_serve(
     index = {(m["name"], m.get("state")) for m in seen["index"]["models"]}
     assert index == {(n, "READY") for n in (LITE0, "lenet5", "mobilenet_v2")}, index
     assert seen["config_name"] == LITE0
+    (stats,) = seen["statistics"]["model_stats"]  # the one replica that answered
+    assert stats["name"] == LITE0 and int(stats.get("inference_count", 0)) > 0, stats
     for name, (top1, label) in seen["labels"].items():
         assert top1 in EXPECTED[name], (name, top1, label)
     workers = {cluster.nodes["w1"].ip, cluster.nodes["w2"].ip}
