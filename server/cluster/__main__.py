@@ -4,6 +4,9 @@ python -m server.cluster up --model-repository R            # a head here; deplo
 python -m server.cluster up --address HEAD:6379              # join as a worker
 python -m server.cluster deploy --address HEAD:6379 --model-repository R
 python -m server.cluster status --address HEAD:6379 [--json]
+python -m server.cluster serve-config --model-repository R   # the Serve config (KubeRay's
+                                                             # serveConfigV2), no cluster
+python -m server.cluster up --print-settings                 # the effective settings
 python -m server.cluster down --address HEAD:6379            # delete the applications
 python -m server.cluster down --stop-node                    # stop this node's Ray processes
 """
@@ -13,62 +16,95 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from server.cluster import processes
-from server.cluster.nodes import NodeOptions, check_ports, start_node
-from server.cluster.replica import ReplicaSettings
-from server.cluster.settings import ReplicaOverrides, persist, plan
-from server.settings.cluster import ClusterSettings
+from server.cluster import auth, processes
+from server.cluster.nodes import check_ports, start_node
+from server.cluster.settings import persist, plan
+from server.settings import Settings
+from server.settings.cli import CLUSTER, Leaf, add_file_options, add_settings, given
+from server.settings.cluster import NodeSettings
+from server.settings.sources import load
+
+# The fields of the shared tree the cluster's commands also take, under the flags the
+# single server gives them: the proxies' ports and the replicas' ONNX Runtime threads.
+SHARED: frozenset[Leaf] = frozenset(
+    {("listeners", "grpc_port"), ("listeners", "http_port"), ("models", "intra_op_threads")}
+)
 
 
-def _connect(address: str) -> None:
-    import ray  # late: `up --address` joins without importing Ray in this process
-
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+def _cluster_leaf(path: Leaf) -> bool:
+    return path[0] == CLUSTER or path in SHARED
 
 
-def _cluster_settings(args: argparse.Namespace) -> ClusterSettings:
-    return ClusterSettings(**{k: getattr(args, k) for k in ClusterSettings.model_fields})
+def _node_leaf(path: Leaf) -> bool:
+    return path[:2] == (CLUSTER, "nodes")
 
 
-def _deploy(args: argparse.Namespace, address: str, wait: bool) -> None:
-    """Plan, persist the flags in config.pbtxt, apply; ``wait``: until every replica runs."""
+def _connect(nodes: NodeSettings, address: str | None = None) -> None:
+    """Join the cluster as a client, with its token (before Ray reads its environment)."""
+    auth.ensure_token(nodes, create=False)
+    os.environ.update(auth.auth_env(nodes))
+    import ray  # late: Ray reads RAY_AUTH_* when it starts; `up` joins without it
+
+    ray.init(
+        address=address or nodes.connect_address,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+
+
+def _proxy_ports(settings: Settings) -> dict[str, int]:
+    listeners = settings.listeners
+    return {"--grpc-port": listeners.grpc_port, "--http-port": listeners.http_port}
+
+
+def _write(config: dict[str, Any], path: str | None) -> None:
+    import yaml  # late: only for the file
+
+    text = yaml.safe_dump(config, sort_keys=False)
+    if path == "-":
+        sys.stdout.write(text)
+    elif path:
+        Path(path).write_text(text)
+
+
+def _serve_config(args: argparse.Namespace, settings: Settings) -> None:
+    """The Serve config ``deploy`` would apply, written without a cluster (KubeRay's
+    ``serveConfigV2``): the ingress count is ``--ingress-replicas`` (default 1)."""
+    cluster = settings.cluster
+    check_ports(_proxy_ports(settings), cluster.nodes)
+    repository = cluster.deploy.repository
+    plans = plan(repository, cluster.deploy.models, cluster.replicas, cluster.deploy)
     from server.cluster import app  # late: imports Ray Serve
 
-    cluster = _cluster_settings(args)
-    check_ports({"--grpc-port": args.grpc_port, "--http-port": args.http_port}, cluster)
-    repository = Path(args.model_repository)
-    overrides = ReplicaOverrides(
-        min_replicas=args.min_replicas,
-        max_replicas=args.max_replicas,
-        target_ongoing_requests=args.target_ongoing_requests,
-        num_cpus=args.replica_cpus,
-    )
-    plans = plan(repository, tuple(args.models), overrides, cluster)
-    persist(repository, [p.name for p in plans], overrides)
-    proxy = app.ProxyOptions(grpc_port=args.grpc_port, http_port=args.http_port)
-    _connect(address)
-    nodes = app.ingress_nodes()
-    config = app.serve_config(
-        repository,
-        plans,
-        ReplicaSettings(intra_op_threads=args.intra_op_threads),
-        app.IngressOptions(replicas=args.ingress_replicas),
-        proxy,
-        nodes,
-    )
-    if args.serve_config:
-        import yaml  # late: only for the file
+    config = app.serve_config(repository, plans, settings, cluster.deploy.ingress_replicas or 1)
+    _write(config, args.serve_config or "-")
 
-        Path(args.serve_config).write_text(yaml.safe_dump(config, sort_keys=False))
-    app.apply(config, proxy, cluster.deploy_timeout_s if wait else None, nodes)
+
+def _deploy(
+    settings: Settings, serve_config: str | None, wait: bool, address: str | None = None
+) -> None:
+    """Plan, persist the flags in config.pbtxt, apply; ``wait``: until every replica runs."""
+    cluster, grpc_port = settings.cluster, settings.listeners.grpc_port
+    check_ports(_proxy_ports(settings), cluster.nodes)
+    repository = cluster.deploy.repository
+    plans = plan(repository, cluster.deploy.models, cluster.replicas, cluster.deploy)
+    persist(repository, [p.name for p in plans], cluster.replicas)
+    _connect(cluster.nodes, address)
+    from server.cluster import app  # late: imports Ray Serve, after _connect set Ray's auth
+
+    nodes = app.ingress_nodes()
+    config = app.serve_config(repository, plans, settings, nodes)
+    _write(config, serve_config)
+    app.apply(config, settings, cluster.deploy.timeout_s if wait else None, nodes)
     for p in plans:
         print(f"deployed {p.name} (revision {p.revision}): {p.replicas}")
     if wait:
-        print(f"ready: gRPC on port {args.grpc_port} of {nodes} nodes", flush=True)
+        print(f"ready: gRPC on port {grpc_port} of {nodes} nodes", flush=True)
     else:
         print("deploy submitted; `status` shows when the replicas run", flush=True)
 
@@ -82,7 +118,10 @@ def _summary() -> dict[str, Any]:
     """Serve's applications, deployments, replicas and proxies as plain JSON values."""
     from ray.serve.context import _get_global_client  # late: imports Ray Serve
 
-    details = _get_global_client().get_serve_details()
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:  # Serve not started, or shut down by `down`: nothing deployed
+        return {"applications": {}, "proxies": {}}
+    details = client.get_serve_details()
     apps = {}
     for name, found in details.get("applications", {}).items():
         apps[name] = {
@@ -110,10 +149,10 @@ def _summary() -> dict[str, Any]:
     return {"applications": apps, "proxies": proxies}
 
 
-def _status(args: argparse.Namespace) -> None:
+def _status(args: argparse.Namespace, settings: Settings) -> None:
+    _connect(settings.cluster.nodes)
     from server.cluster.registry import replicas, write_file_sd  # late: imports Ray
 
-    _connect(args.address)
     summary = {**_summary(), "replicas": replicas()}
     if args.file_sd:
         write_file_sd(Path(args.file_sd), summary["replicas"])
@@ -130,113 +169,87 @@ def _status(args: argparse.Namespace) -> None:
         print(f"metrics: {replica['model']} on {replica['node']}: {replica['metrics']}")
 
 
-def _down(args: argparse.Namespace) -> None:
+def _down(args: argparse.Namespace, settings: Settings) -> None:
     """Delete the applications; ``--stop-node``: stop this node's own Ray processes (after
     deleting the applications when this node is the head, which ends the cluster)."""
-    procs = processes.processes(args.node_ip) if args.stop_node else []
+    nodes = settings.cluster.nodes
+    procs = processes.processes(nodes.node_ip) if args.stop_node else []
     if args.stop_node and not procs:
         raise FileNotFoundError(
-            f"no Ray process of node {args.node_ip or '(no --node-ip)'} runs here "
-            f"(none has {processes.MARK}={processes.mark(args.node_ip)[processes.MARK]})"
+            f"no Ray process of node {nodes.node_ip or '(no --node-ip)'} runs here "
+            f"(none has {processes.MARK}={processes.mark(nodes.node_ip)[processes.MARK]})"
         )
     if not args.stop_node or processes.is_head(procs):
-        import ray  # late
+        _connect(nodes)
+        import ray  # late: after _connect set Ray's auth
         from ray import serve
 
-        _connect(args.address)
         serve.shutdown()
         ray.shutdown()
     if procs:
-        stopped = processes.stop(procs, _cluster_settings(args).stop_grace_s)
-        print(f"stopped {stopped} Ray processes of node {args.node_ip or '(default)'}")
+        stopped = processes.stop(procs, nodes.stop_grace_s)
+        print(f"stopped {stopped} Ray processes of node {nodes.node_ip or '(default)'}")
 
 
-def _add_cluster_settings(parser: argparse.ArgumentParser) -> None:
-    """One flag per ``ClusterSettings`` field: its default and its docstring as help."""
-    for name, field in ClusterSettings.model_fields.items():
-        kind = field.annotation if field.annotation in (int, float) else str
-        text = (field.description or "").replace("%", "%%")
-        parser.add_argument(
-            "--" + name.replace("_", "-"), type=kind, default=field.default, help=text
-        )
+def _up(args: argparse.Namespace, settings: Settings) -> None:
+    """Start or join; the head submits the deploy and returns (no worker needed yet)."""
+    nodes = settings.cluster.nodes
+    check_ports(_proxy_ports(settings), nodes)  # before anything starts
+    start_node(nodes)
+    if nodes.is_head or args.deploy:
+        # "auto": the cluster this machine's node belongs to, whatever its IP.
+        address = nodes.address or "auto"
+        _deploy(settings, args.serve_config, wait=not nodes.is_head, address=address)
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Each command's own switches, and the settings tree's cluster flags (with the shared
+    ports and threads); ``status`` takes only the node's."""
     parser = argparse.ArgumentParser(prog="python -m server.cluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start a head (deploy submitted) or join one (--address)")
     deploy = sub.add_parser("deploy", help="deploy the repository; rolls only changed models")
-    for p in (up, deploy):
-        p.add_argument("--model-repository", default="model_repository")
-        p.add_argument("--models", nargs="*", default=[], help="default: every model")
-        p.add_argument("--grpc-port", type=int, default=8001)
-        p.add_argument("--http-port", type=int, default=8000)
-        p.add_argument("--min-replicas", type=int, help="written to config.pbtxt (ray.*)")
-        p.add_argument("--max-replicas", type=int, help="written to config.pbtxt (ray.*)")
-        p.add_argument("--target-ongoing-requests", type=float, help="written to config.pbtxt")
-        p.add_argument("--replica-cpus", type=float, help="written to config.pbtxt (ray.*)")
-        p.add_argument("--intra-op-threads", type=int, default=0)
+    status, down = sub.add_parser("status"), sub.add_parser("down")
+    config = sub.add_parser(
+        "serve-config", help="write the Serve config deploy applies, without a cluster"
+    )
+    for p in (up, deploy, config):
         p.add_argument(
-            "--ingress-replicas", type=int, help="default: one on every node (beside its proxy)"
+            "--serve-config", metavar="PATH", help="(also) write the Serve config; -: stdout"
         )
-        p.add_argument("--serve-config", metavar="PATH", help="also write the Serve config")
-    up.add_argument("--address", help="HEAD:PORT to join; omitted: start a head here")
-    up.add_argument("--port", type=int, default=6379, help="the head's GCS port")
-    up.add_argument("--node-ip")
-    up.add_argument("--num-cpus", type=int, help="default: all cores; 0 on a multi-node head")
-    up.add_argument("--object-store-mb", type=int, default=256)
     up.add_argument("--deploy", action="store_true", help="deploy also after joining")
-    deploy.add_argument("--address", default="127.0.0.1:6379")
-    for name in ("status", "down"):
-        p = sub.add_parser(name)
-        p.add_argument("--address", default="127.0.0.1:6379")
-    status, down = sub.choices["status"], sub.choices["down"]
     status.add_argument("--json", action="store_true", help="one JSON document")
     status.add_argument("--file-sd", metavar="PATH", help="also write Prometheus file_sd targets")
     down.add_argument(
         "--stop-node", action="store_true", help="then stop this node's Ray processes (only)"
     )
-    down.add_argument("--node-ip", help="the node's --node-ip given to `up`")
-    for p in (up, deploy, down):
-        _add_cluster_settings(p)
+    for p in (up, deploy, status, down, config):
+        add_file_options(p)
+        add_settings(p, _node_leaf if p is status else _cluster_leaf)
     return parser
+
+
+COMMANDS = {"up": _up, "status": _status, "down": _down, "serve-config": _serve_config}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "up":
-            _up(args)
-        elif args.command == "deploy":
-            _deploy(args, args.address, wait=True)
-        elif args.command == "status":
-            _status(args)
+        loaded = load(given(args), args.settings)  # flags over CNN_SERVING_* over the file
+        if args.print_settings:
+            print(loaded.report())
+            return 0
+        if args.command == "deploy":
+            _deploy(loaded.settings, args.serve_config, wait=True)
         else:
-            _down(args)
-    except (ValueError, FileNotFoundError) as exc:
+            COMMANDS[args.command](args, loaded.settings)
+    except (ValueError, FileNotFoundError) as exc:  # SettingsError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # DeployError and Ray's own
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def _up(args: argparse.Namespace) -> None:
-    """Start or join; the head submits the deploy and returns (no worker needed yet)."""
-    opts = NodeOptions(
-        head_address=args.address,
-        port=args.port,
-        node_ip=args.node_ip,
-        num_cpus=args.num_cpus,
-        object_store_mb=args.object_store_mb,
-    )
-    ports = {"--grpc-port": args.grpc_port, "--http-port": args.http_port}
-    check_ports(ports, _cluster_settings(args))  # before anything starts
-    start_node(opts, _cluster_settings(args))
-    if opts.is_head or args.deploy:
-        # "auto": the cluster this machine's node belongs to, whatever its IP.
-        _deploy(args, args.address or "auto", wait=not opts.is_head)
 
 
 if __name__ == "__main__":

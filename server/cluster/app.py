@@ -13,7 +13,6 @@ their replicas, and a changed replica count only adds or removes replicas.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,51 +22,39 @@ from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
 
 from server.cluster.ingress import KServeIngress
-from server.cluster.replica import ModelReplica, ReplicaSettings
+from server.cluster.replica import ModelReplica
 from server.cluster.settings import (
     APP_NAME,
     GRPC_SERVICER,
     INGRESS,
     INGRESS_RESOURCE,
     ModelPlan,
-    ReplicaOverrides,
     plan,
+    replica_settings,
 )
+from server.settings import Settings
+from server.settings.cluster import ReplicaOverrides
 
 POLL_S = 0.5  # Serve's controller recomputes statuses every 0.1 s; nothing to wait on
 
 
-@dataclass(frozen=True)
-class ProxyOptions:
-    grpc_port: int = 8001  # Triton's gRPC port, on every node
-    http_port: int = 8000  # Ray's HTTP proxy (unused by this service; Triton's HTTP port)
-    host: str = "0.0.0.0"
-    request_timeout_s: float | None = None  # None: the client's deadline decides
+# The ingress replicas: CPU-free, on nodes carrying the ingress resource (every node `up` starts).
+INGRESS_ACTOR: dict[str, Any] = {"num_cpus": 0, "resources": {INGRESS_RESOURCE: 0.001}}
 
 
-@dataclass(frozen=True)
-class IngressOptions:
-    # None: one replica on every node that carries the ingress resource (every node `up`
-    # starts), so each node's proxy has an ingress beside it: Serve's proxy prefers a
-    # replica on its own node, and a request entering at a worker never crosses to the
-    # head. Serve runs a proxy on every node that has a replica: this one included.
-    replicas: int | None = None
-    on_ingress_nodes: bool = True  # False: anywhere (no node resource asked for)
+def ingress_deployment(replicas: int | None, nodes: int) -> dict[str, Any]:
+    """The ingress's Serve options, ``nodes`` being the nodes with the ingress resource.
 
-    def actor_options(self) -> dict[str, Any]:
-        actor: dict[str, Any] = {"num_cpus": 0}
-        if self.on_ingress_nodes:
-            actor["resources"] = {INGRESS_RESOURCE: 0.001}
-        return actor
-
-    def deployment(self, nodes: int) -> dict[str, Any]:
-        """The ingress's Serve options, ``nodes`` being the nodes with the resource."""
-        return {
-            "name": INGRESS,
-            "num_replicas": self.replicas or max(1, nodes),
-            "max_replicas_per_node": 1,
-            "ray_actor_options": self.actor_options(),
-        }
+    ``replicas`` None: one replica on every such node (every node ``up`` starts), so each
+    node's proxy has an ingress beside it: Serve's proxy prefers a replica on its own
+    node, and a request entering at a worker never crosses to the head. Serve runs a proxy
+    on every node that has a replica: this one included."""
+    return {
+        "name": INGRESS,
+        "num_replicas": replicas or max(1, nodes),
+        "max_replicas_per_node": 1,
+        "ray_actor_options": INGRESS_ACTOR,
+    }
 
 
 def ingress_nodes() -> int:
@@ -85,26 +72,23 @@ def model_app_name(model: str) -> str:
     return f"model-{model}"
 
 
-def start(proxy: ProxyOptions) -> None:
-    """Serve's controller and a gRPC proxy on every node (idempotent)."""
+def start(settings: Settings) -> None:
+    """Serve's controller and a gRPC proxy on every node (idempotent), on the listeners'
+    address and ports."""
+    listeners = settings.listeners
     serve.start(
         proxy_location="EveryNode",
-        http_options={"host": proxy.host, "port": proxy.http_port},
+        http_options={"host": listeners.host, "port": listeners.http_port},
         grpc_options=gRPCOptions(
-            port=proxy.grpc_port,
+            port=listeners.grpc_port,
             grpc_servicer_functions=[GRPC_SERVICER],
-            request_timeout_s=proxy.request_timeout_s,
+            request_timeout_s=settings.cluster.proxy.request_timeout_s,
         ),
     )
 
 
 def serve_config(
-    repository: Path,
-    plans: list[ModelPlan],
-    settings: ReplicaSettings,
-    ingress: IngressOptions,
-    proxy: ProxyOptions,
-    nodes: int = 1,
+    repository: Path, plans: list[ModelPlan], settings: Settings, nodes: int = 1
 ) -> dict[str, Any]:
     """The declarative Serve config (``ServeDeploySchema``) for the repository's models;
     ``nodes``: how many nodes carry the ingress resource."""
@@ -113,7 +97,7 @@ def serve_config(
         "route_prefix": "/",
         "import_path": "server.cluster.app:ingress_app",
         "args": {"models": {p.name: model_app_name(p.name) for p in plans}},
-        "deployments": [ingress.deployment(nodes)],
+        "deployments": [ingress_deployment(settings.cluster.deploy.ingress_replicas, nodes)],
     }
     model_apps = [
         {
@@ -124,16 +108,23 @@ def serve_config(
                 "model_repository": str(repository.resolve()),
                 "model": p.name,
                 "revision": p.revision,  # a new revision: Serve rolls this model's replicas
-                "settings": asdict(settings),
+                "settings": replica_settings(settings),
             },
             "deployments": [{"name": p.name, **p.replicas.serve_options(nodes)}],
         }
         for p in plans
     ]
+    listeners = settings.listeners
+    grpc_options: dict[str, Any] = {
+        "port": listeners.grpc_port,
+        "grpc_servicer_functions": [GRPC_SERVICER],
+    }
+    if settings.cluster.proxy.request_timeout_s is not None:
+        grpc_options["request_timeout_s"] = settings.cluster.proxy.request_timeout_s
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": proxy.host, "port": proxy.http_port},
-        "grpc_options": {"port": proxy.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
+        "http_options": {"host": listeners.host, "port": listeners.http_port},
+        "grpc_options": grpc_options,
         "applications": [ingress_app, *model_apps],
     }
 
@@ -147,7 +138,7 @@ def model_app(args: dict[str, Any]) -> serve.Application:
             args["model_repository"],
             args["model"],
             args["revision"],
-            ReplicaSettings(**args.get("settings", {})),
+            args.get("settings", {}),
         )
     )
 
@@ -158,12 +149,12 @@ def ingress_app(args: dict[str, Any]) -> serve.Application:
 
 
 def apply(
-    config: dict[str, Any], proxy: ProxyOptions, timeout_s: float | None, nodes: int = 1
+    config: dict[str, Any], settings: Settings, timeout_s: float | None, nodes: int = 1
 ) -> None:
     """Deploy the config; with a timeout, return once every application runs and a proxy
     serves on each of the ``nodes`` that hold an ingress replica."""
     schema = ServeDeploySchema.model_validate(config)
-    start(proxy)
+    start(settings)
     _get_global_client().deploy_apps(schema)
     if timeout_s is not None:
         wait_running([a.name for a in schema.applications], timeout_s, nodes)
@@ -217,7 +208,7 @@ def from_args(args: dict[str, str]) -> serve.Application:
     model shares the application's code version, so any change rolls them all:
     ``python -m server.cluster deploy --serve-config FILE`` writes the per-model form.
     """
-    known = {"model_repository", "models", *ReplicaOverrides.__dataclass_fields__}
+    known = {"model_repository", "models", *ReplicaOverrides.model_fields}
     unknown = sorted(set(args) - known)
     if unknown:
         raise ValueError(f"unknown args {unknown}; allowed: {sorted(known)}")
@@ -225,7 +216,7 @@ def from_args(args: dict[str, str]) -> serve.Application:
     overrides = ReplicaOverrides(
         **{
             key: number.get(key, float)(args[key])
-            for key in ReplicaOverrides.__dataclass_fields__
+            for key in ReplicaOverrides.model_fields
             if key in args
         }
     )
@@ -235,10 +226,11 @@ def from_args(args: dict[str, str]) -> serve.Application:
     handles = {
         p.name: serve.deployment(ModelReplica)
         .options(name=p.name, **p.replicas.serve_options())
-        .bind(str(repository.resolve()), p.name, p.revision, ReplicaSettings())
+        .bind(str(repository.resolve()), p.name, p.revision, {})
         for p in plans
     }
-    actor = IngressOptions().actor_options()
     return (
-        serve.deployment(KServeIngress).options(name=INGRESS, ray_actor_options=actor).bind(handles)
+        serve.deployment(KServeIngress)
+        .options(name=INGRESS, ray_actor_options=INGRESS_ACTOR)
+        .bind(handles)
     )

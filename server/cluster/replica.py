@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +22,15 @@ from ray import serve
 
 from protos import grpc_service_pb2 as pb
 from server.cluster import registry
+from server.cluster.settings import replica_tree
 from server.core.errors import InferenceError, clip
 from server.core.wiring import build_core
-from server.settings import ModelSettings, ProtocolSettings, Settings
 
 log = logging.getLogger(__name__)
 
-MiB = 1 << 20
 # A ModelInfer response parameter naming the node that computed it (the tests and
 # operators see where requests went); clients that do not look ignore it.
 NODE_PARAMETER = "ray_node"
-
-
-@dataclass(frozen=True)
-class ReplicaSettings:
-    max_message_bytes: int = 64 * MiB
-    metrics_port: int = 0  # 0: a free port per replica; -1: no /metrics endpoint
-    intra_op_threads: int = 0
 
 
 async def _infer(replica: ModelReplica, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
@@ -69,30 +60,30 @@ class ModelReplica:
     """Deployed once per model (``server.cluster.app``); Ray Serve makes the replicas."""
 
     async def __init__(
-        self, repository: str, model: str, revision: str, settings: ReplicaSettings
+        self, repository: str, model: str, revision: str, settings: dict[str, Any]
     ) -> None:
+        """``settings``: the settings tree's values for replicas (``app.replica_settings``)."""
         self.model, self.revision = model, revision
         self.key = serve.get_replica_context().replica_id.unique_id
         self.node = ray.util.get_node_ip_address()
-        core = build_core(
-            Settings(
-                models=ModelSettings(
-                    repository=Path(repository),
-                    names=(model,),
-                    intra_op_threads=settings.intra_op_threads,
-                ),
-                # No shared memory: a client's region lives on its own host, not the replica's.
-                protocol=ProtocolSettings(
-                    max_message_mb=max(1, settings.max_message_bytes // MiB), shared_memory=False
-                ),
-            )
+        tree = replica_tree(settings)
+        models = {"repository": Path(repository), "names": (model,)}
+        # No shared memory: a client's region lives on its own host, not the replica's.
+        protocol = {"shared_memory": False}
+        tree = tree.model_copy(
+            update={
+                "models": tree.models.model_copy(update=models),
+                "protocol": tree.protocol.model_copy(update=protocol),
+            }
         )
+        core = build_core(tree)
         self.metrics, self.manager, self.plane = core.metrics, core.manager, core.plane
         await self.manager.load(model)  # raises: Ray reports the replica failed to start
         self._http = None
         self.metrics_url = ""
-        if settings.metrics_port >= 0:
-            self._http = self.metrics.serve(settings.metrics_port, "0.0.0.0")
+        port = tree.cluster.replica.metrics_port
+        if port >= 0:
+            self._http = self.metrics.serve(port, "0.0.0.0")
             self.metrics_url = f"http://{self.node}:{self._http.server_port}/metrics"
         registry.register(self.key, self.describe())
         log.info("replica of %s (revision %s) on %s", model, revision, self.node)

@@ -10,7 +10,7 @@ there for every model deployed (``persist``), so the next deploy keeps them:
     parameters { key: "ray.num_cpus"                value { string_value: "1" } }
 
 min == max means a fixed replica count (no autoscaling). Without a count the
-cluster's default applies (``ClusterSettings.default_min_replicas``: 2). No node holds more
+cluster's default applies (``cluster.deploy.default_min_replicas``: 2). No node holds more
 than ``ceil(max_replicas / nodes)`` of a model's replicas, so the default two are on
 two nodes whenever there are two. The ``ray.*``
 parameters are not part of the model's revision: changing them scales (or, for
@@ -23,10 +23,12 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from modelrepo.files import model_folders, read_config, to_pbtxt, write_config
 from modelrepo.spec import ModelSpec, load_spec
-from server.settings.cluster import ClusterSettings
+from server.settings import Settings
+from server.settings.cluster import DeploySettings, ReplicaOverrides
 
 PARAM_PREFIX = "ray."
 APP_NAME = "kserve"
@@ -36,16 +38,6 @@ INGRESS = "kserve"
 GRPC_SERVICER = "server.grpc.transport.add_inference_service"
 # The node resource that places the ingress replicas (none: anywhere, CPU-free).
 INGRESS_RESOURCE = "kserve_ingress"
-
-
-@dataclass(frozen=True)
-class ReplicaOverrides:
-    """Command-line values that win over every model's config.pbtxt."""
-
-    min_replicas: int | None = None
-    max_replicas: int | None = None
-    target_ongoing_requests: float | None = None
-    num_cpus: float | None = None
 
 
 @dataclass(frozen=True)
@@ -174,10 +166,10 @@ def plan(
     repository: Path,
     models: tuple[str, ...] = (),
     overrides: ReplicaOverrides | None = None,
-    defaults: ClusterSettings | None = None,
+    deploy: DeploySettings | None = None,
 ) -> list[ModelPlan]:
     """One plan per model of ``repository`` (or the named ones)."""
-    default_min = (defaults or ClusterSettings()).default_min_replicas
+    default_min = (deploy or DeploySettings()).default_min_replicas
     names = list(models) or model_folders(repository)
     if not names:
         raise ValueError(f"no models (folders with config.pbtxt) in {repository}")
@@ -195,3 +187,32 @@ def plan(
         )
         for name in names
     ]
+
+
+# The sections a model replica's data plane is built from (server/core/wiring.py): the
+# single server's own; tracing stays off (TraceSetting is not routed through the cluster).
+REPLICA_SECTIONS = ("models", "batching", "repository", "protocol", "images", "requests")
+
+
+def replica_settings(settings: Settings) -> dict[str, Any]:
+    """The tree's values a model replica reads, non-defaults only, as the model application's
+    argument: it changes (and Serve rolls the replicas) only when one of them changes."""
+    include: dict[str, Any] = {name: True for name in REPLICA_SECTIONS}
+    include["cluster"] = {"replica": True}
+    tree = settings.model_dump(
+        mode="json",
+        include=include,
+        exclude={"models": {"repository", "names"}},  # each application names its own
+        exclude_defaults=True,
+    )
+    return {section: values for section, values in tree.items() if values}
+
+
+def replica_tree(values: dict[str, Any]) -> Settings:
+    """The tree back from ``replica_settings``: the deploy's values only, not the node's
+    ``CNN_SERVING_*`` environment (every replica of a deploy is built alike)."""
+    sections = {
+        name: Settings.model_fields[name].annotation.model_validate(given)  # type: ignore[union-attr]
+        for name, given in values.items()
+    }
+    return Settings.model_construct(**sections)

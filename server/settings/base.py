@@ -25,14 +25,17 @@ def setting(
     flag: str | None = None,
     negate: bool = False,
     metavar: str | None = None,
+    nargs: str | None = None,
     **constraints: Any,
 ) -> Any:
     """A field with its command-line spelling.
 
     ``flag`` keeps a historical flag name (``--grpc-port``); without it the flag is
     ``--<section>-<field>`` with dashes. ``negate`` makes a True-by-default boolean a
-    switch that turns it off (``--no-warmup``). ``constraints`` are pydantic's (``ge``,
-    ``le``, ``gt``...), checked whichever source the value came from.
+    switch that turns it off (``--no-warmup``). ``nargs="*"`` makes a list flag take
+    space-separated values (``--models a b``) instead of repeating. ``constraints`` are
+    pydantic's (``ge``, ``le``, ``gt``...), checked whichever source the value came from.
     """
-    extra = {k: v for k, v in (("flag", flag), ("negate", negate), ("metavar", metavar)) if v}
+    named = (("flag", flag), ("negate", negate), ("metavar", metavar), ("nargs", nargs))
+    extra = {k: v for k, v in named if v}
     return Field(default, json_schema_extra=extra or None, **constraints)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,13 @@ from pydantic.fields import FieldInfo
 from server.settings.tree import Settings
 
 Leaf = tuple[str, ...]  # the path of a field in the tree: ("listeners", "grpc_port")
+# The cluster's own section: its flags are `python -m server.cluster`'s, not the server's.
+CLUSTER = "cluster"
+
+
+def server_leaf(path: Leaf) -> bool:
+    """The fields ``python -m server`` has flags for: all but the cluster's."""
+    return path[0] != CLUSTER
 
 
 def leaves(model: type[BaseModel] = Settings, prefix: Leaf = ()) -> list[tuple[Leaf, FieldInfo]]:
@@ -73,14 +81,45 @@ def _argument(group: Any, path: Leaf, info: FieldInfo) -> None:
         group.add_argument(flag, action="append", type=_key_value, **common)
     elif origin is tuple and args and args[0] is int:
         group.add_argument(flag, nargs="+", type=int, **common)
+    elif origin is tuple and extra(info).get("nargs"):
+        group.add_argument(flag, nargs=extra(info)["nargs"], **common)
     elif origin is tuple:
         group.add_argument(flag, action="append", **common)
     else:
         group.add_argument(flag, type=kind if kind in (int, float, Path) else str, **common)
 
 
-def build_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+def section_doc(path: Leaf, model: type[BaseModel] = Settings) -> str | None:
+    """The docstring of the section at ``path`` (``("cluster", "nodes")``)."""
+    info = model.model_fields[path[0]]
+    if len(path) == 1:
+        return info.description
+    return section_doc(path[1:], info.annotation)  # type: ignore[arg-type]
+
+
+def add_settings(parser: argparse.ArgumentParser, include: Callable[[Leaf], bool]) -> None:
+    """One flag per included field, grouped by section."""
+    groups: dict[Leaf, Any] = {}
+    for path, info in leaves():
+        if not include(path):
+            continue
+        section = path[:-1]
+        if section not in groups:
+            groups[section] = parser.add_argument_group(section_doc(section)) if section else parser
+        _argument(groups[section], path, info)
+
+
+def build_parser(
+    prog: str, description: str | None, include: Callable[[Leaf], bool] = server_leaf
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_file_options(parser)
+    add_settings(parser, include)
+    return parser
+
+
+def add_file_options(parser: argparse.ArgumentParser) -> None:
+    """``--settings FILE`` and ``--print-settings``."""
     parser.add_argument(
         "--settings",
         type=Path,
@@ -93,21 +132,14 @@ def build_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
         action="store_true",
         help="print the effective settings and where each came from, then exit",
     )
-    groups: dict[str, Any] = {}
-    for path, info in leaves():
-        section = path[0] if len(path) > 1 else ""
-        if section not in groups:
-            doc = Settings.model_fields[section].description if section else None
-            groups[section] = parser.add_argument_group(doc) if section else parser
-        _argument(groups[section], path, info)
-    return parser
 
 
 def given(namespace: argparse.Namespace) -> dict[str, Any]:
     """The flags the user gave, as a nested dict (absent flags stay absent)."""
     nested: dict[str, Any] = {}
+    fields = {".".join(path) for path, _ in leaves()}
     for dest, value in vars(namespace).items():
-        if "." not in dest and dest in ("settings", "print_settings"):
+        if dest not in fields:  # --settings, a subcommand's own switches
             continue
         *sections, name = dest.split(".")
         node = nested

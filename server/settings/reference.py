@@ -9,18 +9,18 @@ import json
 import sys
 from typing import Any
 
-from pydantic import BaseModel
-
-from server.settings.cli import Leaf, flag_of, leaves
+from server.settings.cli import Leaf, flag_of, leaves, section_doc
 from server.settings.sources import FILE_ENV, env_name
 from server.settings.tree import Settings
 
 INTRO = f"""# Settings
 
-Every setting of `python -m server` is one field of one tree (`server/settings/`), with
-one default and one description. Each can be given three ways; the first found wins:
+Every setting of `python -m server` and of the cluster's `python -m server.cluster` is
+one field of one tree (`server/settings/`), with one default and one description. Each
+can be given three ways; the first found wins:
 
-1. a command-line flag (`python -m server --help`);
+1. a command-line flag (`python -m server --help`; the `cluster` section's flags, with
+   the gRPC/HTTP ports and `--intra-op-threads`, are `python -m server.cluster`'s);
 2. an environment variable `CNN_SERVING_<SECTION>__<FIELD>` (lists and tables as JSON,
    e.g. `CNN_SERVING_LISTENERS__HTTP_CORS_ORIGINS='["*"]'`);
 3. a settings file given with `--settings FILE` or `{FILE_ENV}`: TOML, JSON or YAML,
@@ -49,20 +49,31 @@ def _row(path: Leaf, info: Any) -> str:
     )
 
 
+def _section_type(path: Leaf) -> Any:
+    model: Any = Settings
+    for key in path:
+        model = model.model_fields[key].annotation
+    return model
+
+
 def render() -> str:
     parts = [INTRO]
     header = "| setting | flag | environment | default | meaning |\n|---|---|---|---|---|"
-    top = [(p, i) for p, i in leaves() if len(p) == 1]
-    for name, field in Settings.model_fields.items():
-        kind = field.annotation
-        if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
+    groups: dict[Leaf, list[str]] = {}
+    for path, info in leaves():
+        for depth in range(1, len(path)):  # a section of sections gets its heading too
+            groups.setdefault(path[:depth], [])
+        groups.setdefault(path[:-1], []).append(_row(path, info))
+    for section, rows in groups.items():
+        if not section:
             continue
+        kind = _section_type(section)
         doc = " ".join((kind.__doc__ or "").split())
-        rows = [_row(p, i) for p, i in leaves() if p[0] == name and len(p) > 1]
-        parts.append(f"## `{name}`: {field.description}\n\n{doc}\n\n{header}\n" + "\n".join(rows))
-    if top:
-        rows = [_row(p, i) for p, i in top]
-        parts.append("## Top level\n\n" + header + "\n" + "\n".join(rows))
+        title = "#" * (len(section) + 1) + f" `{'.'.join(section)}`: {section_doc(section)}"
+        table = f"\n\n{header}\n" + "\n".join(rows) if rows else ""
+        parts.append(f"{title}\n\n{doc}{table}")
+    if () in groups:
+        parts.append("## Top level\n\n" + header + "\n" + "\n".join(groups[()]))
     return "\n\n".join(parts) + "\n"
 
 

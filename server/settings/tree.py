@@ -8,6 +8,7 @@ from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.settings.base import setting
+from server.settings.cluster import ClusterSettings
 from server.settings.limits import HttpLimits, RequestLimits
 from server.settings.listeners import ListenerSettings, TlsSettings
 from server.settings.models import BatchingSettings, ModelSettings
@@ -22,7 +23,8 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class Settings(BaseSettings):
-    """Everything ``python -m server`` can be told; each section documents its fields."""
+    """Everything ``python -m server`` and ``python -m server.cluster`` can be told; each
+    section documents its fields."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -56,6 +58,8 @@ class Settings(BaseSettings):
     """Model control, its credential, and who may call over HTTP."""
     tracing: TraceSettings = TraceSettings()
     """Triton's trace extension: the settings a server starts with."""
+    cluster: ClusterSettings = ClusterSettings()
+    """The Ray Serve cluster (``python -m server.cluster`` only)."""
     log_level: LogLevel = setting("INFO", flag="--log-level")
     """Python logging level of the server's log."""
 

@@ -3,8 +3,11 @@
 Built-in kinds go through ``kubernetes-validate`` (the API's own OpenAPI
 schemas, strict: unknown fields fail). KubeRay's ``RayService`` is a CRD whose
 schema is not shipped here: its pod templates are validated as built-in
-``PodTemplate`` objects and its ``serveConfigV2`` with Ray Serve's own config
-schema; the rest of the CRD (field names of ``rayClusterConfig``) is not.
+``PodTemplate`` objects, its ``serveConfigV2`` with Ray Serve's own config
+schema and against what ``python -m server.cluster serve-config`` writes for the
+same models; the rest of the CRD (field names of ``rayClusterConfig``, such as
+``gcsFaultToleranceOptions`` and ``authOptions``, taken from KubeRay's API
+reference) is checked for presence only.
 """
 
 from __future__ import annotations
@@ -60,6 +63,10 @@ def _pod_templates(service: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _serve_config(service: dict[str, Any]) -> dict[str, Any]:
+    return yaml.safe_load(service["spec"]["serveConfigV2"])
+
+
 def test_rayservice_pod_templates_and_serve_config_are_valid() -> None:
     pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
     from ray.serve.schema import ServeDeploySchema
@@ -72,23 +79,81 @@ def test_rayservice_pod_templates_and_serve_config_are_valid() -> None:
         _validate(service)  # the CRD itself: no schema offline (said in the module docstring)
     for template in _pod_templates(service):
         _validate(template)
-    config = ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    config = ServeDeploySchema.model_validate(_serve_config(service))
     assert config.proxy_location.value == "EveryNode"
     assert config.grpc_options.grpc_servicer_functions == [GRPC_SERVICER]
-    (app,) = config.applications
-    assert app.route_prefix == "/" and app.import_path == "server.cluster.app:from_args"
-    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
-    assert head["num-cpus"] == "0" and INGRESS_RESOURCE in head["resources"]
+    ingress, *models = config.applications
+    assert ingress.route_prefix == "/" and ingress.import_path == "server.cluster.app:ingress_app"
+    assert models and all(a.import_path == "server.cluster.app:model_app" for a in models)
+    assert ingress.args["models"] == {a.args["model"]: a.name for a in models}
+    cluster = service["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["rayStartParams"]
+    assert head["num-cpus"] == "0"
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        assert INGRESS_RESOURCE in group["rayStartParams"]["resources"]  # an ingress per node
+    host, _, port = cluster["gcsFaultToleranceOptions"]["redisAddress"].rpartition(":")
+    assert host and port.isdigit()
+    assert cluster["authOptions"] == {"mode": "token"}
 
 
-def test_the_serve_config_args_build_the_application(tmp_path: Path) -> None:
-    """The RayService's args go through the same plan as `python -m server.cluster deploy`."""
+def _generating_command(text: str) -> list[str]:
+    """The `python -m server.cluster serve-config ...` lines of the manifest's comment."""
+    lines = [line.lstrip("# ").rstrip("\\ ") for line in text.splitlines()]
+    start = next(i for i, line in enumerate(lines) if "server.cluster serve-config" in line)
+    end = next(i for i in range(start, len(lines)) if not text.splitlines()[i].endswith("\\"))
+    words = " ".join(lines[start : end + 1]).split()
+    return words[words.index("serve-config") :]
+
+
+def test_the_serve_config_is_what_the_cluster_command_writes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One application per model, as `deploy` applies them: regenerated from a repository
+    with the same models, only the repository's path and the revisions differ."""
     pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
-    from server.cluster.app import from_args
+    from server.cluster.__main__ import main
 
     (service,) = _documents("rayservice.yaml")
-    args = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]
+    manifest = _serve_config(service)
+    for app in manifest["applications"][1:]:
+        folder = tmp_path / app["args"]["model"]
+        (folder / "1").mkdir(parents=True)
+        (folder / "1" / "model.onnx").write_bytes(b"onnx")
+        (folder / "config.pbtxt").write_text(MODEL_CONFIG.format(name=app["args"]["model"]))
+    command = _generating_command((K8S / "rayservice.yaml").read_text())
+    command[command.index("--model-repository") + 1] = str(tmp_path)
+    assert main(command) == 0
+    written = yaml.safe_load(capsys.readouterr().out)
+    pairs = zip(written["applications"][1:], manifest["applications"][1:], strict=True)
+    for ours, theirs in pairs:
+        assert ours["args"]["model_repository"] == str(tmp_path.resolve())
+        assert len(ours["args"]["revision"]) == 16
+        ours["args"].update(model_repository="/models", revision=theirs["args"]["revision"])
+    assert written == manifest
+
+
+MODEL_CONFIG = """name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input {{ name: "input" data_type: TYPE_FP32 dims: 3 dims: 8 dims: 8 }}
+output {{ name: "logits" data_type: TYPE_FP32 dims: 10 }}
+"""
+
+
+def test_the_serve_config_args_build_the_applications(tmp_path: Path) -> None:
+    """The manifest's args go to the same builders `deploy` uses; the one-application
+    form (`from_args`) still refuses what it does not know."""
+    pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
+    from ray import serve
+
+    from server.cluster.app import from_args, ingress_app, model_app
+
+    (service,) = _documents("rayservice.yaml")
+    ingress, *models = _serve_config(service)["applications"]
+    assert isinstance(ingress_app(ingress["args"]), serve.Application)
+    for app in models:
+        assert isinstance(model_app(app["args"]), serve.Application)
     with pytest.raises(ValueError, match="no models"):
-        from_args({**args, "model_repository": str(tmp_path)})
+        from_args({"model_repository": str(tmp_path)})
     with pytest.raises(ValueError, match="unknown args \\['replicas'\\]"):
         from_args({"replicas": "2"})

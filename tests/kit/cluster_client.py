@@ -75,6 +75,7 @@ def classify(url: str, photos: dict[str, str]) -> dict[str, Any]:
         "metadata": client.get_server_metadata(as_json=True),
         "index": client.get_model_repository_index(as_json=True),
         "config_name": client.get_model_config(MODEL, as_json=True)["config"]["name"],
+        "statistics": client.get_inference_statistics(MODEL, as_json=True),
         "labels": labels,
         "nodes": dict(nodes),
         "errors": {

@@ -5,7 +5,8 @@ them, so the test process is a client on the "LAN"). Each node is one
 ``ray start --block`` with its own HOME and RAY_TMPDIR; stopping a node kills
 every process in its namespace by pid (``ip netns pids``), never by name,
 and ``close()`` deletes every namespace, link and the bridge, also after a
-failure (call it from a fixture finalizer).
+failure (call it from a fixture finalizer). Ray's token authentication is on, as
+``up`` starts it: every node and client reads one token file under the cluster's home.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.cluster.nodes import NodeOptions, node_env, start_command
+from server.cluster.auth import ensure_token
+from server.cluster.nodes import node_env, start_command
+from server.settings.cluster import NodeSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 GCS_PORT = 6379
@@ -48,7 +51,7 @@ class Node:
     name: str
     netns: str
     ip: str
-    options: NodeOptions
+    options: NodeSettings
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -93,6 +96,11 @@ class NetnsCluster:
             _ip("-n", netns, *args)
         return netns, address
 
+    @property
+    def token(self) -> Path:
+        """The cluster's Ray token file (made with the head)."""
+        return self.home / "auth_token"
+
     def head_address(self) -> str:
         return f"{self.nodes['head'].ip}:{GCS_PORT}"
 
@@ -101,14 +109,18 @@ class NetnsCluster:
         # socket path may not exceed 107 bytes (pytest's tmp_path is too deep).
         home = self.home / node
         (home / "tmp").mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTEST_", "COV"))}
+        drop = ("RAY_", "PYTEST_", "COV", "CNN_SERVING_")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+        options = self.nodes[node].options if node in self.nodes else self.settings()
         env.update(
             HOME=str(home),
             RAY_TMPDIR=str(home / "tmp"),
             TMPDIR=str(home / "tmp"),
             PYTHONPATH=str(ROOT),
             RAY_USAGE_STATS_ENABLED="0",
-            **node_env(node_ip=self.nodes[node].ip if node in self.nodes else None),
+            **node_env(options),
+            # `python -m server.cluster` run on this node reads the same token.
+            CNN_SERVING_CLUSTER__NODES__AUTH_TOKEN_FILE=str(self.token),
             # Notice a killed node in ~2-3 s instead of the default ~15-30 s.
             RAY_health_check_period_ms="1000",
             RAY_health_check_failure_threshold="3",
@@ -118,10 +130,16 @@ class NetnsCluster:
             env.update(self.nodes[node].extra_env)
         return env
 
+    def settings(self, **fields: object) -> NodeSettings:
+        """A node's settings with the cluster's token file."""
+        return NodeSettings(auth_token_file=self.token, **fields)  # type: ignore[arg-type]
+
     def add_node(
-        self, name: str, index: int, options: NodeOptions, env: dict[str, str] | None = None
+        self, name: str, index: int, options: NodeSettings, env: dict[str, str] | None = None
     ) -> Node:
+        """``options`` without the node's IP (given here) and token file (the cluster's)."""
         netns, ip = self.add_namespace(index)
+        options = options.model_copy(update={"node_ip": ip, "auth_token_file": self.token})
         node = Node(name, netns, ip, options, self.workdir / f"{name}.log", extra_env=env or {})
         self.nodes[name] = node
         return node
@@ -131,19 +149,8 @@ class NetnsCluster:
         node = self.nodes[name]
         node.starts += 1
         node.log = self.workdir / f"{name}-{node.starts}.log"
-        opts = node.options
-        cmd = start_command(
-            NodeOptions(
-                head_address=opts.head_address,
-                port=opts.port,
-                node_ip=node.ip,
-                num_cpus=opts.num_cpus,
-                object_store_mb=opts.object_store_mb,
-                ingress=opts.ingress,
-                block=True,
-            ),
-            python=sys.executable,
-        )
+        ensure_token(node.options, create=True)  # the head's `up` makes it the same way
+        cmd = start_command(node.options, block=True, python=sys.executable)
         with node.log.open("ab") as log:
             node.proc = subprocess.Popen(
                 ["ip", "netns", "exec", node.netns, *cmd],

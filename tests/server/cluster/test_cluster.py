@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from exporter.samples import EXPECTED
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from server.cluster.nodes import NodeOptions
+from server.settings.cluster import NodeSettings
 from tests.kit import KIT
 from tests.kit.fuzz_kit import broken_request, image_element, outcome
 from tests.kit.ray_netns import ROOT, NetnsCluster, netns_available
@@ -73,12 +73,12 @@ def cluster(cluster_repo: Path, tmp_path_factory) -> Iterator[NetnsCluster]:
     net = NetnsCluster(tmp_path_factory.mktemp("ray-nodes"))
     try:
         net.create_bridge()
-        head = net.add_node("head", 0, NodeOptions(num_cpus=0, object_store_mb=128))
+        head = net.add_node("head", 0, NodeSettings(num_cpus=0, object_store_mb=128))
         for i in (1, 2):
             net.add_node(
                 f"w{i}",
                 i,
-                NodeOptions(head_address=f"{head.ip}:6379", num_cpus=1, object_store_mb=96),
+                NodeSettings(address=f"{head.ip}:6379", num_cpus=1, object_store_mb=96),
             )
         for name in ("head", "w1", "w2"):  # one after another: parallel starts collide
             net.start(name, timeout=WAIT_S)
@@ -116,6 +116,8 @@ def test_tritonclient_classifies_through_the_head_and_both_workers_serve(
     index = {(m["name"], m.get("state")) for m in seen["index"]["models"]}
     assert index == {(n, "READY") for n in (LITE0, "lenet5", "mobilenet_v2")}, index
     assert seen["config_name"] == LITE0
+    (stats,) = seen["statistics"]["model_stats"]  # the one replica that answered
+    assert stats["name"] == LITE0 and int(stats.get("inference_count", 0)) > 0, stats
     for name, (top1, label) in seen["labels"].items():
         assert top1 in EXPECTED[name], (name, top1, label)
     workers = {cluster.nodes["w1"].ip, cluster.nodes["w2"].ip}

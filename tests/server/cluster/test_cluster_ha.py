@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from server.cluster.nodes import NodeOptions
+from server.settings.cluster import NodeSettings
 from tests.kit.ray_netns import NetnsCluster, netns_available
 from tests.kit.stress import report
 from tests.server.cluster.test_cluster import LITE0, WAIT_S, _deploy, _traffic, _with_params
@@ -65,11 +65,11 @@ def ha_cluster(ha_repo: Path, tmp_path_factory) -> Iterator[NetnsCluster]:
         head = net.add_node(
             "head",
             0,
-            NodeOptions(num_cpus=0, object_store_mb=128),
+            NodeSettings(num_cpus=0, object_store_mb=128),
             {"RAY_REDIS_ADDRESS": f"{redis_ip}:6379", **RECONNECT},
         )
         for i in (1, 2):
-            options = NodeOptions(head_address=f"{head.ip}:6379", num_cpus=1, object_store_mb=96)
+            options = NodeSettings(address=f"{head.ip}:6379", num_cpus=1, object_store_mb=96)
             net.add_node(f"w{i}", i, options, RECONNECT)
         for name in ("head", "w1", "w2"):
             net.start(name, timeout=WAIT_S)

@@ -9,15 +9,9 @@ from pathlib import Path
 import pytest
 
 from modelrepo.files import read_config
-from server.cluster.nodes import NodeOptions, check_ports, node_env, start_command
-from server.cluster.settings import (
-    INGRESS_RESOURCE,
-    ReplicaOverrides,
-    ReplicaPlan,
-    persist,
-    plan,
-)
-from server.settings.cluster import ClusterSettings
+from server.cluster.nodes import check_ports, node_env, start_command
+from server.cluster.settings import INGRESS_RESOURCE, ReplicaPlan, persist, plan
+from server.settings.cluster import DeploySettings, NodeSettings, ReplicaOverrides
 
 CONFIG = """
 name: "{name}"
@@ -88,17 +82,17 @@ def test_a_new_version_changes_the_revision(tmp_path: Path) -> None:
 
 
 def test_ray_start_lines_for_a_head_and_a_worker() -> None:
-    head = start_command(NodeOptions(num_cpus=0, object_store_mb=128), python="py")
+    head = start_command(NodeSettings(num_cpus=0, object_store_mb=128), python="py")
     assert head[:5] == ["py", "-m", "ray.scripts.scripts", "start", "--head"]
     assert "--num-cpus=0" in head and "--include-dashboard=false" in head
     assert f"--object-store-memory={128 << 20}" in head
     resources = next(a for a in head if a.startswith("--resources="))
     assert json.loads(resources.split("=", 1)[1]) == {INGRESS_RESOURCE: 1000}
-    worker = start_command(NodeOptions(head_address="10.0.0.1:6379", block=True), python="py")
+    worker = start_command(NodeSettings(address="10.0.0.1:6379"), block=True, python="py")
     assert "--address=10.0.0.1:6379" in worker and "--block" in worker
     assert not any(a.startswith(("--num-cpus", "--head")) for a in worker)
     assert any(a.startswith("--resources") for a in worker)  # an ingress beside its proxy
-    alone = start_command(NodeOptions(head_address="10.0.0.1:6379", ingress=False))
+    alone = start_command(NodeSettings(address="10.0.0.1:6379", ingress=False))
     assert not any(a.startswith("--resources") for a in alone)
 
 
@@ -108,7 +102,7 @@ def test_the_default_is_two_replicas_and_a_max_alone_caps_it(tmp_path: Path) -> 
     plans = {p.name: p.replicas for p in plan(tmp_path)}
     assert (plans["a"].min_replicas, plans["a"].max_replicas) == (2, 2)
     assert (plans["b"].min_replicas, plans["b"].max_replicas) == (1, 1)
-    three = ClusterSettings(default_min_replicas=3)
+    three = DeploySettings(default_min_replicas=3)
     assert plan(tmp_path, ("a",), None, three)[0].replicas.min_replicas == 3
 
 
@@ -131,15 +125,23 @@ def test_deploy_flags_are_kept_in_config_pbtxt_without_changing_the_revision(
 
 
 def test_ports_inside_rays_worker_range_are_refused() -> None:
-    cluster = ClusterSettings()
+    cluster = NodeSettings()
     check_ports({"--grpc-port": 8001, "--port": 6379}, cluster)
     with pytest.raises(ValueError, match=r"--grpc-port 12000 lies in Ray's worker port range"):
         check_ports({"--grpc-port": 12000}, cluster)
     with pytest.raises(ValueError, match=r"--port 10001 is the head's Ray Client port"):
         check_ports({"--port": 10001}, cluster)
-    moved = ClusterSettings(min_worker_port=20000, max_worker_port=29999)
+    with pytest.raises(ValueError, match=r"--http-port -1: the cluster's proxies need a fixed"):
+        check_ports({"--http-port": -1}, cluster)
+    moved = NodeSettings(min_worker_port=20000, max_worker_port=29999)
     check_ports({"--grpc-port": 12000}, moved)
-    head = start_command(NodeOptions(), moved, python="py")
+    head = start_command(moved, python="py")
     assert "--min-worker-port=20000" in head and "--max-worker-port=29999" in head
-    env = node_env(ClusterSettings(worker_niceness=5), "10.0.0.2")
-    assert env == {"RAY_worker_niceness": "5", "CNN_SERVING_RAY_NODE": "10.0.0.2"}
+    with pytest.raises(ValueError, match=r"--min-worker-port 20000 > --max-worker-port 19999"):
+        NodeSettings(min_worker_port=20000)
+    env = node_env(NodeSettings(worker_niceness=5, node_ip="10.0.0.2", auth_mode="disabled"))
+    assert env == {
+        "RAY_worker_niceness": "5",
+        "CNN_SERVING_RAY_NODE": "10.0.0.2",
+        "RAY_AUTH_MODE": "disabled",
+    }
