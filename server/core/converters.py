@@ -13,6 +13,8 @@ the data plane does, in its own order, so every request fails as it always did.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from protos import grpc_service_pb2 as pb
@@ -45,7 +47,7 @@ _CONTENTS_FIELD = {
 _INT64_MAX = (1 << 63) - 1
 
 
-def _parameters(params) -> Parameters:  # noqa: ANN001 (a protobuf map of InferParameter)
+def _parameters(params: Mapping[str, pb.InferParameter]) -> Parameters:
     if not params:
         return {}
     out: Parameters = {}
@@ -80,45 +82,50 @@ def _contents(tensor: pb.ModelInferRequest.InferInputTensor) -> np.ndarray | lis
 
 
 def _input(
-    tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None
+    tensor: pb.ModelInferRequest.InferInputTensor, params: Parameters, raw: bytes | None
 ) -> tuple[InputTensor, str]:
     """One input; a wire error (both typed and raw contents) for the data plane to raise."""
     has_contents = tensor.HasField("contents") and tensor.contents.ByteSize() > 0
     data = raw if raw is not None else (_contents(tensor) if has_contents else None)
+    name = tensor.name
     problem = ""
     if raw is not None and has_contents:
-        problem = f"input '{tensor.name}': both contents and raw_input_contents are set; send one"
-    return (
-        InputTensor(
-            tensor.name, tensor.datatype, list(tensor.shape), data, _parameters(tensor.parameters)
-        ),
-        problem,
-    )
+        problem = f"input '{name}': both contents and raw_input_contents are set; send one"
+    return InputTensor(name, tensor.datatype, list(tensor.shape), data, params), problem
 
 
 def request_from_pb(message: pb.ModelInferRequest, limits: RequestLimits) -> InferRequest:
-    """The data plane's request; the request caps are checked first, before per-item work."""
-    request_caps.check_message(limits, message)
+    """The data plane's request. The request caps are checked first, on counts alone:
+    nothing is converted from a request that carries too many items."""
+    inputs, outputs, params = message.inputs, message.outputs, message.parameters
+    request_caps.check_counts(limits, len(inputs), len(outputs), 0)
+    input_params = [t.parameters for t in inputs]
+    output_params = [o.parameters for o in outputs]
+    count = len(params) + sum(map(len, input_params)) + sum(map(len, output_params))
+    request_caps.check_counts(limits, 0, 0, count)
     raws = message.raw_input_contents
     problem = ""
-    if raws and len(raws) != len(message.inputs):
-        count = len(message.inputs)
-        problem = f"raw_input_contents has {len(raws)} entries for {count} input" + (
-            "s" if count != 1 else ""
+    if raws and len(raws) != len(inputs):
+        problem = f"raw_input_contents has {len(raws)} entries for {len(inputs)} input" + (
+            "s" if len(inputs) != 1 else ""
         )
-    inputs = []
-    for i, tensor in enumerate(message.inputs):
-        built, wrong = _input(tensor, raws[i] if raws and not problem else None)
-        inputs.append(built)
+    built = []
+    for i, tensor in enumerate(inputs):
+        raw = raws[i] if raws and not problem else None
+        one, wrong = _input(tensor, _parameters(input_params[i]) if count else {}, raw)
+        built.append(one)
         problem = problem or wrong
     return InferRequest(
-        model_name=message.model_name,
-        model_version=message.model_version,
-        id=message.id,
-        inputs=inputs,
-        outputs=[RequestedOutput(o.name, _parameters(o.parameters)) for o in message.outputs],
-        parameters=_parameters(message.parameters),
-        wire_error=problem,
+        message.model_name,
+        message.model_version,
+        message.id,
+        built,
+        [
+            RequestedOutput(o.name, _parameters(p) if count else {})
+            for o, p in zip(outputs, output_params, strict=True)
+        ],
+        _parameters(params) if count else {},
+        problem,
     )
 
 
