@@ -3,8 +3,10 @@
 Each replica loads one model from the repository with ``ModelManager`` and
 answers the ingress by calling the ``DataPlane`` methods the gRPC and HTTP
 frontends call, so validation, batching, backends and classification are the
-same code. An error comes back as the core's own ``InferenceError`` (a value,
-not a raised exception: Ray would log a traceback per bad request), and the
+same code; ModelInfer's protobuf (from Ray's gRPC proxy) is translated as the gRPC
+frontend translates it (``server/core/converters.py``). An error comes back as the
+core's own ``InferenceError`` (a value, not a raised exception: Ray would log a
+traceback per bad request), and the
 ingress maps it to a status through ``server/core/errors.py`` like every
 frontend; anything else is a bug, logged here and answered INTERNAL.
 """
@@ -23,6 +25,7 @@ from ray import serve
 from protos import grpc_service_pb2 as pb
 from server.cluster import registry
 from server.cluster.settings import replica_tree
+from server.core import converters
 from server.core.errors import InferenceError, clip
 from server.core.wiring import build_core
 
@@ -37,9 +40,11 @@ async def _infer(replica: ModelReplica, request: pb.ModelInferRequest) -> pb.Mod
     # Each call its own owner: the replica cannot see the client behind Ray's proxy, so
     # the single server's per-client queue share does not apply (Ray Serve bounds each
     # replica's ongoing requests instead). The proxy applies the client's deadline.
-    response = await replica.plane.infer(request, None, owner=object())
-    response.parameters[NODE_PARAMETER].string_param = replica.node
-    return response
+    plane = replica.plane
+    message = converters.request_from_pb(request, plane.request_limits)
+    answer = await plane.infer(message, None, owner=object())
+    answer.parameters[NODE_PARAMETER] = replica.node
+    return converters.response_to_pb(answer)
 
 
 # The RPCs a replica answers for the ingress, each one data-plane call.

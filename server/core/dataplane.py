@@ -3,8 +3,9 @@
 ModelInfer: validate the single input against the model's config (shape with
 the batch dimension spelled out, datatype, byte size), decode encoded images
 server-side when the input is BYTES, queue the rows in the model's dynamic
-batcher, and encode the rows that come back as logits or as Triton's
-classification strings.
+batcher, and answer the rows that come back as logits or as Triton's
+classification strings. It takes and returns ``server/core/messages.py``'s types;
+each frontend translates its wire form at its edge.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from server.core.errors import (
 )
 from server.core.images import ImagePipeline, accepted_inputs, input_forms
 from server.core.logsettings import LogControl
+from server.core.messages import InferRequest, InferResponse, InputTensor
 from server.core.models import ModelManager, ServedVersion, check_name
 from server.core.shared_memory import (
     SharedMemoryManager,
@@ -144,7 +146,7 @@ class DataPlane:
 
     # --- inference --------------------------------------------------------
     async def _input_array(
-        self, served: ServedVersion, request: pb.ModelInferRequest, deadline: float | None
+        self, served: ServedVersion, request: InferRequest, deadline: float | None
     ) -> np.ndarray:
         cfg = served.spec.config
         expected_name = cfg.input[0].name
@@ -158,16 +160,12 @@ class DataPlane:
             raise InvalidArgument(
                 f"unknown input '{tensor.name}' for model '{cfg.name}'; expected '{expected_name}'"
             )
-        raw = None
-        if request.raw_input_contents:
-            if len(request.raw_input_contents) != 1:
-                raise InvalidArgument(
-                    f"raw_input_contents has {len(request.raw_input_contents)} entries for 1 input"
-                )
-            raw = request.raw_input_contents[0]
+        if request.wire_error:  # raw contents that do not pair with the inputs, and the like
+            raise InvalidArgument(request.wire_error)
+        raw = tensor.data if isinstance(tensor.data, bytes) else None
         ref = shm_ref(tensor.parameters, f"input '{tensor.name}'")
         if ref is not None:
-            if raw is not None or (tensor.HasField("contents") and tensor.contents.ByteSize()):
+            if tensor.data is not None:
                 raise InvalidArgument(
                     f"input '{tensor.name}' names shared memory region {shown(ref.region)} "
                     "and also carries data: send one or the other"
@@ -207,7 +205,11 @@ class DataPlane:
             raise InvalidArgument(f"batch of {n} exceeds max_batch_size {limit}")
 
     async def _images(
-        self, served: ServedVersion, tensor, raw: bytes | None, deadline: float | None
+        self,
+        served: ServedVersion,
+        tensor: InputTensor,
+        raw: bytes | None,
+        deadline: float | None,
     ) -> np.ndarray:
         shape = list(tensor.shape)
         if tensor.datatype == "UINT8":
@@ -288,12 +290,12 @@ class DataPlane:
 
     async def infer(
         self,
-        request: pb.ModelInferRequest,
+        request: InferRequest,
         deadline: float | None,
         owner: object = None,
         protocol: str = "grpc",
         trace: Trace | None = None,
-    ) -> pb.ModelInferResponse:
+    ) -> InferResponse:
         """``owner``: the client (connection or stream), for its share of the queue;
         ``trace``: a sampled request (``Tracer.sample``) whose timestamps to take."""
         request_caps.check_message(self.request_limits, request)  # before any per-item work
@@ -308,15 +310,17 @@ class DataPlane:
             wanted = explain.parse(request)  # takes 'explanation' off the requested outputs
             if wanted is not None:
                 deadline = self._check_explanation(served, wanted, array, deadline)
-            outputs.check_outputs(served, request, len(array), self.shm)
+            wanted_outputs = outputs.check_outputs(served, request, len(array), self.shm)
             cam = wanted is not None and wanted.method == "cam"
             result = await self._run(served, array, deadline, owner, cam, trace)
             logits, maps = result if cam else (result, None)
-            response = pb.ModelInferResponse(
-                model_name=served.spec.name, model_version=str(served.version), id=request.id
-            )
             encode_started = time.perf_counter_ns()
-            outputs.write_outputs(served, request, logits, response, self.shm)
+            response = InferResponse(
+                served.spec.name,
+                str(served.version),
+                request.id,
+                outputs.write_outputs(served, wanted_outputs, logits, self.shm),
+            )
             served.output_ns[0] += 1
             served.output_ns[1] += time.perf_counter_ns() - encode_started
             if wanted is not None:

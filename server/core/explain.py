@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from modelrepo.cam import CamHead
-from protos import grpc_service_pb2 as pb
 from server.core.cam import class_maps
 from server.core.errors import InvalidArgument, shown
-from server.core.tensors import softmax
+from server.core.messages import InferRequest, InferResponse, OutputTensor, Parameters
+from server.core.tensors import parameter_kind, softmax
 from server.settings.limits import RequestLimits
 
 OUTPUT = "explanation"
@@ -53,32 +53,33 @@ class ExplainRequest:
     target: int | None = None  # None: each image's top class
 
 
-def _int_param(params, key: str) -> int | None:
+def _int_param(params: Parameters, key: str) -> int | None:
     if key not in params:
         return None
-    param = params[key]
-    kind = param.WhichOneof("parameter_choice")
-    if kind in ("int64_param", "uint64_param") and 0 <= getattr(param, kind) < 1 << 31:
-        return int(getattr(param, kind))
-    if kind == "string_param" and _INTEGER.fullmatch(param.string_param):
-        return int(param.string_param)
-    raise InvalidArgument(f"parameter {key} must be a non-negative integer, got {kind} {param}")
+    value = params[key]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 31:
+        return value
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        return int(value)
+    raise InvalidArgument(
+        f"parameter {key} must be a non-negative integer, got {parameter_kind(value)} {value!r}"
+    )
 
 
-def parse(request: pb.ModelInferRequest) -> ExplainRequest | None:
+def parse(request: InferRequest) -> ExplainRequest | None:
     """The explanation asked for (None: none). Removes ``explanation`` from the requested
     outputs, which name only the model's own outputs afterwards."""
     names = [o.name for o in request.outputs]
     if OUTPUT in names:
         del request.outputs[names.index(OUTPUT)]
-    if "explain" not in request.parameters:
+    params = request.parameters
+    if "explain" not in params:
         if OUTPUT in names:
             raise InvalidArgument(f"output '{OUTPUT}' needs the request parameter explain")
         return None
-    method = request.parameters["explain"].string_param
+    method = params["explain"] if isinstance(params["explain"], str) else ""
     if method not in METHODS:
         raise InvalidArgument(f"parameter explain {shown(method)}: choose from {list(METHODS)}")
-    params = request.parameters
     return ExplainRequest(
         method=method,
         patch=_int_param(params, "explain_patch") or 0,
@@ -215,9 +216,11 @@ async def explain(
     return await occlusion(run, images, logits, opts, chunk_rows)
 
 
-def attach(response: pb.ModelInferResponse, heat: np.ndarray) -> None:
-    """``explanation`` after the model's outputs (raw contents stay positional)."""
-    tensor = response.outputs.add(name=OUTPUT, datatype="FP32", shape=list(heat.shape))
+def attach(response: InferResponse, heat: np.ndarray) -> None:
+    """``explanation`` after the model's outputs, with each image's peak as ``y,x``."""
     peaks = [np.unravel_index(int(h.argmax()), h.shape) for h in heat]
-    tensor.parameters["explain_peak"].string_param = ";".join(f"{y},{x}" for y, x in peaks)
-    response.raw_output_contents.append(np.ascontiguousarray(heat, dtype="<f4").tobytes())
+    peak = ";".join(f"{y},{x}" for y, x in peaks)
+    heat = np.asarray(heat, dtype=np.float32)
+    response.outputs.append(
+        OutputTensor(OUTPUT, "FP32", list(heat.shape), heat, {"explain_peak": peak})
+    )

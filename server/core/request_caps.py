@@ -2,14 +2,16 @@
 
 A request naming the same output 60,000 times cost 35 s of event loop while the
 duplicate check was quadratic; even linear, every item costs a protobuf entry, a dict
-lookup and an error path. Both frontends call ``check_counts`` first: gRPC on the
-parsed message, HTTP on the JSON lists before it builds one entry from them.
+lookup and an error path. Every edge checks before it translates a request: gRPC and
+the cluster replica on the parsed message (server/core/converters.py), HTTP on the
+JSON lists before it builds one entry from them; the data plane checks again.
 """
 
 from __future__ import annotations
 
 from protos import grpc_service_pb2 as pb
 from server.core.errors import InvalidArgument
+from server.core.messages import InferRequest
 from server.settings.limits import RequestLimits
 
 
@@ -29,8 +31,8 @@ def check_counts(
             )
 
 
-def check_message(limits: RequestLimits, request: pb.ModelInferRequest) -> None:
-    """The caps on a parsed gRPC (or already translated HTTP) request."""
+def check_message(limits: RequestLimits, request: pb.ModelInferRequest | InferRequest) -> None:
+    """The caps on a parsed protobuf request, or on the data plane's own form of one."""
     check_counts(limits, len(request.inputs), len(request.outputs), 0)
     parameters = len(request.parameters)
     parameters += sum(len(t.parameters) for t in request.inputs)

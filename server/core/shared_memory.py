@@ -89,20 +89,26 @@ class Region:
         )
 
 
+def _int64(value: Any) -> int:
+    """An int64 parameter as protobuf reads it: a value of another kind reads as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def shm_ref(parameters: Mapping[str, Any], what: str) -> ShmRef | None:
-    """The shared-memory location a tensor's parameters name, or None when they name none."""
+    """The shared-memory location a tensor's parameters (Python values) name, or None
+    when they name none."""
     if PARAM_REGION not in parameters:
         for key in (PARAM_SIZE, PARAM_OFFSET):
             if key in parameters:
                 raise InvalidArgument(f"{what}: parameter {key} given without {PARAM_REGION}")
         return None
-    region = parameters[PARAM_REGION].string_param
-    if not region:
+    region = parameters[PARAM_REGION]
+    if not region or not isinstance(region, str):
         raise InvalidArgument(f"{what}: {PARAM_REGION} must be a non-empty string parameter")
     if PARAM_SIZE not in parameters:
         raise InvalidArgument(f"{what}: {PARAM_REGION} needs {PARAM_SIZE} (int64)")
-    size = parameters[PARAM_SIZE].int64_param
-    offset = parameters[PARAM_OFFSET].int64_param if PARAM_OFFSET in parameters else 0
+    size = _int64(parameters[PARAM_SIZE])
+    offset = _int64(parameters.get(PARAM_OFFSET))
     if size < 0 or offset < 0:
         raise InvalidArgument(
             f"{what}: {PARAM_SIZE} {size} and {PARAM_OFFSET} {offset} must not be negative"

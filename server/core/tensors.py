@@ -1,9 +1,10 @@
 """KServe v2 tensors <-> numpy, and the classification extension.
 
-Inputs arrive either as typed ``contents`` or as ``raw_input_contents``
-(little-endian bytes, one blob per input; BYTES elements each prefixed by a
-4-byte little-endian length, as Triton serialises them). Every check names
-the tensor, what was expected and what came.
+An input's data (``server/core/messages.py``) is either values (a numpy array, a
+list of BYTES elements) or raw little-endian bytes as a wire carries them (gRPC's
+``raw_input_contents``, HTTP's binary extension, shared memory; BYTES elements each
+prefixed by a 4-byte little-endian length, as Triton serialises them). Every check
+names the tensor, what was expected and what came.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import struct
 
 import numpy as np
 
-from protos import grpc_service_pb2 as pb
 from server.core.errors import InvalidArgument, shown
+from server.core.messages import InputTensor, Parameter, Parameters
 
 _INTEGER = re.compile(r"\s*[+-]?[0-9]{1,18}\s*")
 
@@ -33,19 +34,10 @@ _NUMPY = {
     "FP32": np.float32,
     "FP64": np.float64,
 }
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-}
+_LITTLE_ENDIAN = {name: np.dtype(t).newbyteorder("<") for name, t in _NUMPY.items()}
+# The protobuf InferParameter field each Python parameter value travels in (error messages
+# name it, as the client wrote it).
+_KIND = {bool: "bool_param", int: "int64_param", float: "double_param", str: "string_param"}
 
 
 def parse_bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
@@ -73,6 +65,16 @@ def serialize_bytes_elements(elements: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 
 
+def raw_bytes(datatype: str, data: np.ndarray | list[str] | list[bytes] | None) -> bytes:
+    """An output's raw form (gRPC raw contents, HTTP binary data, shared memory):
+    little-endian values, or BYTES elements length-prefixed; None (in shared memory): b""."""
+    if data is None:
+        return b""
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data, dtype=_LITTLE_ENDIAN[datatype]).tobytes()
+    return serialize_bytes_elements([e.encode() if isinstance(e, str) else e for e in data])
+
+
 def _element_count(shape: list[int], name: str) -> int:
     if not shape:
         raise InvalidArgument(f"input '{name}': shape is empty")
@@ -81,25 +83,27 @@ def _element_count(shape: list[int], name: str) -> int:
     return math.prod(shape)  # Python ints: [2**32, 2**32] must not wrap around to 0
 
 
-def _check_one_source(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> None:
-    if raw is not None and tensor.HasField("contents") and tensor.contents.ByteSize():
-        raise InvalidArgument(
-            f"input '{tensor.name}': both contents and raw_input_contents are set; send one"
-        )
+def parameter_kind(value: Parameter) -> str:
+    """The InferParameter field a parameter value came in (None: the oneof was empty)."""
+    return _KIND.get(type(value), str(value))
 
 
-def decode_numeric(
-    tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, max_bytes: int
-) -> np.ndarray:
-    """A numeric input as a numpy array of its declared shape."""
+def _value_count(data: object) -> int:
+    if data is None:
+        return 0
+    return data.size if isinstance(data, np.ndarray) else len(data)  # type: ignore[arg-type]
+
+
+def decode_numeric(tensor: InputTensor, raw: bytes | None, max_bytes: int) -> np.ndarray:
+    """A numeric input as a numpy array of its declared shape; ``raw``: its bytes as
+    they arrived (None: its values are ``tensor.data``)."""
     name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
     if datatype not in _NUMPY:
         raise InvalidArgument(
             f"input '{name}': unknown datatype '{datatype}'; known: {sorted(_NUMPY)} and BYTES"
         )
     count = _element_count(shape, name)
-    _check_one_source(tensor, raw)
-    dtype = np.dtype(_NUMPY[datatype]).newbyteorder("<")
+    dtype = _LITTLE_ENDIAN[datatype]
     expected = count * dtype.itemsize
     if expected > max_bytes:
         raise InvalidArgument(
@@ -113,22 +117,21 @@ def decode_numeric(
                 f"{datatype} needs {expected}"
             )
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
-    field = _CONTENTS_FIELD.get(datatype)
-    values = getattr(tensor.contents, field) if field else []
-    if len(values) != count:
+    values = tensor.data
+    if _value_count(values) != count:
         raise InvalidArgument(
-            f"input '{name}': contents hold {len(values)} values but shape {shape} needs {count}"
+            f"input '{name}': contents hold {_value_count(values)} values but shape {shape} "
+            f"needs {count}"
         )
     return np.asarray(values, dtype=dtype).reshape(shape)
 
 
-def decode_bytes(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> list[bytes]:
-    """A BYTES input as a flat list of its elements."""
+def decode_bytes(tensor: InputTensor, raw: bytes | None) -> list[bytes]:
+    """A BYTES input as a flat list of its elements (``raw``: length-prefixed, as sent)."""
     count = _element_count(list(tensor.shape), tensor.name)
-    _check_one_source(tensor, raw)
     if raw is not None:
         return parse_bytes_elements(raw, count, tensor.name)
-    elements = list(tensor.contents.bytes_contents)
+    elements = tensor.data if isinstance(tensor.data, list) else []
     if len(elements) != count:
         raise InvalidArgument(
             f"input '{tensor.name}': contents hold {len(elements)} elements but shape "
@@ -137,25 +140,23 @@ def decode_bytes(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | Non
     return elements
 
 
-def classification_k(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> int:
+def classification_k(name: str, parameters: Parameters) -> int:
     """The requested top-k of the classification extension (0: not requested)."""
-    if "classification" not in output.parameters:
+    if "classification" not in parameters:
         return 0
-    param = output.parameters["classification"]
-    kind = param.WhichOneof("parameter_choice")
-    if kind in ("int64_param", "uint64_param"):
-        k = getattr(param, kind)
-    elif kind == "string_param" and _INTEGER.fullmatch(param.string_param):
-        k = int(param.string_param)
+    value = parameters["classification"]
+    if isinstance(value, int) and not isinstance(value, bool):
+        k = value
+    elif isinstance(value, str) and _INTEGER.fullmatch(value):
+        k = int(value)
     else:
-        value = getattr(param, kind) if kind else None
-        got = shown(value) if isinstance(value, str) else f"{kind} {value}"
+        got = shown(value) if isinstance(value, str) else f"{parameter_kind(value)} {value}"
         raise InvalidArgument(
-            f"output {shown(output.name)}: parameter classification must be an integer "
+            f"output {shown(name)}: parameter classification must be an integer "
             f"(int64_param, uint64_param or a decimal string_param), got {got}"
         )
     if k < 1:
-        raise InvalidArgument(f"output {shown(output.name)}: classification count {k} must be >= 1")
+        raise InvalidArgument(f"output {shown(name)}: classification count {k} must be >= 1")
     return int(k)
 
 
@@ -166,7 +167,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def classify(logits: np.ndarray, k: int, labels: tuple[str, ...]) -> list[bytes]:
+def classify(logits: np.ndarray, k: int, labels: tuple[str, ...]) -> list[str]:
     """Top-k per row as Triton's "score:index:label" strings (score = output value).
 
     ``k`` was checked against the model's classes before the request was queued."""
@@ -175,11 +176,10 @@ def classify(logits: np.ndarray, k: int, labels: tuple[str, ...]) -> list[bytes]
     for row, indices in zip(logits, order, strict=True):
         for i in indices:
             label = labels[i] if i < len(labels) else ""
-            out.append(f"{row[i]:f}:{i}:{label}".encode())
+            out.append(f"{row[i]:f}:{i}:{label}")
     return out
 
 
 def numpy_dtype(datatype: str) -> np.dtype | None:
     """The little-endian numpy dtype of a KServe v2 numeric datatype; None for BYTES/unknown."""
-    found = _NUMPY.get(datatype)
-    return None if found is None else np.dtype(found).newbyteorder("<")
+    return _LITTLE_ENDIAN.get(datatype)

@@ -17,10 +17,12 @@ import grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from server.core import converters
 from server.core.control import Caller, ModelControl
 from server.core.dataplane import DataPlane
 from server.core.errors import InferenceError, clip
 from server.core.load_request import from_grpc
+from server.core.messages import InferResponse
 from server.core.models import ModelManager
 from server.grpc.streaming import InferStream
 
@@ -99,19 +101,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request, context):
-        if self.plane.tracer.on:
-            return await self._infer(request, _deadline(context), context.peer(), context)
-        return await self.plane.infer(request, _deadline(context), owner=context.peer())
+        answer = await self._infer(request, _deadline(context), context.peer(), context)
+        return converters.response_to_pb(answer)
 
-    async def _infer(self, request, deadline: float | None, owner: object, context):
-        """The data plane's infer, traced when the tracer samples the request: Triton's gRPC
-        timestamps around the data plane's (grpc.aio hands over a request already read)."""
-        tracer = self.plane.tracer
+    async def _infer(
+        self, request: pb.ModelInferRequest, deadline: float | None, owner: object, context
+    ) -> InferResponse:
+        """The data plane's infer of the request translated, traced when the tracer samples
+        it: Triton's gRPC timestamps around the data plane's (grpc.aio hands over a request
+        already read)."""
+        plane, tracer = self.plane, self.plane.tracer
         if not tracer.on or not (trace := tracer.sample(request.model_name, _parent(context))):
-            return await self.plane.infer(request, deadline, owner=owner)
+            message = converters.request_from_pb(request, plane.request_limits)
+            return await plane.infer(message, deadline, owner=owner)
         trace.stamp("GRPC_WAITREAD_END")
         try:
-            return await self.plane.infer(request, deadline, owner=owner, trace=trace)
+            message = converters.request_from_pb(request, plane.request_limits)
+            return await plane.infer(message, deadline, owner=owner, trace=trace)
         finally:
             trace.stamp("GRPC_SEND_START")
             tracer.finish(trace)

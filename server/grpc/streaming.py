@@ -30,11 +30,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from protos import grpc_service_pb2 as pb
+from server.core.converters import response_to_pb
 from server.core.errors import InferenceError, Unavailable, clip
+from server.core.messages import InferResponse
 
 log = logging.getLogger(__name__)
 
-Infer = Callable[[pb.ModelInferRequest, float | None], Awaitable[pb.ModelInferResponse]]
+Infer = Callable[[pb.ModelInferRequest, float | None], Awaitable[InferResponse]]
 
 
 class InferStream:
@@ -109,7 +111,7 @@ class InferStream:
             self._answers.put_nowait(_error(request, f"{type(exc).__name__}: {exc}"))
         else:
             answer = pb.ModelStreamInferResponse()
-            answer.infer_response.CopyFrom(response)
+            response_to_pb(response, answer.infer_response)  # written in place, not copied
             self._answers.put_nowait(answer)
 
 

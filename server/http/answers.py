@@ -13,10 +13,8 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from protos import grpc_service_pb2 as pb
 from server.core import tensors
-from server.core.errors import InvalidArgument
-from server.core.shared_memory import PARAM_REGION
+from server.core.messages import InferResponse
 
 _INT64 = {
     FieldDescriptor.TYPE_INT64,
@@ -85,46 +83,51 @@ def _fixed(value: Any, field: FieldDescriptor) -> Any:
     return value
 
 
-# --- ModelInferResponse -> JSON (+ binary) -----------------------------------------------
+# --- InferResponse -> JSON (+ binary) ----------------------------------------------------
 
 
-def _json_data(datatype: str, raw: bytes, shape: list[int], name: str) -> list[Any]:
-    if datatype == "BYTES":
-        elements = tensors.parse_bytes_elements(raw, math.prod(shape), name)
-        return [e.decode("utf-8", "replace") for e in elements]
-    dtype = tensors.numpy_dtype(datatype)
-    if dtype is None:
-        raise InvalidArgument(f"output '{name}': datatype {datatype} has no JSON form")
-    array = np.frombuffer(raw, dtype=dtype)
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        return _spelled(array.tolist())
-    return array.tolist()
+def _json_data(data: np.ndarray | list[str] | list[bytes]) -> list[Any]:
+    """Values as JSON: classification strings as they are, numbers as a flat list."""
+    if not isinstance(data, np.ndarray):
+        return [e if isinstance(e, str) else e.decode("utf-8", "replace") for e in data]
+    values = data.reshape(-1).tolist()
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        return _spelled(values)
+    return values
 
 
-def _parameter_value(param: pb.InferParameter) -> Any:
-    kind = param.WhichOneof("parameter_choice")
-    return getattr(param, kind) if kind else None
+def json_weight(answer: InferResponse, binary: Callable[[str], bool]) -> int:
+    """About how many bytes of values the answer's JSON form holds (what not to encode on
+    the event loop): each value's binary size."""
+    weight = 0
+    for out in answer.outputs:
+        if out.data is None or binary(out.name):
+            continue
+        data = out.data
+        weight += data.nbytes if isinstance(data, np.ndarray) else sum(len(e) for e in data)
+    return weight
 
 
 def encode_infer(
-    response: pb.ModelInferResponse, binary: Callable[[str], bool]
+    response: InferResponse, binary: Callable[[str], bool]
 ) -> tuple[bytes, int | None]:
     """The REST answer: JSON, then the binary outputs; the JSON length when there are any."""
     outputs, tail = [], []
-    for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
-        params = {k: _parameter_value(v) for k, v in tensor.parameters.items()}
+    for tensor in response.outputs:
+        params = dict(tensor.parameters)
         out: dict[str, Any] = {
             "name": tensor.name,
             "datatype": tensor.datatype,
             "shape": list(tensor.shape),
         }
-        if PARAM_REGION in params:
+        if tensor.data is None:
             pass  # written into the client's shared memory region
         elif binary(tensor.name):
+            raw = tensors.raw_bytes(tensor.datatype, tensor.data)
             params["binary_data_size"] = len(raw)
             tail.append(raw)
         else:
-            out["data"] = _json_data(tensor.datatype, raw, list(tensor.shape), tensor.name)
+            out["data"] = _json_data(tensor.data)
         if params:
             out["parameters"] = params
         outputs.append(out)
@@ -134,6 +137,8 @@ def encode_infer(
     }
     if response.id:
         doc["id"] = response.id
+    if response.parameters:
+        doc["parameters"] = dict(response.parameters)
     doc["outputs"] = outputs
     header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     if not tail:

@@ -1,10 +1,11 @@
-"""KServe v2 REST requests -> the protobuf messages the data plane speaks (answers: answers.py).
+"""KServe v2 REST requests -> the data plane's ``InferRequest`` (answers: answers.py).
 
-The HTTP frontend translates and nothing more: a JSON (or JSON + binary
-tensor extension) inference request becomes a ``ModelInferRequest`` with one
-``raw_input_contents`` blob per input, so validation, batching and
-classification stay in the data plane. Every datatype passes through by
-name; only the JSON ``data`` array needs its numpy dtype to become bytes.
+The HTTP frontend translates and nothing more: a JSON inference request becomes
+the data plane's request directly (numeric ``data`` a numpy array of its
+datatype, BYTES ``data`` a list of ``bytes``: nothing framed to be unframed), and
+a tensor in the binary extension is passed as the raw bytes it is, so
+validation, batching and classification stay in the data plane. Every
+datatype passes through by name; only JSON ``data`` needs its numpy dtype.
 """
 
 from __future__ import annotations
@@ -19,24 +20,25 @@ from typing import Any
 
 import numpy as np
 
-from protos import grpc_service_pb2 as pb
 from server.core import request_caps, tensors
 from server.core.errors import InvalidArgument, shown
 from server.core.load_request import LoadRequest, from_json
+from server.core.messages import InferRequest, InputTensor, Parameter, Parameters, RequestedOutput
 from server.core.shared_memory import PARAM_REGION
 from server.settings.limits import RequestLimits
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _MAX_DIM = 1 << 62
 _REQUEST_LIMITS = RequestLimits()
-_HTTP_ONLY = ("binary_data_size", "binary_data", "content_type")
+_HTTP_ONLY = ("binary_data_size", "binary_data", "content_type")  # tensor parameters
+_REQUEST_ONLY = ("binary_data_output", "timeout")  # request parameters HTTP acts on
 
 
 @dataclass(frozen=True)
 class InferCall:
     """A parsed REST inference request: the message, and what only HTTP knows."""
 
-    message: pb.ModelInferRequest
+    message: InferRequest
     binary_outputs: dict[str, bool]  # per requested output: answer in the binary tail
     binary_default: bool  # outputs not named (or named without binary_data)
     deadline: float | None  # time.monotonic() from the "timeout" parameter (microseconds)
@@ -45,7 +47,7 @@ class InferCall:
         return self.binary_outputs.get(name, self.binary_default)
 
 
-# --- JSON -> ModelInferRequest -----------------------------------------------------------
+# --- JSON -> InferRequest -----------------------------------------------------------
 
 
 def _bare_constant(name: str) -> Any:
@@ -75,26 +77,25 @@ def _typed(doc: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
     return value
 
 
-def _set_parameter(target: pb.InferParameter, value: Any, where: str) -> None:
-    if isinstance(value, bool):
-        target.bool_param = value
-    elif isinstance(value, int) and -(1 << 63) <= value < 1 << 63:
-        target.int64_param = value
-    elif isinstance(value, float):
-        target.double_param = value
-    elif isinstance(value, str):
-        target.string_param = value
-    else:
-        raise InvalidArgument(
-            f"{where}: parameter values must be bool, 64-bit int, number or string, "
-            f"got {shown(repr(value))}"
-        )
+def _parameter(value: Any, where: str) -> Parameter:
+    if isinstance(value, bool | float | str) or (
+        isinstance(value, int) and -(1 << 63) <= value < 1 << 63
+    ):
+        return value
+    raise InvalidArgument(
+        f"{where}: parameter values must be bool, 64-bit int, number or string, "
+        f"got {shown(repr(value))}"
+    )
 
 
-def _copy_parameters(params: dict[str, Any], target: Any, where: str) -> None:
-    for key, value in params.items():
-        if key not in _HTTP_ONLY:
-            _set_parameter(target[key], value, f"{where} parameter {shown(key)}")
+def _parameters(
+    params: dict[str, Any], where: str, drop: tuple[str, ...] = _HTTP_ONLY
+) -> Parameters:
+    return {
+        key: _parameter(value, f"{where} parameter {shown(key)}")
+        for key, value in params.items()
+        if key not in drop
+    }
 
 
 def _shape(spec: dict[str, Any], where: str) -> list[int]:
@@ -123,7 +124,14 @@ def _flatten(data: Any, where: str) -> list[Any]:
     return out
 
 
-def _bytes_data(data: Any, base64_encoded: bool, where: str) -> bytes:
+def _count(found: int, shape: list[int], where: str) -> None:
+    if found != math.prod(shape):
+        raise InvalidArgument(
+            f"{where}: 'data' holds {found} values but shape {shape} needs {math.prod(shape)}"
+        )
+
+
+def _bytes_data(data: Any, base64_encoded: bool, shape: list[int], where: str) -> list[bytes]:
     elements = []
     for i, item in enumerate(_flatten(data, where)):
         if not isinstance(item, str):
@@ -135,28 +143,24 @@ def _bytes_data(data: Any, base64_encoded: bool, where: str) -> bytes:
                 raise InvalidArgument(f"{where}: element {i} is not base64: {exc}") from None
         else:
             elements.append(item.encode())
-    return tensors.serialize_bytes_elements(elements)
+    _count(len(elements), shape, where)
+    return elements
 
 
-def _numeric_data(data: Any, datatype: str, shape: list[int], where: str) -> bytes:
+def _numeric_data(data: Any, datatype: str, shape: list[int], where: str) -> np.ndarray | None:
     dtype = tensors.numpy_dtype(datatype)
     if dtype is None:
-        return b""  # the data plane names the datatype and the accepted ones
+        return None  # the data plane names the datatype and the accepted ones
     try:
         array = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidArgument(f"{where}: 'data' is not an array of {datatype}: {exc}") from None
-    if array.size != math.prod(shape):
-        raise InvalidArgument(
-            f"{where}: 'data' holds {array.size} values but shape {shape} needs {math.prod(shape)}"
-        )
-    return array.tobytes()
+    _count(array.size, shape, where)
+    return array
 
 
-def _input(
-    spec: Any, index: int, tail: memoryview, offset: int, message: pb.ModelInferRequest
-) -> tuple[bytes | None, int]:
-    """Add input ``index`` to ``message``; its bytes (None: shared memory) and the new offset."""
+def _input(spec: Any, index: int, tail: memoryview, offset: int) -> tuple[InputTensor, int]:
+    """Input ``index`` (its data None: in shared memory) and the new binary offset."""
     where = f"input {index}"
     if not isinstance(spec, dict):
         raise InvalidArgument(f"{where}: each input must be an object")
@@ -164,8 +168,7 @@ def _input(
     where = f"input {shown(name)}"
     datatype = _typed(spec, "datatype", str, where) or ""
     params = _typed(spec, "parameters", dict, where) or {}
-    tensor = message.inputs.add(name=name, datatype=datatype, shape=_shape(spec, where))
-    _copy_parameters(params, tensor.parameters, where)
+    tensor = InputTensor(name, datatype, _shape(spec, where), None, _parameters(params, where))
     size = params.get("binary_data_size")
     if size is not None:
         if "data" in spec:
@@ -176,10 +179,11 @@ def _input(
             raise InvalidArgument(
                 f"{where}: binary_data_size {size} runs past the {len(tail)} binary bytes sent"
             )
-        return bytes(tail[offset : offset + size]), offset + size
+        tensor.data = bytes(tail[offset : offset + size])  # raw, as the binary extension sent it
+        return tensor, offset + size
     if "data" not in spec:
         if PARAM_REGION in params:
-            return None, offset
+            return tensor, offset
         raise InvalidArgument(f"{where}: no 'data', binary_data_size or shared memory region")
     if params.get("content_type") not in (None, "base64") or (
         params.get("content_type") and datatype != "BYTES"
@@ -189,8 +193,11 @@ def _input(
             "'base64' on a BYTES input decodes each string"
         )
     if datatype == "BYTES":
-        return _bytes_data(spec["data"], params.get("content_type") == "base64", where), offset
-    return _numeric_data(spec["data"], datatype, tensor.shape, where), offset
+        encoded = params.get("content_type") == "base64"
+        tensor.data = _bytes_data(spec["data"], encoded, tensor.shape, where)
+    else:
+        tensor.data = _numeric_data(spec["data"], datatype, tensor.shape, where)
+    return tensor, offset
 
 
 def _check_counts(doc: dict[str, Any], params: dict[str, Any], limits: RequestLimits) -> None:
@@ -206,7 +213,7 @@ def _check_counts(doc: dict[str, Any], params: dict[str, Any], limits: RequestLi
     request_caps.check_counts(limits, 0, 0, len(params) + tensor_params)
 
 
-def _outputs(doc: dict[str, Any], message: pb.ModelInferRequest) -> dict[str, bool]:
+def _outputs(doc: dict[str, Any], message: InferRequest) -> dict[str, bool]:
     binary: dict[str, bool] = {}
     for index, spec in enumerate(_typed(doc, "outputs", list, "request") or []):
         if not isinstance(spec, dict):
@@ -214,8 +221,7 @@ def _outputs(doc: dict[str, Any], message: pb.ModelInferRequest) -> dict[str, bo
         name = _typed(spec, "name", str, f"output {index}") or ""
         where = f"output {shown(name)}"
         params = _typed(spec, "parameters", dict, where) or {}
-        tensor = message.outputs.add(name=name)
-        _copy_parameters(params, tensor.parameters, where)
+        message.outputs.append(RequestedOutput(name, _parameters(params, where)))
         if "binary_data" in params:
             binary[name] = _typed(params, "binary_data", bool, where)
     return binary
@@ -240,30 +246,21 @@ def parse_infer(
         split = int(header_length)
     doc = _parse_json(body[:split])
     tail = memoryview(body)[split:]
-    message = pb.ModelInferRequest(model_name=model, model_version=version)
-    message.id = _typed(doc, "id", str, "request") or ""
+    request_id = _typed(doc, "id", str, "request") or ""
     params = _typed(doc, "parameters", dict, "request parameters") or {}
     _check_counts(doc, params, limits)
-    _copy_parameters(
-        {k: v for k, v in params.items() if k not in ("binary_data_output", "timeout")},
-        message.parameters,
-        "request",
+    message = InferRequest(
+        model, version, request_id, parameters=_parameters(params, "request", _REQUEST_ONLY)
     )
-    raws, offset = [], 0
+    offset = 0
     for index, spec in enumerate(_typed(doc, "inputs", list, "request") or []):
-        raw, offset = _input(spec, index, tail, offset, message)
-        raws.append(raw)
+        tensor, offset = _input(spec, index, tail, offset)
+        message.inputs.append(tensor)
     if offset != len(tail):
         raise InvalidArgument(
             f"the body carries {len(tail)} binary bytes but the inputs' binary_data_size "
             f"add up to {offset}"
         )
-    if any(r is not None for r in raws):
-        if any(r is None for r in raws):
-            raise InvalidArgument(
-                "mixing shared-memory inputs and inputs with data is not supported"
-            )
-        message.raw_input_contents.extend(raws)
     binary_default = _typed(params, "binary_data_output", bool, "request parameters") or False
     return InferCall(message, _outputs(doc, message), binary_default, _deadline(params))
 
@@ -286,10 +283,8 @@ def parse_raw(
             f"raw binary request of {len(body)} bytes is not a whole number of {datatype} "
             f"rows of dims {dims} ({row} bytes each)"
         )
-    message = pb.ModelInferRequest(model_name=model, model_version=version)
-    message.inputs.add(name=name, datatype=datatype, shape=[len(body) // row, *dims])
-    message.raw_input_contents.append(body)
-    return InferCall(message, {}, False, None)
+    tensor = InputTensor(name, datatype, [len(body) // row, *dims], body)
+    return InferCall(InferRequest(model, version, inputs=[tensor]), {}, False, None)
 
 
 def _deadline(params: dict[str, Any]) -> float | None:

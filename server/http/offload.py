@@ -6,7 +6,8 @@ gRPC, HTTP and health) for its whole 0.24 s; a 60 MiB binary-extension header st
 it 2.2 s, six large bodies at once 7.3 s. Bodies whose JSON is at most
 ``json_on_loop_kb`` are handled in place (well under a millisecond); larger ones go
 to a small ``ProcessPoolExecutor`` (spawned, so no gRPC threads are forked), whose
-answer comes back as a pickled protobuf message: a copy, not a parse of text.
+answer comes back as the pickled request (numpy arrays, bytes): a copy, not a parse
+of text.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from protos import grpc_service_pb2 as pb
 from server.core.errors import Unavailable
+from server.core.messages import InferResponse
 from server.http import answers, codec
 from server.http.budgets import Budgets
 from server.settings.limits import HttpLimits, RequestLimits
@@ -110,16 +111,11 @@ class JsonOffload:
         return await self._off_loop(codec.parse_infer, *args)  # a chunked or mixed body
 
     async def encode(
-        self, answer: pb.ModelInferResponse, call: codec.InferCall
+        self, answer: InferResponse, call: codec.InferCall
     ) -> tuple[bytes, int | None]:
         """``answers.encode_infer``, in a worker when the JSON answer would be large."""
         binary = functools.partial(_binary, dict(call.binary_outputs), call.binary_default)
-        as_json = sum(
-            len(raw)
-            for tensor, raw in zip(answer.outputs, answer.raw_output_contents, strict=False)
-            if not binary(tensor.name)
-        )
-        if as_json * _JSON_PER_RAW_BYTE <= self.bound:
+        if answers.json_weight(answer, binary) * _JSON_PER_RAW_BYTE <= self.bound:
             return answers.encode_infer(answer, binary)
         return await self._off_loop(answers.encode_infer, answer, binary)
 
