@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from server.core import SURFACE
+
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = {"modelrepo", "imaging", "engines", "protos", "exporter", "server", "client"}
 PROJECT |= {"benchmarks", "devtools", "tests"}
@@ -109,3 +111,32 @@ def test_server_rooms_import_only_what_lies_below(room: str) -> None:
         if extra:
             bad[str(path.relative_to(ROOT))] = sorted(extra)
     assert not bad, f"server/{room} may import only {sorted(ROOMS[room])}; found {bad}"
+
+
+def core_modules_imported(path: Path) -> set[str]:
+    """The ``server.core`` modules ``path`` imports (``from server.core import x`` too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[:2] == ["server", "core"]:
+                found |= {parts[2]} if len(parts) > 2 else {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[:2] == ["server", "core"] and len(parts) > 2:
+                    found.add(parts[2])
+    return found
+
+
+def test_frontends_use_only_the_cores_declared_surface() -> None:
+    frontends = [ROOT / "server" / room for room in ("grpc", "http", "cluster")]
+    paths = [p for folder in frontends for p in sorted(folder.rglob("*.py"))]
+    paths += sorted((ROOT / "server").glob("*.py"))  # the wiring at the top
+    bad = {
+        str(path.relative_to(ROOT)): sorted(extra)
+        for path in paths
+        if (extra := core_modules_imported(path) - SURFACE)
+    }
+    assert not bad, f"outside server.core.SURFACE {sorted(SURFACE)}: {bad}"
+    assert SURFACE <= {p.stem for p in (ROOT / "server" / "core").glob("*.py")}, SURFACE
