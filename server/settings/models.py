@@ -27,7 +27,8 @@ class ModelSettings(Section):
         {}, flag="--onnxruntime-config", metavar="KEY=VALUE"
     )
     """ONNX Runtime session config entries for every model (repeatable), e.g.
-    session.intra_op.allow_spinning=0; config.pbtxt's onnxruntime.* add per-model ones."""
+    session.intra_op.allow_spinning=1 (spinning is off by default: it cost more CPU than a
+    small model's request); config.pbtxt's onnxruntime.* add per-model ones, these win."""
     warmup: bool = setting(True, flag="--no-warmup", negate=True)
     """Warm every instance up at each preferred batch size before reporting ready."""
     max_spatial_size: int | None = setting(None, flag="--max-spatial-size", ge=1)

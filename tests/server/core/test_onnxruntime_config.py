@@ -52,6 +52,7 @@ def test_config_parameters_and_command_line_reach_the_session(lenet: Path) -> No
     session_entries = backend._session.get_session_options().get_session_config_entry
     assert session_entries("session.intra_op.allow_spinning") == "1"
     assert session_entries("session.dynamic_block_base") == "4"
+    assert session_entries("session.inter_op.allow_spinning") == "0"  # the engine's default
     assert backend.describe()["session_config"]["session.dynamic_block_base"] == "4"
     x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
     assert backend.infer(x).shape == (2, 10)
