@@ -22,7 +22,8 @@ class ModelSettings(Section):
     allow_cpu_fallback: bool = setting(False, flag="--allow-cpu-fallback")
     """Run KIND_GPU models on the CPU when no GPU is usable."""
     intra_op_threads: int = setting(0, flag="--intra-op-threads", ge=0)
-    """ONNX Runtime threads per instance; 0: config.pbtxt's, else the runtime's default."""
+    """ONNX Runtime threads per instance; 0: config.pbtxt's, else 1 for a model under 20
+    MMACs per image (its export.json), else the runtime's default."""
     onnxruntime_config: dict[str, str] = setting(
         {}, flag="--onnxruntime-config", metavar="KEY=VALUE"
     )
