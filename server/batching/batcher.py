@@ -68,7 +68,7 @@ from server.batching.types import (
     is_expired,
     late_message,
 )
-from server.batching.waiters import LoopWaiter, Settlement
+from server.batching.waiters import LoopWaiter, Settlement, claim, fail
 
 __all__ = [
     "BatchObserver",
@@ -296,12 +296,8 @@ class DynamicBatcher:
     def _claim(self, req: PendingRequest) -> bool:
         """Under the lock: take a request out of the queue for computing."""
         self._unqueue(req)
-        future = req.future
-        if isinstance(future, LoopWaiter):
-            if not future.cancelled():
-                return True  # from here on its cancel() says it was computing
-        elif future.set_running_or_notify_cancel():
-            return True  # from here on its caller can no longer cancel it
+        if claim(req.future):
+            return True  # from here on its caller's cancel() says it was computing
         self._stats.dropped_cancelled += 1  # cancelled a moment ago
         req.withdrawn = True
         return False
@@ -337,10 +333,7 @@ class DynamicBatcher:
                 req.trace.batched(req.arrival, dispatched, started_ns, started_ns + compute_ns)
             part = out[offset : offset + req.rows]
             answer = (part, maps[offset : offset + req.rows]) if req.features else part
-            if isinstance(req.future, LoopWaiter):
-                settlement.add(req.future, answer)
-            else:
-                req.future.set_result(answer)
+            settlement.add(req.future, answer)
             offset += req.rows
         settlement.send()  # one wake-up of each waiting loop for the whole batch
         if self.observer is not None:
@@ -412,21 +405,6 @@ class DynamicBatcher:
 
     def _fail(self, req: PendingRequest, exc: BaseException) -> None:
         """Outside the lock: fail a request nobody answered yet."""
-        future = req.future
-        if isinstance(future, LoopWaiter):
-            if future.cancelled():
-                return
-            settlement = Settlement()
-            settlement.add(future, None, exc)
-            settlement.send()
-        else:
-            try:
-                if future.cancelled():
-                    return
-                if not (future.running() or future.set_running_or_notify_cancel()):
-                    return  # cancelled meanwhile
-                future.set_exception(exc)
-            except concurrent.futures.InvalidStateError:
-                return  # answered meanwhile
-        with self._lock:
-            self._stats.failure_count += 1
+        if fail(req.future, exc):
+            with self._lock:
+                self._stats.failure_count += 1

@@ -82,6 +82,37 @@ def _settle(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
             future.set_exception(error)
 
 
+Answer = concurrent.futures.Future[Any] | LoopWaiter  # where a queued request's rows go
+
+
+def claim(answer: Answer) -> bool:
+    """Under the batcher's lock, as the request leaves the queue for computing: whether
+    its caller still waits (a thread's future can no longer be cancelled after this)."""
+    if isinstance(answer, LoopWaiter):
+        return not answer.cancelled()
+    return answer.set_running_or_notify_cancel()
+
+
+def fail(answer: Answer, error: BaseException) -> bool:
+    """Outside the lock: give ``error`` to a caller nobody answered yet; whether it got it."""
+    if isinstance(answer, LoopWaiter):
+        if answer.cancelled():
+            return False
+        settlement = Settlement()
+        settlement.add(answer, None, error)
+        settlement.send()
+        return True
+    try:
+        if answer.cancelled():
+            return False
+        if not (answer.running() or answer.set_running_or_notify_cancel()):
+            return False  # cancelled meanwhile
+        answer.set_exception(error)
+    except concurrent.futures.InvalidStateError:
+        return False  # answered meanwhile
+    return True
+
+
 class Settlement:
     """One batch's answers, gathered on a worker thread and sent once per event loop."""
 
@@ -90,8 +121,12 @@ class Settlement:
     def __init__(self) -> None:
         self._loops: dict[asyncio.AbstractEventLoop, list[Any]] = {}
 
-    def add(self, waiter: LoopWaiter, value: Any, error: BaseException | None = None) -> None:
-        self._loops.setdefault(waiter.loop, []).append((waiter.future, value, error))
+    def add(self, answer: Answer, value: Any, error: BaseException | None = None) -> None:
+        """A thread's future is answered at once; a loop's waits for ``send``."""
+        if isinstance(answer, LoopWaiter):
+            self._loops.setdefault(answer.loop, []).append((answer.future, value, error))
+        else:
+            answer.set_result(value)
 
     def send(self) -> None:
         for loop, answers in self._loops.items():
