@@ -30,7 +30,7 @@ class BackendConfig:
     intra_op_threads: int = 0  # 0: the runtime's default (all cores)
     use_tensorrt_ep: bool = False  # config asks for the TensorRT execution accelerator
     # ONNX Runtime session config entries (add_session_config_entry), e.g.
-    # ("session.intra_op.allow_spinning", "0"); later entries win.
+    # ("session.intra_op.allow_spinning", "1"); later entries win (after the engine defaults).
     session_config: tuple[tuple[str, str], ...] = ()
     device_id: int = 0
     # The extra output holding the last feature map, for class activation maps ("": none).

@@ -23,6 +23,16 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 SHRINK_ARENA_BYTES = 16 << 20  # above a full batch of 16 images at 224x224 (9.6 MB)
 _SHRINK: Any = None  # RunOptions, made once onnxruntime is imported (in load)
+# Session config entries every session starts from; config.pbtxt's and the command line's
+# come after and win. ONNX Runtime's pool threads spin on a core for a while after each
+# parallel section by default: with a small model that burned more CPU than the request
+# (the server at 168% CPU answering one client; off: 2.0x less CPU per LeNet-5 request,
+# the same p50 within noise, docs/benchmarks/overhead.md). Spinning pays only on a host
+# with cores to spare for a model whose compute dominates; turn it on per model there.
+DEFAULT_SESSION_CONFIG = (
+    ("session.intra_op.allow_spinning", "0"),
+    ("session.inter_op.allow_spinning", "0"),
+)
 
 
 def choose_providers(config: BackendConfig, available: list[str]) -> list[str]:
@@ -88,7 +98,7 @@ class OnnxRuntimeBackend(Backend):
         opts.inter_op_num_threads = 1
         if self.config.intra_op_threads > 0:
             opts.intra_op_num_threads = self.config.intra_op_threads
-        for key, value in self.config.session_config:
+        for key, value in self.session_config().items():
             opts.add_session_config_entry(key, value)
         try:
             session = ort.InferenceSession(str(self.config.model_file), opts, providers=wanted)
@@ -129,6 +139,10 @@ class OnnxRuntimeBackend(Backend):
         large = batch.nbytes > SHRINK_ARENA_BYTES
         return self._session.run(names, {self._input: batch}, _SHRINK if large else None)
 
+    def session_config(self) -> dict[str, str]:
+        """The entries this session gets: the defaults, then the config's (later wins)."""
+        return dict((*DEFAULT_SESSION_CONFIG, *self.config.session_config))
+
     def unload(self) -> None:
         self._session = None
         super().unload()
@@ -138,5 +152,5 @@ class OnnxRuntimeBackend(Backend):
             "backend": "onnxruntime",
             "providers": self.providers,
             "intra_op_threads": self.config.intra_op_threads,
-            "session_config": dict(self.config.session_config),
+            "session_config": self.session_config(),
         }

@@ -27,10 +27,13 @@ cancel and queue-delay expiry):
 
 Workers form their own batches: with the scheduler on the event loop the next
 dispatch waited behind the responses of the batch just finished (the instance
-sat idle ~10% of the time here). Callers wait on a ``concurrent.futures.Future``
-(``submit_future``, from any thread). One output row per input row is
-checked; an error fails exactly the requests of its batch. Results are views
-into the batch output (no copy).
+sat idle ~10% of the time here). Event-loop callers await a ``LoopWaiter``
+(``submit``): a batch's answers reach each loop in one ``call_soon_threadsafe``
+(``server/batching/waiters.py``); other threads wait on a
+``concurrent.futures.Future`` (``submit_future``). Each request's rows are written
+once into its batch's input (no ``np.concatenate`` of a list). One output row per
+input row is checked; an error fails exactly the requests of its batch. Results
+are views into the batch output (no copy).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from modelrepo.serving import ServingConfig
+from server.batching.compute import compute
 from server.batching.fairness import QueueShares
 from server.batching.types import (
     BatcherClosedError,
@@ -64,6 +68,7 @@ from server.batching.types import (
     is_expired,
     late_message,
 )
+from server.batching.waiters import LoopWaiter, Settlement, claim, fail
 
 __all__ = [
     "BatchObserver",
@@ -155,6 +160,21 @@ class DynamicBatcher:
         with self._lock:
             return dataclasses.replace(self._stats, batch_sizes=dict(self._stats.batch_sizes))
 
+    def submit(
+        self,
+        inputs: np.ndarray,
+        deadline: float | None = None,
+        owner: Hashable | None = None,
+        features: bool = False,
+        trace: BatchTrace | None = None,
+    ) -> LoopWaiter:
+        """``submit_future`` for a caller on an event loop (call it there): await the waiter;
+        its ``cancel()`` withdraws the request and says whether it was still queued."""
+        holder: list[PendingRequest] = []
+        waiter = LoopWaiter(lambda: self._withdraw(holder[0]))
+        holder.append(self._enqueue(inputs, deadline, owner, features, trace, waiter))
+        return waiter
+
     def submit_future(
         self,
         inputs: np.ndarray,
@@ -166,6 +186,21 @@ class DynamicBatcher:
         """Queue ``inputs``; the future gets its output rows (``features``: and their feature
         maps, a tuple). Cancel it to withdraw. ``owner`` (a client) may hold only its share;
         ``trace`` (a sampled request) is told its queue and compute times."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        req = self._enqueue(inputs, deadline, owner, features, trace, future)
+        future.add_done_callback(lambda f: self._withdraw(req) if f.cancelled() else None)
+        return future
+
+    def _enqueue(
+        self,
+        inputs: np.ndarray,
+        deadline: float | None,
+        owner: Hashable | None,
+        features: bool,
+        trace: BatchTrace | None,
+        future: concurrent.futures.Future[Any] | LoopWaiter,
+    ) -> PendingRequest:
+        """Check and queue one request (or raise why not)."""
         if not self._accepting:
             raise BatcherClosedError(f"model {self.name!r} is not accepting requests")
         if features and self.run_features is None:
@@ -185,7 +220,6 @@ class DynamicBatcher:
                 self._stats.dropped_deadline += 1
                 self._stats.failure_count += 1
             raise DeadlineExceededError(late_message(self.name, deadline, now, now))
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             if self._stats.queue_rows + n > cfg.max_queue_size:
                 self._stats.rejected_queue_full += 1
@@ -204,17 +238,19 @@ class DynamicBatcher:
             self._shares.add(owner, n)
             self._stats.queue_rows += n
             self._changed.notify()
-        future.add_done_callback(lambda f: self._withdraw(req) if f.cancelled() else None)
-        return future
+        return req
 
-    def _withdraw(self, req: PendingRequest) -> None:
-        """The caller cancelled: drop the request if it is still queued (never computed)."""
+    def _withdraw(self, req: PendingRequest) -> bool:
+        """The caller cancelled: drop the request if it is still queued (never computed);
+        whether it was dropped so."""
         with self._lock:
             if req.queued:
                 self._pending.remove(req)
                 self._unqueue(req)
                 self._stats.dropped_cancelled += 1
+                req.withdrawn = True
                 self._changed.notify()  # the head may have changed
+            return req.withdrawn
 
     # -- worker threads -------------------------------------------------------
 
@@ -260,16 +296,17 @@ class DynamicBatcher:
     def _claim(self, req: PendingRequest) -> bool:
         """Under the lock: take a request out of the queue for computing."""
         self._unqueue(req)
-        if req.future.set_running_or_notify_cancel():
-            return True  # from here on its caller can no longer cancel it
+        if claim(req.future):
+            return True  # from here on its caller's cancel() says it was computing
         self._stats.dropped_cancelled += 1  # cancelled a moment ago
+        req.withdrawn = True
         return False
 
     def _run(self, batch: list[PendingRequest]) -> None:
         dispatched = time.monotonic()
         rows = sum(r.rows for r in batch)
         try:
-            out, maps, started_ns, compute_ns = self._compute(batch, rows)
+            out, maps, started_ns, compute_ns = compute(self, batch, rows)
             for req in batch:  # req <-> future is a cycle: free the megabytes without the GC
                 req.inputs = None  # type: ignore[assignment]
         except Exception as exc:
@@ -290,40 +327,21 @@ class DynamicBatcher:
             s.request_compute_ns += compute_ns * len(batch)
             count, total = s.batch_sizes.get(rows, (0, 0))
             s.batch_sizes[rows] = (count + 1, total + compute_ns)
-        offset = 0
+        offset, settlement = 0, Settlement()
         for req in batch:
             if req.trace is not None:
                 req.trace.batched(req.arrival, dispatched, started_ns, started_ns + compute_ns)
             part = out[offset : offset + req.rows]
-            req.future.set_result(
-                (part, maps[offset : offset + req.rows]) if req.features else part
-            )
+            answer = (part, maps[offset : offset + req.rows]) if req.features else part
+            settlement.add(req.future, answer)
             offset += req.rows
+        settlement.send()  # one wake-up of each waiting loop for the whole batch
         if self.observer is not None:
             try:
                 queued = [dispatched - r.arrival for r in batch]
                 self.observer.on_batch(rows, queued, compute_ns * 1e-9)
             except Exception:  # metrics must never fail inference
                 log.exception("batch observer of model %r failed", self.name)
-
-    def _compute(self, batch: list[PendingRequest], rows: int) -> tuple[np.ndarray, Any, int, int]:
-        """Concatenate, run (with the feature map if a request wants it), check rows; the
-        outputs, the feature maps, when the run started (monotonic ns) and its ns."""
-        inputs = [r.inputs for r in batch]
-        x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
-        start = time.monotonic_ns()
-        if self.run_features is not None and any(r.features for r in batch):
-            out, maps = self.run_features(x)
-        else:
-            out, maps = np.asarray(self.run_batch(x)), None
-        elapsed = time.monotonic_ns() - start
-        got = out.shape[0] if out.ndim else 0
-        if got != rows:
-            raise BatchSizeMismatchError(
-                f"model {self.name!r} returned {got} rows (shape {out.shape})"
-                f" for a batch of {rows} rows ({len(inputs)} requests)"
-            )
-        return out, maps, start, elapsed
 
     def _form(
         self, now: float, expired: list[tuple[PendingRequest, BaseException]]
@@ -387,13 +405,6 @@ class DynamicBatcher:
 
     def _fail(self, req: PendingRequest, exc: BaseException) -> None:
         """Outside the lock: fail a request nobody answered yet."""
-        try:
-            if req.future.cancelled():
-                return
-            if not (req.future.running() or req.future.set_running_or_notify_cancel()):
-                return  # cancelled meanwhile
-            req.future.set_exception(exc)
-        except concurrent.futures.InvalidStateError:
-            return  # answered meanwhile
-        with self._lock:
-            self._stats.failure_count += 1
+        if fail(req.future, exc):
+            with self._lock:
+                self._stats.failure_count += 1

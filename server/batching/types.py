@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from server.batching.waiters import LoopWaiter
+
 # One forward pass giving (logits, feature map), for requests that ask for class
 # activation maps (DynamicBatcher's ``run_features``).
 RunFeatures = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -84,13 +86,15 @@ class PendingRequest:
     inputs: np.ndarray
     rows: int
     deadline: float | None
-    future: concurrent.futures.Future[Any]  # its rows, or (rows, feature rows) with features
+    # its rows, or (rows, feature rows) with features: a thread's future or a loop's waiter
+    future: concurrent.futures.Future[Any] | LoopWaiter
     arrival: float
     arrived_busy: bool  # every instance was busy when it arrived
     owner: Hashable | None = None  # the client, for its share of the queue
     queued: bool = True
     features: bool = False  # also wants the feature map (class activation maps)
     trace: BatchTrace | None = None  # a sampled request: its queue and compute times
+    withdrawn: bool = False  # taken out of the queue because its caller gave up
 
 
 def is_expired(req: PendingRequest, now: float) -> bool:

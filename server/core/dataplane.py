@@ -252,8 +252,8 @@ class DataPlane:
         """The logits of ``array`` (with ``features``: and the feature map, a tuple)."""
         future = None
         try:
-            future = served.batcher.submit_future(array, deadline, owner, features, trace)
-            return await asyncio.wrap_future(future)
+            future = served.batcher.submit(array, deadline, owner, features, trace)
+            return await future  # cancel() below: True when it was still queued
         except batching.QueueFullError as exc:
             raise ResourceExhausted(str(exc)) from exc
         except batching.DeadlineExceededError as exc:

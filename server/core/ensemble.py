@@ -25,6 +25,7 @@ from modelrepo.names import RULE, valid_name
 from modelrepo.serving import ServingConfig
 from modelrepo.spec import CONFIG_FILE, ModelConfigError, ModelSpec
 from server.batching.types import BatcherClosedError, BatcherStats
+from server.batching.waiters import FutureWaiter
 from server.core.errors import FailedPrecondition, Unavailable
 from server.core.tensors import softmax
 
@@ -204,6 +205,17 @@ class EnsembleBatcher:
     def stats(self) -> BatcherStats:
         with self._lock:
             return dataclasses.replace(self._stats, batch_sizes=dict(self._stats.batch_sizes))
+
+    def submit(
+        self,
+        inputs: np.ndarray,
+        deadline: float | None = None,
+        owner: Hashable | None = None,
+        features: bool = False,
+        trace: object = None,
+    ) -> FutureWaiter:
+        """``submit_future`` as the data plane awaits it (``DynamicBatcher.submit``)."""
+        return FutureWaiter(self.submit_future(inputs, deadline, owner, features, trace))
 
     def submit_future(
         self,

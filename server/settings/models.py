@@ -22,12 +22,14 @@ class ModelSettings(Section):
     allow_cpu_fallback: bool = setting(False, flag="--allow-cpu-fallback")
     """Run KIND_GPU models on the CPU when no GPU is usable."""
     intra_op_threads: int = setting(0, flag="--intra-op-threads", ge=0)
-    """ONNX Runtime threads per instance; 0: config.pbtxt's, else the runtime's default."""
+    """ONNX Runtime threads per instance; 0: config.pbtxt's, else 1 for a model under 20
+    MMACs per image (its export.json), else the runtime's default."""
     onnxruntime_config: dict[str, str] = setting(
         {}, flag="--onnxruntime-config", metavar="KEY=VALUE"
     )
     """ONNX Runtime session config entries for every model (repeatable), e.g.
-    session.intra_op.allow_spinning=0; config.pbtxt's onnxruntime.* add per-model ones."""
+    session.intra_op.allow_spinning=1 (spinning is off by default: it cost more CPU than a
+    small model's request); config.pbtxt's onnxruntime.* add per-model ones, these win."""
     warmup: bool = setting(True, flag="--no-warmup", negate=True)
     """Warm every instance up at each preferred batch size before reporting ready."""
     max_spatial_size: int | None = setting(None, flag="--max-spatial-size", ge=1)

@@ -23,9 +23,9 @@ async def submit(
     batcher: DynamicBatcher, inputs: np.ndarray, deadline: float | None = None
 ) -> np.ndarray:
     """Queue ``inputs`` as the data plane does, await its batch, return its output rows."""
-    future = batcher.submit_future(inputs, deadline)
+    future = batcher.submit(inputs, deadline)
     try:
-        return await asyncio.wrap_future(future)
+        return await future
     except asyncio.CancelledError:
         future.cancel()  # still queued: dropped, never computed
         raise

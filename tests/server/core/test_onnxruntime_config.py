@@ -47,14 +47,30 @@ def test_config_parameters_and_command_line_reach_the_session(lenet: Path) -> No
         ("session.intra_op.allow_spinning", "0"),
         ("session.intra_op.allow_spinning", "1"),  # the command line comes last and wins
     )
+    assert cfg.intra_op_threads == 1  # lenet5, 0.4 MMACs per image: one thread (below)
     backend = create_backend(cfg)
     backend.load()
     session_entries = backend._session.get_session_options().get_session_config_entry
     assert session_entries("session.intra_op.allow_spinning") == "1"
     assert session_entries("session.dynamic_block_base") == "4"
+    assert session_entries("session.inter_op.allow_spinning") == "0"  # the engine's default
     assert backend.describe()["session_config"]["session.dynamic_block_base"] == "4"
     x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
     assert backend.infer(x).shape == (2, 10)
+
+
+def test_small_models_run_on_one_intra_op_thread_unless_configured(
+    lenet: Path, serve_repo: Path
+) -> None:
+    """export.json's MACs decide when neither config.pbtxt nor the command line did."""
+    for repo, name, opts, want in (
+        (lenet, "lenet5", ModelSettings(repository=lenet), 1),
+        (lenet, "lenet5", ModelSettings(repository=lenet, intra_op_threads=2), 2),
+        (serve_repo, "mobilenet_v2", ModelSettings(repository=serve_repo), 0),  # the runtime's
+    ):
+        spec = load_spec(repo / name)
+        serving = batching_config(spec, opts, BatchingSettings())
+        assert _backend_config(spec, 1, opts, serving).intra_op_threads == want, (name, opts)
 
 
 def test_command_line_entries_are_key_value_pairs(lenet: Path, capsys) -> None:

@@ -1,0 +1,58 @@
+"""One batch through the model: its input gathered, the run timed, its rows checked.
+
+Apart from the queue mechanics (``server/batching/batcher.py``): this is the only part
+that touches the requests' arrays.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from server.batching.types import BatchSizeMismatchError, PendingRequest, RunFeatures
+
+
+class Runner(Protocol):
+    """What of the batcher a batch runs with."""
+
+    name: str
+    run_batch: Callable[[np.ndarray], np.ndarray]
+    run_features: RunFeatures | None
+
+
+def gather(batch: list[PendingRequest], rows: int) -> np.ndarray:
+    """The batch's input: a lone request's own array, else each request's rows written
+    once into one new array (no list of parts concatenated)."""
+    first = batch[0].inputs
+    if len(batch) == 1:
+        return first
+    x = np.empty((rows, *first.shape[1:]), dtype=first.dtype)
+    offset = 0
+    for req in batch:
+        x[offset : offset + req.rows] = req.inputs
+        offset += req.rows
+    return x
+
+
+def compute(
+    runner: Runner, batch: list[PendingRequest], rows: int
+) -> tuple[np.ndarray, Any, int, int]:
+    """Gather, run (with the feature map if a request wants it), check rows; the outputs,
+    the feature maps, when the run started (monotonic ns) and its ns."""
+    x = gather(batch, rows)
+    start = time.monotonic_ns()
+    if runner.run_features is not None and any(r.features for r in batch):
+        out, maps = runner.run_features(x)
+    else:
+        out, maps = np.asarray(runner.run_batch(x)), None
+    elapsed = time.monotonic_ns() - start
+    got = out.shape[0] if out.ndim else 0
+    if got != rows:
+        raise BatchSizeMismatchError(
+            f"model {runner.name!r} returned {got} rows (shape {out.shape})"
+            f" for a batch of {rows} rows ({len(batch)} requests)"
+        )
+    return out, maps, start, elapsed
