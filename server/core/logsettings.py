@@ -92,6 +92,13 @@ class LogControl(logging.Filter):
             handler.setFormatter(_ISO8601 if iso else self._formats.get(handler))
         return self.describe()
 
+    def detach(self) -> None:
+        """Undo ``update`` on the handlers it touched: their filter and formatter back."""
+        for handler, formatter in self._formats.items():
+            handler.removeFilter(self)
+            handler.setFormatter(formatter)
+        self._formats.clear()
+
 
 def _checked(key: str, value: object) -> object:
     if key == "log_file":

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -309,7 +310,7 @@ def test_a_client_trace_context_is_always_traced_and_continued() -> None:
 
 
 @pytest.fixture
-def logs() -> tuple[LogControl, logging.Logger, io.StringIO]:
+def logs() -> Iterator[tuple[LogControl, logging.Logger, io.StringIO]]:
     logger = logging.getLogger("test_trace.logs")
     logger.propagate = False
     logger.setLevel(logging.INFO)
@@ -317,7 +318,11 @@ def logs() -> tuple[LogControl, logging.Logger, io.StringIO]:
     handler = logging.StreamHandler(out)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     logger.handlers = [handler]
-    return LogControl(logger), logger, out
+    control = LogControl(logger)
+    yield control, logger, out
+    # pytest hangs its capture handlers on this logger too: leave them unfiltered.
+    control.detach()
+    assert all(control not in h.filters for h in logging.getLogger().handlers + logger.handlers)
 
 
 def test_log_settings_switch_severities_and_format(logs) -> None:
