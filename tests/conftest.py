@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
@@ -30,6 +31,22 @@ from tests.kit.triton_helpers import LENET, LITE0, ROOT
 TRITON_SESSION = KIT / "triton_session.py"
 TRITON_HTTP_SESSION = KIT / "triton_http_session.py"
 TRITON_DIGIT_ROWS = slice(0, 1800, 150)  # 12 digits spread over the set
+
+
+@pytest.fixture(scope="session", autouse=True)
+def grpc_core_stays_up() -> Iterator[None]:
+    """One idle channel held for the whole session, so gRPC's core never shuts down.
+
+    gRPC core counts its users: when a process's last channel is collected it tears
+    down its threads (event engine, timer, lifeguard) and the next channel starts them
+    again. This suite does that hundreds of times, as each module's server exits and its
+    channels are collected. One full run died of a segfault in a native thread at such a
+    moment (test_image_decoding's server gone, test_images' starting) and another of an
+    abort; with the core held up it keeps its threads, and the channel never connects.
+    """
+    channel = grpc.insecure_channel("127.0.0.1:9")  # discard port; never called
+    yield
+    channel.close()
 
 
 @pytest.fixture(scope="session", autouse=True)
