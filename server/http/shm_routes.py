@@ -11,32 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
 from aiohttp import web
 
 from server.core.dataplane import DataPlane
 from server.core.errors import InvalidArgument, shown
-
-
-async def _body(request: web.Request, limit: int) -> dict[str, Any]:
-    """The registration's JSON object; a body over ``limit`` bytes is refused unread."""
-    if (request.content_length or 0) > limit:
-        raise InvalidArgument(
-            f"a shared-memory registration body is at most {limit} bytes, "
-            f"got {request.content_length}"
-        )
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:  # chunked, without a length: counted as it is read
-        raise InvalidArgument(f"a shared-memory registration body is at most {limit} bytes")
-    try:
-        doc = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"registration body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument(f"registration body must be a JSON object, got {type(doc).__name__}")
-    return doc
+from server.http.small_bodies import read_object
 
 
 def _int(doc: dict[str, Any], key: str, default: int | None = None) -> int:
@@ -68,7 +49,7 @@ class SharedMemoryRoutes:
         )
 
     async def system_register(self, request: web.Request) -> web.Response:
-        doc = await _body(request, self.limit)
+        doc = await read_object(request, self.limit, "a shared-memory registration body")
         key = doc.get("key")
         if not isinstance(key, str):
             got = shown(repr(key))
@@ -87,7 +68,7 @@ class SharedMemoryRoutes:
         )
 
     async def cuda_register(self, request: web.Request) -> web.Response:
-        doc = await _body(request, self.limit)
+        doc = await read_object(request, self.limit, "a shared-memory registration body")
         self.plane.cuda_shm.check_supported(_name(request))  # why first, as Triton without GPU
         handle = doc.get("raw_handle")
         encoded = handle.get("b64") if isinstance(handle, dict) else None

@@ -9,13 +9,13 @@ client through the frontend's error middleware as ``{"error": ...}``.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from server.core.dataplane import DataPlane
 from server.core.errors import InvalidArgument
+from server.http.small_bodies import read_object
 
 MAX_BODY = 64 << 10  # a settings body is a few hundred bytes
 
@@ -23,16 +23,7 @@ MAX_BODY = 64 << 10  # a settings body is a few hundred bytes
 async def _body(request: web.Request) -> dict[str, Any]:
     if request.method != "POST":
         return {}
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise InvalidArgument(f"settings body over {MAX_BODY} bytes")
-    try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"failed to parse the request JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument(f"expected a JSON object of settings, got {type(body).__name__}")
-    return body
+    return await read_object(request, MAX_BODY, "a settings body")
 
 
 def _values(key: str, value: Any) -> list[str] | None:
