@@ -115,6 +115,7 @@ class DynamicBatcher:
         self._pending: collections.deque[PendingRequest] = collections.deque()
         self._shares = QueueShares(config, max_queue_share)
         self._in_flight = 0
+        self._sleeping = 0  # workers in ``_changed.wait``: a submit wakes one only if any
         self._accepting = False
         self._started = False
         self._workers: list[threading.Thread] = []
@@ -170,9 +171,8 @@ class DynamicBatcher:
     ) -> LoopWaiter:
         """``submit_future`` for a caller on an event loop (call it there): await the waiter;
         its ``cancel()`` withdraws the request and says whether it was still queued."""
-        holder: list[PendingRequest] = []
-        waiter = LoopWaiter(lambda: self._withdraw(holder[0]))
-        holder.append(self._enqueue(inputs, deadline, owner, features, trace, waiter))
+        waiter = LoopWaiter(self._withdraw)
+        waiter.request = self._enqueue(inputs, deadline, owner, features, trace, waiter)
         return waiter
 
     def submit_future(
@@ -237,7 +237,8 @@ class DynamicBatcher:
             self._pending.append(req)
             self._shares.add(owner, n)
             self._stats.queue_rows += n
-            self._changed.notify()
+            if self._sleeping:  # Condition.notify costs microseconds even with none waiting
+                self._changed.notify()
         return req
 
     def _withdraw(self, req: PendingRequest) -> bool:
@@ -276,7 +277,7 @@ class DynamicBatcher:
                     if not self._pending:
                         if not self._accepting:
                             return None
-                        self._changed.wait()
+                        self._sleep(None)
                         continue
                     now = time.monotonic()
                     batch, wait_s = self._form(now, expired)
@@ -288,10 +289,18 @@ class DynamicBatcher:
                         self._stats.in_flight = self._in_flight
                         return batch
                     if wait_s > 0:
-                        self._changed.wait(wait_s)
+                        self._sleep(wait_s)
         finally:
             for req, error in expired:  # outside the lock: done callbacks take it
                 self._fail(req, error)
+
+    def _sleep(self, timeout: float | None) -> None:
+        """Under the lock: wait for a change, counted so that a submit knows to notify."""
+        self._sleeping += 1
+        try:
+            self._changed.wait(timeout)
+        finally:
+            self._sleeping -= 1
 
     def _claim(self, req: PendingRequest) -> bool:
         """Under the lock: take a request out of the queue for computing."""

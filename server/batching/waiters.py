@@ -30,12 +30,15 @@ class Waiter(Protocol):
 class LoopWaiter:
     """A request's answer as an ``asyncio.Future`` of the loop that submitted it."""
 
-    __slots__ = ("future", "loop", "_withdraw", "_withdrawn")
+    __slots__ = ("future", "loop", "request", "_withdraw", "_withdrawn")
 
-    def __init__(self, withdraw: Callable[[], bool]) -> None:
+    def __init__(self, withdraw: Callable[[Any], bool]) -> None:
         self.loop = asyncio.get_running_loop()
         self.future: asyncio.Future[Any] = self.loop.create_future()
-        self._withdraw = withdraw  # the batcher's: True when it took the request out queued
+        # The batcher's: True when it took ``request`` (its queued entry, set once queued)
+        # out while still queued. A bound method and a slot, not a closure per request.
+        self._withdraw = withdraw
+        self.request: Any = None
         self._withdrawn: bool | None = None
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -47,7 +50,7 @@ class LoopWaiter:
 
     def cancel(self) -> bool:
         if self._withdrawn is None:
-            self._withdrawn = self._withdraw()
+            self._withdrawn = self.request is not None and self._withdraw(self.request)
         self.future.cancel()
         return self._withdrawn
 

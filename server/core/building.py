@@ -50,9 +50,23 @@ class ServedVersion:
     output_ns: list[int] = field(default_factory=lambda: [0, 0])  # encoding the answer
     last_inference_ms: int = 0
     cam: CamHead | None = None  # class activation map data (None: the model has none)
+    # The single input as every request is checked against it, read once here rather than
+    # from the config on each request (issue 28): its name, its dims without the batch
+    # dimension, and whether they are all fixed (no dynamic dimension to bound).
+    input_name: str = field(init=False, default="")
+    input_dims: tuple[int, ...] = field(init=False, default=())
+    fixed_input: bool = field(init=False, default=True)
+
+    def __post_init__(self) -> None:
+        if self.spec.config.input:
+            self.input_name = self.spec.config.input[0].name
+            self.input_dims = self.spec.input_dims
+            self.fixed_input = all(d >= 0 for d in self.input_dims)
+        self.metrics.track_queue(self.batcher)  # the queue-depth gauge reads it at scrape
 
     async def close(self, drain: bool = True) -> None:
         await self.batcher.stop(drain=drain)
+        self.metrics.untrack_queue(self.batcher)
         for backend in self.backends:
             backend.unload()
 

@@ -155,22 +155,22 @@ class DataPlane:
     async def _input_array(
         self, served: ServedVersion, request: InferRequest, deadline: float | None
     ) -> np.ndarray:
-        cfg = served.spec.config
-        expected_name = cfg.input[0].name
+        expected_name = served.input_name
         if len(request.inputs) != 1:
             raise InvalidArgument(
-                f"model '{cfg.name}' takes exactly one input '{expected_name}', "
+                f"model '{served.spec.name}' takes exactly one input '{expected_name}', "
                 f"got {len(request.inputs)}"
             )
         tensor = request.inputs[0]
         if tensor.name != expected_name:
             raise InvalidArgument(
-                f"unknown input '{tensor.name}' for model '{cfg.name}'; expected '{expected_name}'"
+                f"unknown input '{tensor.name}' for model '{served.spec.name}'; "
+                f"expected '{expected_name}'"
             )
         if request.wire_error:  # raw contents that do not pair with the inputs, and the like
             raise InvalidArgument(request.wire_error)
         raw = tensor.data if isinstance(tensor.data, bytes) else None
-        ref = shm_ref(tensor.parameters, f"input '{tensor.name}'")
+        ref = shm_ref(tensor.parameters, f"input '{tensor.name}'") if tensor.parameters else None
         if ref is not None:
             if tensor.data is not None:
                 raise InvalidArgument(
@@ -186,21 +186,26 @@ class DataPlane:
                 f"send {accepted_inputs(served.spec.preprocess, served.spec.input_dims)}"
             )
         array = tensors.decode_numeric(tensor, raw, self.max_input_bytes)
-        self._check_shape(served, list(array.shape))
+        shape = array.shape
+        if served.fixed_input and shape[1:] == served.input_dims:  # the common case, at once
+            self._check_batch(served, shape[0])
+        else:
+            self._check_shape(served, list(shape))
         return array
 
     def _check_shape(self, served: ServedVersion, shape: list[int]) -> None:
-        dims = served.spec.input_dims
-        expected = _batch_dims(served)
+        dims = served.input_dims
         ok = len(shape) == len(dims) + 1 and all(
             d == e or (e < 0 and d > 0) for d, e in zip(shape[1:], dims, strict=True)
         )
         if not ok:
             raise InvalidArgument(
-                f"input shape {shape} does not match [{', '.join(map(str, expected))}] "
+                f"input shape {shape} does not match "
+                f"[{', '.join(map(str, _batch_dims(served)))}] "
                 f"(batch dimension first, up to max_batch_size {served.spec.max_batch_size})"
             )
-        limits.check_spatial(served.spec, shape, self.max_spatial_size)
+        if not served.fixed_input:
+            limits.check_spatial(served.spec, shape, self.max_spatial_size)
         self._check_batch(served, shape[0])
 
     @staticmethod
@@ -310,9 +315,9 @@ class DataPlane:
         served = self.manager.get(check_name(request.model_name), request.model_version)
         if trace is not None:
             trace.begin(served.spec.name, served.version, request.id)
-        metrics = served.metrics
+        metrics, live = served.metrics, served.metrics.live
         started = time.perf_counter_ns()
-        metrics.in_flight.inc()
+        live.in_flight += 1  # read at scrape time (server/core/metrics.py's LiveSeries)
         try:
             array = await self._input_array(served, request, deadline)
             wanted = explain.parse(request)  # takes 'explanation' off the requested outputs
@@ -345,8 +350,7 @@ class DataPlane:
             metrics.requests(code, protocol).inc()
             raise
         finally:
-            metrics.in_flight.dec()
-            metrics.queue_depth.set(served.batcher.queue_rows)
+            live.in_flight -= 1
             if trace is not None:
                 trace.stamp("REQUEST_END")
         elapsed = time.perf_counter_ns() - started

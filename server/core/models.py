@@ -322,4 +322,4 @@ def _override(config_json: str, base: mc.ModelConfig | None, limits: ReadLimits)
 
 def _in_flight(served: ServedVersion) -> float:
     """Requests in the data plane that resolved ``served`` (its in-flight gauge)."""
-    return sum(s.value for m in served.metrics.in_flight.collect() for s in m.samples)
+    return served.metrics.live.in_flight

@@ -42,9 +42,9 @@ def check_outputs(
     """Names, classification counts and shared-memory room, in one pass (a request may
     name thousands of outputs): bad requests cost nothing in the queue. The outputs to
     write: those named, else all of the model's."""
+    if not request.outputs:  # the common case: no table of the model's outputs to build
+        return [Wanted(o.name) for o in served.spec.config.output]
     outputs = {o.name: o for o in served.spec.config.output}
-    if not request.outputs:
-        return [Wanted(name) for name in outputs]
     seen: set[str] = set()
     wanted = []
     for out in request.outputs:

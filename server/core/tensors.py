@@ -70,15 +70,15 @@ def raw_bytes(datatype: str, data: np.ndarray | list[str] | list[bytes] | None) 
     little-endian values, or BYTES elements length-prefixed; None (in shared memory): b""."""
     if data is None:
         return b""
-    if isinstance(data, np.ndarray):
-        return np.ascontiguousarray(data, dtype=_LITTLE_ENDIAN[datatype]).tobytes()
+    if isinstance(data, np.ndarray):  # tobytes writes C order whatever the array's layout
+        return data.astype(_LITTLE_ENDIAN[datatype], copy=False).tobytes()
     return serialize_bytes_elements([e.encode() if isinstance(e, str) else e for e in data])
 
 
 def _element_count(shape: list[int], name: str) -> int:
     if not shape:
         raise InvalidArgument(f"input '{name}': shape is empty")
-    if any(d < 0 for d in shape):
+    if min(shape) < 0:
         raise InvalidArgument(f"input '{name}': shape {list(shape)} has a negative dimension")
     return math.prod(shape)  # Python ints: [2**32, 2**32] must not wrap around to 0
 
