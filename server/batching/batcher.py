@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from modelrepo.serving import ServingConfig
-from server.batching.compute import compute
+from server.batching.compute import answer, compute
 from server.batching.fairness import QueueShares
 from server.batching.types import (
     BatcherClosedError,
@@ -68,7 +68,7 @@ from server.batching.types import (
     is_expired,
     late_message,
 )
-from server.batching.waiters import LoopWaiter, Settlement, claim, fail
+from server.batching.waiters import LoopWaiter, claim, fail
 
 __all__ = [
     "BatchObserver",
@@ -327,24 +327,9 @@ class DynamicBatcher:
             return
         with self._lock:
             self._in_flight -= 1
-            s = self._stats
-            s.in_flight = self._in_flight
-            s.success_count += len(batch)
-            s.inference_count += rows
-            s.execution_count += 1
-            s.compute_ns += compute_ns
-            s.request_compute_ns += compute_ns * len(batch)
-            count, total = s.batch_sizes.get(rows, (0, 0))
-            s.batch_sizes[rows] = (count + 1, total + compute_ns)
-        offset, settlement = 0, Settlement()
-        for req in batch:
-            if req.trace is not None:
-                req.trace.batched(req.arrival, dispatched, started_ns, started_ns + compute_ns)
-            part = out[offset : offset + req.rows]
-            answer = (part, maps[offset : offset + req.rows]) if req.features else part
-            settlement.add(req.future, answer)
-            offset += req.rows
-        settlement.send()  # one wake-up of each waiting loop for the whole batch
+            self._stats.in_flight = self._in_flight
+            self._stats.record_batch(len(batch), rows, compute_ns)
+        answer(batch, out, maps, dispatched, started_ns, compute_ns)
         if self.observer is not None:
             try:
                 queued = [dispatched - r.arrival for r in batch]

@@ -1,4 +1,5 @@
-"""One batch through the model: its input gathered, the run timed, its rows checked.
+"""One batch through the model: its input gathered, the run timed, its rows checked,
+each request answered with its rows.
 
 Apart from the queue mechanics (``server/batching/batcher.py``): this is the only part
 that touches the requests' arrays.
@@ -13,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from server.batching.types import BatchSizeMismatchError, PendingRequest, RunFeatures
+from server.batching.waiters import Settlement
 
 
 class Runner(Protocol):
@@ -56,3 +58,23 @@ def compute(
             f" for a batch of {rows} rows ({len(batch)} requests)"
         )
     return out, maps, start, elapsed
+
+
+def answer(
+    batch: list[PendingRequest],
+    out: np.ndarray,
+    maps: Any,
+    dispatched: float,
+    started_ns: int,
+    compute_ns: int,
+) -> None:
+    """Each request its rows of the output (views, no copy; with the feature map's rows if
+    it asked), its trace stamped; one wake-up of each waiting loop for the whole batch."""
+    offset, settlement = 0, Settlement()
+    for req in batch:
+        if req.trace is not None:
+            req.trace.batched(req.arrival, dispatched, started_ns, started_ns + compute_ns)
+        rows = slice(offset, offset + req.rows)
+        settlement.add(req.future, (out[rows], maps[rows]) if req.features else out[rows])
+        offset += req.rows
+    settlement.send()

@@ -62,6 +62,16 @@ class BatcherStats:
     queue_rows: int = 0
     in_flight: int = 0
 
+    def record_batch(self, requests: int, rows: int, compute_ns: int) -> None:
+        """A successful batch of ``requests`` requests and ``rows`` rows."""
+        self.success_count += requests
+        self.inference_count += rows
+        self.execution_count += 1
+        self.compute_ns += compute_ns
+        self.request_compute_ns += compute_ns * requests
+        count, total = self.batch_sizes.get(rows, (0, 0))
+        self.batch_sizes[rows] = (count + 1, total + compute_ns)
+
 
 class BatchObserver(Protocol):
     """Hook for metrics (histograms); called from the worker thread after each batch."""
