@@ -25,15 +25,11 @@ cancel and queue-delay expiry):
    ``max_queue_delay_us`` after the oldest queued request's arrival.
 5. ``dynamic_batching=False``: every request is its own batch, dispatched at once.
 
-Workers form their own batches: with the scheduler on the event loop the next
-dispatch waited behind the responses of the batch just finished (the instance
-sat idle ~10% of the time here). Event-loop callers await a ``LoopWaiter``
-(``submit``): a batch's answers reach each loop in one ``call_soon_threadsafe``
-(``server/batching/waiters.py``); other threads wait on a
-``concurrent.futures.Future`` (``submit_future``). Each request's rows are written
-once into its batch's input (no ``np.concatenate`` of a list). One output row per
-input row is checked; an error fails exactly the requests of its batch. Results
-are views into the batch output (no copy).
+Workers form their own batches (with the scheduler on the event loop, the next
+dispatch waited behind the last batch's responses: ~10% idle). Loop callers await
+a ``LoopWaiter`` (``submit``; one ``call_soon_threadsafe`` per batch and loop),
+other threads a ``concurrent.futures.Future`` (``submit_future``). Running a batch
+and handing out its rows (views, no copy) is ``server/batching/compute.py``.
 """
 
 from __future__ import annotations
