@@ -23,7 +23,7 @@ from typing import Any
 
 from server.cluster import auth, processes
 from server.cluster.nodes import check_ports, start_node
-from server.cluster.settings import persist, plan
+from server.cluster.settings import APP_NAME, INGRESS, persist, plan
 from server.settings import Settings
 from server.settings.cli import CLUSTER, Leaf, add_file_options, add_settings, given
 from server.settings.cluster import NodeSettings
@@ -57,9 +57,9 @@ def _connect(nodes: NodeSettings, address: str | None = None) -> None:
     )
 
 
-def _proxy_ports(settings: Settings) -> dict[str, int]:
-    listeners = settings.listeners
-    return {"--grpc-port": listeners.grpc_port, "--http-port": listeners.http_port}
+def _listener_ports(settings: Settings) -> dict[str, int]:
+    """The port each node's ingress listens on (Serve's HTTP proxy is not run)."""
+    return {"--grpc-port": settings.listeners.grpc_port}
 
 
 def _write(config: dict[str, Any], path: str | None) -> None:
@@ -76,7 +76,7 @@ def _serve_config(args: argparse.Namespace, settings: Settings) -> None:
     """The Serve config ``deploy`` would apply, written without a cluster (KubeRay's
     ``serveConfigV2``): the ingress count is ``--ingress-replicas`` (default 1)."""
     cluster = settings.cluster
-    check_ports(_proxy_ports(settings), cluster.nodes)
+    check_ports(_listener_ports(settings), cluster.nodes)
     repository = cluster.deploy.repository
     plans = plan(repository, cluster.deploy.models, cluster.replicas, cluster.deploy)
     from server.cluster import app  # late: imports Ray Serve
@@ -90,7 +90,7 @@ def _deploy(
 ) -> None:
     """Plan, persist the flags in config.pbtxt, apply; ``wait``: until every replica runs."""
     cluster, grpc_port = settings.cluster, settings.listeners.grpc_port
-    check_ports(_proxy_ports(settings), cluster.nodes)
+    check_ports(_listener_ports(settings), cluster.nodes)
     repository = cluster.deploy.repository
     plans = plan(repository, cluster.deploy.models, cluster.replicas, cluster.deploy)
     persist(repository, [p.name for p in plans], cluster.replicas)
@@ -100,7 +100,7 @@ def _deploy(
     nodes = app.ingress_nodes()
     config = app.serve_config(repository, plans, settings, nodes)
     _write(config, serve_config)
-    app.apply(config, settings, cluster.deploy.timeout_s if wait else None, nodes)
+    app.apply(config, cluster.deploy.timeout_s if wait else None)
     for p in plans:
         print(f"deployed {p.name} (revision {p.revision}): {p.replicas}")
     if wait:
@@ -115,12 +115,13 @@ def _text(value: Any) -> str:
 
 
 def _summary() -> dict[str, Any]:
-    """Serve's applications, deployments, replicas and proxies as plain JSON values."""
+    """Serve's applications, deployments and replicas, and the nodes listening for gRPC,
+    as plain JSON values."""
     from ray.serve.context import _get_global_client  # late: imports Ray Serve
 
     client = _get_global_client(raise_if_no_controller_running=False)
     if client is None:  # Serve not started, or shut down by `down`: nothing deployed
-        return {"applications": {}, "proxies": {}}
+        return {"applications": {}, "listeners": {}}
     details = client.get_serve_details()
     apps = {}
     for name, found in details.get("applications", {}).items():
@@ -142,11 +143,13 @@ def _summary() -> dict[str, Any]:
                 for d, dep in found.get("deployments", {}).items()
             },
         }
-    proxies = {
-        p.get("node_ip") or node: _text(p["status"])
-        for node, p in details.get("proxies", {}).items()
-    }
-    return {"applications": apps, "proxies": proxies}
+    return {"applications": apps, "listeners": _listeners(apps)}
+
+
+def _listeners(apps: dict[str, Any]) -> dict[str, str]:
+    """Node IP -> the state of the ingress replica listening there for gRPC."""
+    ingress = apps.get(APP_NAME, {}).get("deployments", {}).get(INGRESS, {})
+    return {str(r["node_ip"]): r["state"] for r in ingress.get("replicas", [])}
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> None:
@@ -164,7 +167,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> None:
         for dep, info in found["deployments"].items():
             nodes = sorted(str(r["node_ip"]) for r in info["replicas"])
             print(f"  {dep}: {info['status']}, replicas on {nodes} {info['message']}".rstrip())
-    print(f"proxies: {summary['proxies']}")
+    print(f"gRPC listeners (ingress replicas): {summary['listeners']}")
     for replica in summary["replicas"]:
         print(f"metrics: {replica['model']} on {replica['node']}: {replica['metrics']}")
 
@@ -194,7 +197,7 @@ def _down(args: argparse.Namespace, settings: Settings) -> None:
 def _up(args: argparse.Namespace, settings: Settings) -> None:
     """Start or join; the head submits the deploy and returns (no worker needed yet)."""
     nodes = settings.cluster.nodes
-    check_ports(_proxy_ports(settings), nodes)  # before anything starts
+    check_ports(_listener_ports(settings), nodes)  # before anything starts
     start_node(nodes)
     if nodes.is_head or args.deploy:
         # "auto": the cluster this machine's node belongs to, whatever its IP.

@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from ray import serve
-from ray.serve.config import gRPCOptions
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
 
+from server.cluster.frontend import LISTENER_FIELDS
 from server.cluster.ingress import KServeIngress
 from server.cluster.replica import ModelReplica
 from server.cluster.settings import (
     APP_NAME,
-    GRPC_SERVICER,
     INGRESS,
     INGRESS_RESOURCE,
     ModelPlan,
@@ -42,18 +41,23 @@ POLL_S = 0.5  # Serve's controller recomputes statuses every 0.1 s; nothing to w
 INGRESS_ACTOR: dict[str, Any] = {"num_cpus": 0, "resources": {INGRESS_RESOURCE: 0.001}}
 
 
+# No line per request in Serve's replica logs (it cost the ingress and the replicas
+# CPU on every call); the servers' own logs, metrics and traces stay.
+QUIET: dict[str, Any] = {"enable_access_log": False}
+
+
 def ingress_deployment(replicas: int | None, nodes: int) -> dict[str, Any]:
     """The ingress's Serve options, ``nodes`` being the nodes with the ingress resource.
 
-    ``replicas`` None: one replica on every such node (every node ``up`` starts), so each
-    node's proxy has an ingress beside it: Serve's proxy prefers a replica on its own
-    node, and a request entering at a worker never crosses to the head. Serve runs a proxy
-    on every node that has a replica: this one included."""
+    ``replicas`` None: one replica on every such node (every node ``up`` starts), each
+    listening on its node's gRPC port (``frontend.py``): a request entering at a worker
+    never crosses to the head."""
     return {
         "name": INGRESS,
         "num_replicas": replicas or max(1, nodes),
         "max_replicas_per_node": 1,
         "ray_actor_options": INGRESS_ACTOR,
+        "logging_config": dict(QUIET),
     }
 
 
@@ -72,19 +76,21 @@ def model_app_name(model: str) -> str:
     return f"model-{model}"
 
 
-def start(settings: Settings) -> None:
-    """Serve's controller and a gRPC proxy on every node (idempotent), on the listeners'
-    address and ports."""
-    listeners = settings.listeners
-    serve.start(
-        proxy_location="EveryNode",
-        http_options={"host": listeners.host, "port": listeners.http_port},
-        grpc_options=gRPCOptions(
-            port=listeners.grpc_port,
-            grpc_servicer_functions=[GRPC_SERVICER],
-            request_timeout_s=settings.cluster.proxy.request_timeout_s,
-        ),
-    )
+def start() -> None:
+    """Serve's controller (idempotent), without Serve's proxies: each node's ingress
+    replica listens itself (one actor call per request instead of two)."""
+    serve.start(proxy_location=PROXY_LOCATION)
+
+
+# No Serve proxy anywhere: the ingress replicas are the listeners.
+PROXY_LOCATION = "Disabled"
+
+
+def ingress_settings(settings: Settings) -> dict[str, Any]:
+    """The tree's values each node's listener reads, non-defaults only, as the ingress
+    application's argument (changing one restarts the ingress replicas)."""
+    tree = settings.model_dump(mode="json", include=LISTENER_FIELDS, exclude_defaults=True)
+    return {section: values for section, values in tree.items() if values}
 
 
 def serve_config(
@@ -96,7 +102,10 @@ def serve_config(
         "name": APP_NAME,
         "route_prefix": "/",
         "import_path": "server.cluster.app:ingress_app",
-        "args": {"models": {p.name: model_app_name(p.name) for p in plans}},
+        "args": {
+            "models": {p.name: model_app_name(p.name) for p in plans},
+            "listener": ingress_settings(settings),
+        },
         "deployments": [ingress_deployment(settings.cluster.deploy.ingress_replicas, nodes)],
     }
     model_apps = [
@@ -110,23 +119,13 @@ def serve_config(
                 "revision": p.revision,  # a new revision: Serve rolls this model's replicas
                 "settings": replica_settings(settings),
             },
-            "deployments": [{"name": p.name, **p.replicas.serve_options(nodes)}],
+            "deployments": [
+                {"name": p.name, **p.replicas.serve_options(nodes), "logging_config": dict(QUIET)}
+            ],
         }
         for p in plans
     ]
-    listeners = settings.listeners
-    grpc_options: dict[str, Any] = {
-        "port": listeners.grpc_port,
-        "grpc_servicer_functions": [GRPC_SERVICER],
-    }
-    if settings.cluster.proxy.request_timeout_s is not None:
-        grpc_options["request_timeout_s"] = settings.cluster.proxy.request_timeout_s
-    return {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": listeners.host, "port": listeners.http_port},
-        "grpc_options": grpc_options,
-        "applications": [ingress_app, *model_apps],
-    }
+    return {"proxy_location": PROXY_LOCATION, "applications": [ingress_app, *model_apps]}
 
 
 def model_app(args: dict[str, Any]) -> serve.Application:
@@ -144,25 +143,28 @@ def model_app(args: dict[str, Any]) -> serve.Application:
 
 
 def ingress_app(args: dict[str, Any]) -> serve.Application:
-    """The ingress application: model name -> the application that serves it."""
-    return serve.deployment(KServeIngress).options(name=INGRESS).bind(dict(args["models"]))
+    """The ingress application: model name -> the application that serves it, and the
+    listener's settings."""
+    return (
+        serve.deployment(KServeIngress)
+        .options(name=INGRESS)
+        .bind(dict(args["models"]), dict(args.get("listener", {})))
+    )
 
 
-def apply(
-    config: dict[str, Any], settings: Settings, timeout_s: float | None, nodes: int = 1
-) -> None:
-    """Deploy the config; with a timeout, return once every application runs and a proxy
-    serves on each of the ``nodes`` that hold an ingress replica."""
+def apply(config: dict[str, Any], timeout_s: float | None) -> None:
+    """Deploy the config; with a timeout, return once every application runs (the ingress
+    application runs once each of its replicas listens)."""
     schema = ServeDeploySchema.model_validate(config)
-    start(settings)
+    start()
     _get_global_client().deploy_apps(schema)
     if timeout_s is not None:
-        wait_running([a.name for a in schema.applications], timeout_s, nodes)
+        wait_running([a.name for a in schema.applications], timeout_s)
 
 
-def wait_running(names: list[str], timeout_s: float, nodes: int = 1) -> None:
-    """Until every application runs and ``nodes`` proxies are healthy; a failed application
-    or the timeout raises ``DeployError``."""
+def wait_running(names: list[str], timeout_s: float) -> None:
+    """Until every application runs; a failed application or the timeout raises
+    ``DeployError``."""
     deadline = time.monotonic() + timeout_s
     while True:
         time.sleep(POLL_S)
@@ -171,12 +173,10 @@ def wait_running(names: list[str], timeout_s: float, nodes: int = 1) -> None:
         failed = [n for n in names if n in apps and apps[n].status == "DEPLOY_FAILED"]
         if failed:
             raise DeployError("; ".join(f"{n}: {apps[n].message}" for n in failed))
-        healthy = sum(1 for p in status.proxies.values() if p == "HEALTHY")
-        if all(n in apps and apps[n].status == "RUNNING" for n in names) and healthy >= nodes:
+        if all(n in apps and apps[n].status == "RUNNING" for n in names):
             return
         if time.monotonic() > deadline:
-            why = unplaced(apps, names, timeout_s)
-            raise DeployError(f"{why}; {healthy} of {nodes} proxies healthy")
+            raise DeployError(unplaced(apps, names, timeout_s))
 
 
 def unplaced(apps: dict[str, Any], names: list[str], timeout_s: float) -> str:
@@ -203,8 +203,8 @@ def from_args(args: dict[str, str]) -> serve.Application:
         import_path: server.cluster.app:from_args
         args: {model_repository: /models, models: "a,b", min_replicas: "2", ...}
 
-    The config file then carries ``proxy_location`` and ``grpc_options``
-    (port, ``GRPC_SERVICER``) that ``start`` sets here; route_prefix "/". Every
+    The config file then carries ``proxy_location: Disabled`` (the ingress listens on
+    port 8001 of each node itself, with the default listener settings). Every
     model shares the application's code version, so any change rolls them all:
     ``python -m server.cluster deploy --serve-config FILE`` writes the per-model form.
     """

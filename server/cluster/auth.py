@@ -6,7 +6,7 @@ Ray's own interceptors), so reaching Ray's ports is no longer enough to run code
 on the cluster. Ray reads the token from ``RAY_AUTH_TOKEN``, else from the file
 ``RAY_AUTH_TOKEN_PATH`` names, else from ``~/.ray/auth_token``. The head's ``up``
 writes the file (mode 0600) when it is missing; every other node and client
-needs a copy (``docs/cluster.md``). Serve's gRPC proxy (port 8001) is the data
+needs a copy (``docs/cluster.md``). Each node's gRPC listener (port 8001) is the data
 plane and asks for no token: its clients are tritonclient's.
 """
 

@@ -1,17 +1,17 @@
-"""The ingress deployment Ray's gRPC proxy calls: KServe v2 RPCs routed to model deployments.
+"""The ingress deployment: each node's KServe v2 gRPC listener, routing to model deployments.
 
-The proxy (one per node) invokes a method named like the RPC. Model RPCs go
-to the deployment of the model they name; server RPCs ask every model and
-merge. A replica answers with a response or the core's ``InferenceError``,
-which becomes the call's status here through ``server/core/errors.py`` (the
-one table every frontend uses); a replica lost with its node (``kill -9``, a
-network split) becomes UNAVAILABLE, which clients retry, never INTERNAL.
+One replica per node listens on the node's gRPC port (``frontend.py``); its
+methods are the servicer's. Model RPCs go to the deployment of the model they
+name (one actor call); server RPCs ask every model and merge. A replica answers
+with a response or the core's ``InferenceError``, which becomes the call's status
+here through ``server/core/errors.py`` (the one table every frontend uses); a
+replica lost with its node (``kill -9``, a network split) becomes UNAVAILABLE,
+which clients retry, never INTERNAL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,12 +21,19 @@ import ray
 from ray import serve
 from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import RayServeException
-from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
 from protos import grpc_service_pb2 as pb
-from server.core.decoding import undecodable
-from server.core.errors import InferenceError, NotFound, Unavailable, Unimplemented, clip
+from server.cluster.frontend import Listener
+from server.cluster.settings import replica_tree
+from server.core.errors import (
+    DeadlineExceeded,
+    InferenceError,
+    NotFound,
+    Unavailable,
+    Unimplemented,
+    clip,
+)
 from server.core.models import check_name, unknown_model
 
 log = logging.getLogger(__name__)
@@ -41,10 +48,17 @@ _RESPONSE["ModelInfer"] = pb.ModelInferResponse
 INGRESS_PARAMETER = "ray_ingress"
 
 
+Context = grpc.aio.ServicerContext
+STOP_GRACE_S = 10.0  # a stopping ingress finishes the calls it accepted, this long at most
+
+
 class KServeIngress:
-    def __init__(self, models: dict[str, DeploymentHandle | str]) -> None:
+    async def __init__(
+        self, models: dict[str, DeploymentHandle | str], listener: dict[str, Any] | None = None
+    ) -> None:
         """``models``: each model's deployment handle (one application holding them all),
-        or the name of the application that serves it (one application per model)."""
+        or the name of the application that serves it (one application per model);
+        ``listener``: the settings tree's listener values (``ingress_settings``)."""
         self.models = {
             name: serve.get_deployment_handle(name, app_name=where, _check_exists=False)
             if isinstance(where, str)
@@ -52,6 +66,10 @@ class KServeIngress:
             for name, where in models.items()
         }
         self.node = ray.util.get_node_ip_address()
+        settings = replica_tree(listener or {})
+        self.timeout_s = settings.cluster.proxy.request_timeout_s
+        self._listener = Listener()
+        await self._listener.start(self, settings)
 
     async def _ask(self, model: str, method: str, request: Any) -> Any:
         """The replica's response; its ``InferenceError`` raised."""
@@ -59,7 +77,12 @@ class KServeIngress:
         if handle is None:
             raise NotFound(unknown_model(model, "is not found"))
         try:
-            answer = await handle.call.remote(method, request)
+            async with asyncio.timeout(self.timeout_s):
+                answer = await handle.call.remote(method, request)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(
+                f"model '{model}': no answer within --proxy-request-timeout-s {self.timeout_s:g} s"
+            ) from exc
         except RayTaskError:  # the replica's own code failed: a bug, INTERNAL
             raise
         except (RayError, RayServeException) as exc:  # the replica or its node is gone
@@ -70,9 +93,7 @@ class KServeIngress:
             raise answer
         return answer
 
-    async def _forward(
-        self, model: str, method: str, request: Any, context: RayServegRPCContext
-    ) -> Any:
+    async def _forward(self, model: str, method: str, request: Any, context: Context) -> Any:
         return await _answer(method, context, lambda: self._ask(model, method, request))
 
     async def _ask_all(self, method: str, request: Any) -> dict[str, Any]:
@@ -87,10 +108,10 @@ class KServeIngress:
         return dict(zip(names, found, strict=True))
 
     # --- server RPCs: every model asked ------------------------------------
-    async def ServerLive(self, request, grpc_context: RayServegRPCContext):
+    async def ServerLive(self, request, grpc_context: Context):
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request, grpc_context: RayServegRPCContext):
+    async def ServerReady(self, request, grpc_context: Context):
         async def ready() -> pb.ServerReadyResponse:
             answers = (await self._ask_all("ServerReady", request)).values()
             ok = any(not isinstance(a, InferenceError) and a.ready for a in answers)
@@ -98,11 +119,11 @@ class KServeIngress:
 
         return await _answer("ServerReady", grpc_context, ready)
 
-    async def ServerMetadata(self, request, grpc_context: RayServegRPCContext):
+    async def ServerMetadata(self, request, grpc_context: Context):
         first = min(self.models)
         return await self._forward(first, "ServerMetadata", request, grpc_context)
 
-    async def RepositoryIndex(self, request, grpc_context: RayServegRPCContext):
+    async def RepositoryIndex(self, request, grpc_context: Context):
         async def index() -> pb.RepositoryIndexResponse:
             merged = pb.RepositoryIndexResponse()
             for name, answer in (await self._ask_all("RepositoryIndex", request)).items():
@@ -114,7 +135,7 @@ class KServeIngress:
 
         return await _answer("RepositoryIndex", grpc_context, index)
 
-    async def ModelStatistics(self, request, grpc_context: RayServegRPCContext):
+    async def ModelStatistics(self, request, grpc_context: Context):
         if request.name:
             return await self._forward(request.name, "ModelStatistics", request, grpc_context)
 
@@ -128,40 +149,40 @@ class KServeIngress:
         return await _answer("ModelStatistics", grpc_context, every)
 
     # --- model RPCs: the named model's deployment ------------------------
-    async def ModelReady(self, request, grpc_context: RayServegRPCContext):
+    async def ModelReady(self, request, grpc_context: Context):
         if request.name not in self.models:
             return pb.ModelReadyResponse(ready=False)
         return await self._forward(request.name, "ModelReady", request, grpc_context)
 
-    async def ModelMetadata(self, request, grpc_context: RayServegRPCContext):
+    async def ModelMetadata(self, request, grpc_context: Context):
         return await self._forward(request.name, "ModelMetadata", request, grpc_context)
 
-    async def ModelConfig(self, request, grpc_context: RayServegRPCContext):
+    async def ModelConfig(self, request, grpc_context: Context):
         return await self._forward(request.name, "ModelConfig", request, grpc_context)
 
-    async def ModelInfer(self, request, grpc_context: RayServegRPCContext):
+    async def ModelInfer(self, request, grpc_context: Context):
         response = await self._forward(request.model_name, "ModelInfer", request, grpc_context)
         response.parameters[INGRESS_PARAMETER].string_param = self.node
         return response
 
-    async def ModelStreamInfer(self, requests, grpc_context: RayServegRPCContext):
+    async def ModelStreamInfer(self, requests: Any, grpc_context: Context) -> None:
         """Bidirectional streaming is not routed through the cluster: UNIMPLEMENTED, said so."""
-        why = Unimplemented(
+        await grpc_context.abort(
+            Unimplemented.code,
             "ModelStreamInfer is not supported through the Ray Serve cluster: "
-            "send ModelInfer requests (any node's proxy balances them)"
+            "send ModelInfer requests (any node's port balances them)",
         )
-        grpc_context.set_code(why.code)
-        grpc_context.set_details(str(why))
-        raise why  # a stream ends with its status only when raised (Serve keeps the code)
-        yield  # an async generator: Serve streams its answers
+
+    async def __del__(self) -> None:
+        """Serve stops this replica: stop taking calls, finish those accepted."""
+        if getattr(self, "_listener", None) is not None:
+            await self._listener.stop(STOP_GRACE_S)
 
     def deployments(self) -> list[str]:
         return sorted(self.models)
 
 
-async def _answer(
-    method: str, context: RayServegRPCContext, ask: Callable[[], Awaitable[Any]]
-) -> Any:
+async def _answer(method: str, context: Context, ask: Callable[[], Awaitable[Any]]) -> Any:
     """The response, or an empty one with the error's status (errors.py) on the call."""
     try:
         return await ask()
@@ -172,7 +193,7 @@ async def _answer(
 
 
 def _unimplemented(name: str, why: str) -> Callable[..., Awaitable[Any]]:
-    async def handler(self: KServeIngress, request: Any, grpc_context: RayServegRPCContext) -> Any:
+    async def handler(self: KServeIngress, request: Any, grpc_context: Context) -> Any:
         async def refuse() -> Any:
             raise Unimplemented(f"{name} is not supported through the Ray Serve cluster: {why}")
 
@@ -196,23 +217,3 @@ _UNSUPPORTED = {
 }
 for _name, _why in _UNSUPPORTED.items():
     setattr(KServeIngress, _name, _unimplemented(_name, _why))
-
-
-def _parsed(name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """A body that was not protobuf (the proxy kept the parse error): INVALID_ARGUMENT."""
-
-    @functools.wraps(method)  # keeps the ``grpc_context`` parameter Ray looks for
-    async def handler(self: KServeIngress, request: Any, grpc_context: RayServegRPCContext) -> Any:
-        problem = undecodable(request)
-        if problem is None:
-            return await method(self, request, grpc_context)
-        grpc_context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
-        grpc_context.set_details(clip(problem))
-        return _RESPONSE[name]()
-
-    return handler
-
-
-for _name in _RESPONSE:
-    if hasattr(KServeIngress, _name) and _name != "ModelStreamInfer":
-        setattr(KServeIngress, _name, _parsed(_name, getattr(KServeIngress, _name)))

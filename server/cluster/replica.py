@@ -3,7 +3,7 @@
 Each replica loads one model from the repository with ``ModelManager`` and
 answers the ingress by calling the ``DataPlane`` methods the gRPC and HTTP
 frontends call, so validation, batching, backends and classification are the
-same code; ModelInfer's protobuf (from Ray's gRPC proxy) is translated as the gRPC
+same code; ModelInfer's protobuf (from the node's ingress) is translated as the gRPC
 frontend translates it (``server/core/converters.py``). An error comes back as the
 core's own ``InferenceError`` (a value, not a raised exception: Ray would log a
 traceback per bad request), and the
@@ -14,6 +14,7 @@ frontend; anything else is a bug, logged here and answered INTERNAL.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -37,9 +38,9 @@ NODE_PARAMETER = "ray_node"
 
 
 async def _infer(replica: ModelReplica, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-    # Each call its own owner: the replica cannot see the client behind Ray's proxy, so
+    # Each call its own owner: the replica cannot see the client behind the ingress, so
     # the single server's per-client queue share does not apply (Ray Serve bounds each
-    # replica's ongoing requests instead). The proxy applies the client's deadline.
+    # replica's ongoing requests instead). The ingress applies the client's deadline.
     plane = replica.plane
     message = converters.request_from_pb(request, plane.request_limits)
     answer = await plane.infer(message, None, owner=object())
@@ -61,6 +62,14 @@ _METHODS: dict[str, Callable[[ModelReplica, Any], Any]] = {
 MODEL_METHODS = frozenset(_METHODS)
 
 
+def _ray_cpus() -> int:
+    """ONNX Runtime's threads for this replica: the CPUs Ray gave it (``ray.num_cpus``),
+    as Ray does for OpenMP. ORT's own default, every core of the host, oversubscribes a
+    node that runs several replicas; 0 (a CPU-free replica) leaves ORT's default."""
+    assigned = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+    return max(1, math.ceil(assigned)) if assigned > 0 else 0
+
+
 class ModelReplica:
     """Deployed once per model (``server.cluster.app``); Ray Serve makes the replicas."""
 
@@ -72,7 +81,9 @@ class ModelReplica:
         self.key = serve.get_replica_context().replica_id.unique_id
         self.node = ray.util.get_node_ip_address()
         tree = replica_tree(settings)
-        models = {"repository": Path(repository), "names": (model,)}
+        models: dict[str, Any] = {"repository": Path(repository), "names": (model,)}
+        if not tree.models.intra_op_threads:
+            models["intra_op_threads"] = _ray_cpus()
         # No shared memory: a client's region lives on its own host, not the replica's.
         protocol = {"shared_memory": False}
         tree = tree.model_copy(

@@ -33,9 +33,6 @@ from server.settings.cluster import DeploySettings, ReplicaOverrides
 PARAM_PREFIX = "ray."
 APP_NAME = "kserve"
 INGRESS = "kserve"
-# The single server's registration: a body that is not protobuf reaches the ingress as
-# a parse error (INVALID_ARGUMENT there), not as grpcio's UNKNOWN at the proxy.
-GRPC_SERVICER = "server.grpc.transport.add_inference_service"
 # The node resource that places the ingress replicas (none: anywhere, CPU-free).
 INGRESS_RESOURCE = "kserve_ingress"
 

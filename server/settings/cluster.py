@@ -36,8 +36,8 @@ class NodeSettings(Section):
     object_store_mb: int = setting(256, flag="--object-store-mb", ge=64)
     """Ray's object store, MiB (requests and responses are small)."""
     ingress: bool = setting(True, flag="--no-ingress", negate=True)
-    """Carry the ingress resource, so ``deploy`` puts an ingress replica beside this
-    node's proxy (a request entering here never crosses to another node to be routed)."""
+    """Carry the ingress resource, so ``deploy`` puts an ingress replica here, listening on
+    the gRPC port (a request entering here never crosses to another node to be routed)."""
     min_worker_port: int = setting(10002, flag="--min-worker-port", ge=1024, le=65535)
     """Lowest port of Ray's worker range (``ray start --min-worker-port``); the GCS, gRPC and
     HTTP ports must lie outside the range or a worker may take them first."""
@@ -100,8 +100,8 @@ class DeploySettings(Section):
     says: two, placed on different nodes where nodes allow, so losing one node leaves one
     serving."""
     ingress_replicas: int | None = setting(None, flag="--ingress-replicas", ge=1)
-    """Ingress replicas (default: one on every node that carries the ingress resource,
-    beside its proxy)."""
+    """Ingress replicas (default: one on every node that carries the ingress resource, each
+    listening on that node's gRPC port)."""
 
 
 class ReplicaOverrides(Section):
@@ -127,10 +127,11 @@ class ReplicaSettings(Section):
 
 
 class ProxySettings(Section):
-    """Ray Serve's proxy on every node (its ports are ``listeners``' gRPC and HTTP ports)."""
+    """Each node's gRPC listener (the ingress replica; its port is ``listeners``' gRPC port)."""
 
     request_timeout_s: float | None = setting(None, flag="--proxy-request-timeout-s", gt=0)
-    """Longest a request may take at the proxy; omitted: the client's deadline decides."""
+    """Longest a request may wait for its model replica; omitted: the client's deadline
+    decides."""
 
 
 class ClusterSettings(Section):
@@ -145,4 +146,4 @@ class ClusterSettings(Section):
     replica: ReplicaSettings = ReplicaSettings()
     """Each model replica's endpoints."""
     proxy: ProxySettings = ProxySettings()
-    """Ray Serve's proxies."""
+    """Each node's gRPC listener (the ingress replica)."""

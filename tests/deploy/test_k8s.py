@@ -71,7 +71,7 @@ def test_rayservice_pod_templates_and_serve_config_are_valid() -> None:
     pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
     from ray.serve.schema import ServeDeploySchema
 
-    from server.cluster.settings import GRPC_SERVICER, INGRESS_RESOURCE
+    from server.cluster.settings import INGRESS_RESOURCE
 
     (service,) = _documents("rayservice.yaml")
     assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
@@ -80,8 +80,7 @@ def test_rayservice_pod_templates_and_serve_config_are_valid() -> None:
     for template in _pod_templates(service):
         _validate(template)
     config = ServeDeploySchema.model_validate(_serve_config(service))
-    assert config.proxy_location.value == "EveryNode"
-    assert config.grpc_options.grpc_servicer_functions == [GRPC_SERVICER]
+    assert config.proxy_location.value == "Disabled"  # each node's ingress listens itself
     ingress, *models = config.applications
     assert ingress.route_prefix == "/" and ingress.import_path == "server.cluster.app:ingress_app"
     assert models and all(a.import_path == "server.cluster.app:model_app" for a in models)

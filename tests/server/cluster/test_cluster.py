@@ -134,7 +134,7 @@ def test_tritonclient_classifies_through_the_head_and_both_workers_serve(
 
 
 def test_every_node_is_an_entry_point_with_its_own_ingress(cluster: NetnsCluster) -> None:
-    """Each node's proxy hands requests to the ingress replica on its own node."""
+    """Each node's port is its own ingress replica, listening there."""
     for node in ("head", "w1", "w2"):
         stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(_url(cluster, node)))
         assert stub.ServerLive(pb.ServerLiveRequest(), timeout=60).live
@@ -172,7 +172,7 @@ def test_each_replica_serves_the_single_servers_metrics(
     }
     assert scraped == {(r["metrics"].split("/")[2], r["model"]) for r in replicas}, scraped
     nodes = {node.ip for node in cluster.nodes.values()}
-    assert set(status["proxies"]) == nodes, status["proxies"]  # a proxy on every node
+    assert status["listeners"] == dict.fromkeys(nodes, "RUNNING"), status  # one on every node
     ingress = status["applications"]["kserve"]["deployments"]["kserve"]["replicas"]
     assert sorted(r["node_ip"] for r in ingress) == sorted(nodes), ingress  # one beside each
     # HA by default: lenet5's config names no count, so it runs the cluster's 2, spread.

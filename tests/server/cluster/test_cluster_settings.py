@@ -131,7 +131,7 @@ def test_ports_inside_rays_worker_range_are_refused() -> None:
         check_ports({"--grpc-port": 12000}, cluster)
     with pytest.raises(ValueError, match=r"--port 10001 is the head's Ray Client port"):
         check_ports({"--port": 10001}, cluster)
-    with pytest.raises(ValueError, match=r"--http-port -1: the cluster's proxies need a fixed"):
+    with pytest.raises(ValueError, match=r"--http-port -1: each node's listener needs a fixed"):
         check_ports({"--http-port": -1}, cluster)
     moved = NodeSettings(min_worker_port=20000, max_worker_port=29999)
     check_ports({"--grpc-port": 12000}, moved)
@@ -142,6 +142,7 @@ def test_ports_inside_rays_worker_range_are_refused() -> None:
     env = node_env(NodeSettings(worker_niceness=5, node_ip="10.0.0.2", auth_mode="disabled"))
     assert env == {
         "RAY_worker_niceness": "5",
+        "RAY_max_direct_call_object_size": str(8 << 20),  # photos inside the actor call
         "CNN_SERVING_RAY_NODE": "10.0.0.2",
         "RAY_AUTH_MODE": "disabled",
     }
