@@ -336,6 +336,32 @@ def test_a_new_version_rolls_out_replica_by_replica_without_failures(
     assert len(rolled) == 2 and not rolled & _replica_ids(before, f"model-{LITE0}", LITE0)
 
 
+def test_a_changed_replica_count_scales_live_and_a_cpu_free_model_may_use_the_head(
+    cluster: NetnsCluster, cluster_repo: Path
+) -> None:
+    """``ray.*`` parameters are not the model's revision: 2 -> 3 lenet5 replicas adds one
+    and keeps the two running; lenet5 asks for no CPU, so with one per node the third
+    lands on the ``--num-cpus 0`` head."""
+    before = _status(cluster)
+    config = cluster_repo / "lenet5" / "config.pbtxt"
+    original = config.read_text()
+    _with_params(config, {"ray.min_replicas": "3"})
+    try:
+        _deploy(cluster, cluster_repo)
+    finally:
+        config.write_text(original)
+    after = _status(cluster)
+    kept, now = (_replica_ids(s, "model-lenet5", "lenet5") for s in (before, after))
+    assert len(now) == 3 and kept < now, (kept, now)
+    replicas = after["applications"]["model-lenet5"]["deployments"]["lenet5"]["replicas"]
+    nodes = {r["node_ip"] for r in replicas if r["state"] == "RUNNING"}
+    assert nodes == {node.ip for node in cluster.nodes.values()}, replicas
+    revisions = {
+        r["revision"] for s in (before, after) for r in s["replicas"] if r["model"] == "lenet5"
+    }
+    assert len(revisions) == 1, revisions
+
+
 def test_stop_node_stops_only_that_nodes_ray_processes(cluster: NetnsCluster) -> None:
     """Every node runs on this one machine: ``ray stop`` would kill all three."""
     others = {pid for node in ("head", "w1") for pid in cluster.pids(node)}
