@@ -1,16 +1,17 @@
 """The Ray Serve cluster against the single server, in one run (docs/cluster.md figures).
 
     python -m benchmarks.loadtest.cluster --model efficientnet_lite0 --repository R \\
-        --cluster-url HEAD:8001 --cluster-netns head=NS0,w1=NS1,w2=NS2 --seconds 5
+        --cluster-url HEAD:8001 --cluster-netns head=NS0,w1=NS1,w2=NS2 --seconds 5 --rounds 2
 
 Starts ``python -m server`` on the repository (the single server), then loads
 it and the running cluster with the same requests (the bundled photos,
 decoded server-side): one client back to back (p50 latency) and 8 clients
 (throughput). CPU is read per process from /proc: the single server's
-process, and every process in each cluster node's network namespace (the
-head's is the proxy hop: gRPC proxy, ingress, controller, GCS), as CPU
+process, and every process in each cluster node's network namespace (a
+node's ingress, model replicas and Ray's daemons; the head's controller and GCS), as CPU
 milliseconds per request above each group's idle rate (measured first, for
---seconds without traffic). Writes <out>/cluster_load.json.
+--seconds without traffic), and the cluster ÷ single ratios of each round.
+Writes <out>/cluster_load.json.
 """
 
 from __future__ import annotations
@@ -66,6 +67,31 @@ def measure(url: str, model: str, groups: dict[str, list[int]], seconds: float) 
     return rows
 
 
+def ratios(single: list[dict], cluster: list[dict]) -> dict[str, dict[str, float]]:
+    """Cluster ÷ single server per level: CPU per request (every node summed), requests/s
+    and p50 latency: issue 26's targets are CPU <= 1.5 and 8-client throughput >= 0.7."""
+    out = {}
+    for one, many in zip(single, cluster, strict=True):
+        cpu = sum(many["cpu_ms_per_request"].values()) / one["cpu_ms_per_request"]["server"]
+        p50 = [(row["latency"] or {}).get("p50_ms") or 0.0 for row in (one, many)]
+        out[f"c{one['concurrency']}"] = {
+            "cpu_per_request": round(cpu, 2),
+            "throughput": round(many["throughput"] / max(one["throughput"], 1e-9), 2),
+            "p50": round(p50[1] / p50[0], 2) if p50[0] else 0.0,
+        }
+    return out
+
+
+def _single(repository: Path, model: str, out: Path, seconds: float) -> list[dict]:
+    from devtools.launch import launch  # late: only this script starts a server
+
+    server = launch(repository, "--model", model, log=out / "cluster-load-server.log")
+    try:
+        return measure(server.url, model, {"server": [server.proc.pid]}, seconds)
+    finally:
+        server.terminate()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="efficientnet_lite0")
@@ -73,25 +99,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cluster-url", required=True)
     p.add_argument("--cluster-netns", required=True, help="NODE=NETNS,... (head first)")
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--rounds", type=int, default=1, help="single then cluster, this many times")
     p.add_argument("--out", type=Path, default=Path("results"))
     a = p.parse_args(argv)
-    from devtools.launch import launch  # late: only this script starts a server
-
     a.out.mkdir(parents=True, exist_ok=True)
     nodes = dict(item.split("=", 1) for item in a.cluster_netns.split(","))
-    server = launch(a.repository, "--model", a.model, log=a.out / "cluster-load-server.log")
-    try:
-        single = measure(server.url, a.model, {"server": [server.proc.pid]}, a.seconds)
-    finally:
-        server.terminate()
-    groups = {name: _netns_pids(ns) for name, ns in nodes.items()}
-    cluster = measure(a.cluster_url, a.model, groups, a.seconds)
-    result = {"single": single, "cluster": cluster, "seconds": a.seconds, "levels": LEVELS}
+    rounds = []
+    for _ in range(a.rounds):  # interleaved: the host's drift hits both alike
+        single = _single(a.repository, a.model, a.out, a.seconds)
+        groups = {name: _netns_pids(ns) for name, ns in nodes.items()}
+        cluster = measure(a.cluster_url, a.model, groups, a.seconds)
+        rounds.append({"single": single, "cluster": cluster, "ratios": ratios(single, cluster)})
+        for name, rows in (("single", single), ("cluster", cluster)):
+            for row in rows:
+                print(name, row["requests"], row["throughput"], row["latency"], row["errors"])
+                print("   cpu ms/request", row["cpu_ms_per_request"])
+        print("cluster / single:", json.dumps(rounds[-1]["ratios"]), flush=True)
+    result = {"rounds": rounds, "seconds": a.seconds, "levels": LEVELS}
     (a.out / "cluster_load.json").write_text(json.dumps(result, indent=1, default=str))
-    for name, rows in (("single", single), ("cluster", cluster)):
-        for row in rows:
-            print(name, row["requests"], row["throughput"], row["latency"], row["errors"])
-            print("   cpu ms/request", row["cpu_ms_per_request"])
     return 0
 
 

@@ -9,11 +9,14 @@ KServe v2 gRPC itself, with the single server's registration (lenient
 decoding: a body that is not protobuf is INVALID_ARGUMENT), message size limit,
 TLS and ``grpc.health.v1``: a call takes one actor call, to the model replica.
 
-The listener runs on a thread of its own with asyncio's standard event loop:
-the replica's loop is uvloop, on which grpc.aio's completion queue keeps
-failing with EAGAIN (one logged traceback per poll, measured at ~250 KB of
-log in seconds under load). The methods call model replicas through
-deployment handles, which work from any thread's loop.
+The listener runs on a thread of its own with asyncio's standard event loop
+(Serve runs the replica's code on uvloop, which grpc.aio does not support);
+the methods call model replicas through deployment handles, which work from
+any thread's loop. A Serve replica already runs grpc.aio on another loop
+(its internal server), and grpc.aio wakes every loop for each completion:
+the loops that lose the race read nothing (EAGAIN), which asyncio would log
+with a traceback each time (~250 KB of log per minute under load,
+measured), so that one error is dropped on this loop.
 
 The port is bound without ``SO_REUSEPORT`` (grpcio's default turns it on): a
 second listener on the node's port, another ingress or another program, fails
@@ -23,6 +26,7 @@ loudly instead of silently taking half of the connections.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import threading
 from collections.abc import Coroutine
@@ -58,12 +62,14 @@ class Listener:
 
     def __init__(self) -> None:
         self.loop = asyncio.SelectorEventLoop()  # not uvloop (see the module docstring)
+        self.loop.set_exception_handler(_lost_wakeup_ignored)
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="kserve-grpc", daemon=True
         )
         self._thread.start()
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
+        self.port = 0
 
     async def _on_loop(self, work: Coroutine[Any, Any, T]) -> T:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self.loop))
@@ -73,7 +79,7 @@ class Listener:
     ) -> None:
         """Bound and serving once this returns; ``ListenError`` if the port is taken."""
         try:
-            self._server, self._health = await self._on_loop(_serve(servicer, settings))
+            self._server, self._health, self.port = await self._on_loop(_serve(servicer, settings))
         except BaseException:
             self.loop.call_soon_threadsafe(self.loop.stop)
             raise
@@ -84,12 +90,27 @@ class Listener:
             await self._on_loop(self._health.enter_graceful_shutdown())
             await self._on_loop(self._server.stop(grace_s))
         self.loop.call_soon_threadsafe(self.loop.stop)
+        await asyncio.to_thread(self._thread.join)
+        self.loop.close()
+
+
+def _lost_wakeup_ignored(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Drop grpc.aio's empty wake-up read (another loop took the byte); log the rest."""
+    error = context.get("exception")
+    if (
+        isinstance(error, BlockingIOError)
+        and error.errno == errno.EAGAIN
+        and "PollerCompletionQueue" in str(context.get("message", ""))
+    ):
+        return
+    loop.default_exception_handler(context)
 
 
 async def _serve(
     servicer: pb_grpc.GRPCInferenceServiceServicer, settings: Settings
-) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """A started grpc.aio server on the node's gRPC port, in the running event loop."""
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    """A started grpc.aio server on the node's gRPC port, in the running event loop, and
+    the port it bound."""
     size = settings.protocol.max_message_bytes
     server = grpc.aio.server(
         options=[
@@ -119,4 +140,4 @@ async def _serve(
     await server.start()
     await probe.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("ingress serving KServe v2 gRPC%s on %s", " with TLS" if tls.enabled else "", address)
-    return server, probe
+    return server, probe, bound
