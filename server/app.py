@@ -18,10 +18,10 @@ from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2 as pb
 from server.core.control import ModelControl, ModelControlError
+from server.core.grpc_edge import add_inference_service, server_credentials
 from server.core.memory import MemoryTrimmer
 from server.core.wiring import build_core
 from server.grpc.servicer import InferenceServicer
-from server.grpc.transport import add_inference_service, server_credentials
 from server.http.frontend import HttpFrontend
 from server.settings import Settings
 from server.startup import EXIT_CODE, StartupError, bind_error, check_tls

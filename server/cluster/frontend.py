@@ -36,7 +36,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from protos import grpc_service_pb2_grpc as pb_grpc
-from server.grpc.transport import add_inference_service, server_credentials
+from server.core.grpc_edge import add_inference_service, server_credentials
 from server.settings import Settings
 
 log = logging.getLogger(__name__)

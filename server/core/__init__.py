@@ -13,6 +13,7 @@ SURFACE = frozenset(
         "dataplane",  # DataPlane: every inference, metadata and statistics call
         "decoding",  # lenient text decoding of names for error messages
         "errors",  # the error family and its gRPC codes / HTTP statuses
+        "grpc_edge",  # every gRPC listener's registration (lenient decoding) and TLS
         "load_request",  # a model load's parameters (config override, files)
         "memory",  # the allocator trimmer the server runs between requests
         "messages",  # InferRequest / InferResponse: the one request and answer type

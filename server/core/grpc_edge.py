@@ -1,5 +1,6 @@
-"""The gRPC listener: message size limit, optional (mutual) TLS, and requests that
-cannot even be parsed answered INVALID_ARGUMENT.
+"""What every gRPC listener shares (the single server's and each cluster node's): the
+KServe service registered so that requests which cannot even be parsed are answered
+INVALID_ARGUMENT, and optional (mutual) TLS credentials.
 
 grpcio answers a request body that is not valid protobuf with UNKNOWN and logs
 a traceback; a client sending bytes is sending bad input, so the generated
