@@ -311,7 +311,7 @@ class DynamicBatcher:
         dispatched = time.monotonic()
         rows = sum(r.rows for r in batch)
         try:
-            out, maps, started_ns, compute_ns = compute(self, batch, rows)
+            out, maps, started_ns, compute_ns, copied = compute(self, batch, rows)
             for req in batch:  # req <-> future is a cycle: free the megabytes without the GC
                 req.inputs = None  # type: ignore[assignment]
         except Exception as exc:
@@ -324,7 +324,7 @@ class DynamicBatcher:
         with self._lock:
             self._in_flight -= 1
             self._stats.in_flight = self._in_flight
-            self._stats.record_batch(len(batch), rows, compute_ns)
+            self._stats.record_batch(len(batch), rows, compute_ns, copied)
         answer(batch, out, maps, dispatched, started_ns, compute_ns)
         if self.observer is not None:
             try:

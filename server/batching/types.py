@@ -59,11 +59,16 @@ class BatcherStats:
     compute_ns: int = 0  # sum over successful batches of run_batch time
     request_compute_ns: int = 0  # sum over answered requests of their batch's compute
     batch_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # size: (n, ns)
+    # multi-request batches whose rows were copied into one new array, not run on the rows
+    # their images were decoded into (server/batching/rows.py)
+    copied_batches: int = 0
     queue_rows: int = 0
     in_flight: int = 0
 
-    def record_batch(self, requests: int, rows: int, compute_ns: int) -> None:
-        """A successful batch of ``requests`` requests and ``rows`` rows."""
+    def record_batch(self, requests: int, rows: int, compute_ns: int, copied: bool) -> None:
+        """A successful batch of ``requests`` requests and ``rows`` rows (``copied``: its
+        input gathered into a new array)."""
+        self.copied_batches += copied
         self.success_count += requests
         self.inference_count += rows
         self.execution_count += 1

@@ -22,6 +22,7 @@ from modelrepo.reading import ReadLimits, UnsafeFileError, check_regular, read_j
 from modelrepo.serving import ServingConfig, read_serving
 from modelrepo.spec import ModelConfigError, ModelSpec
 from server.batching.batcher import DynamicBatcher
+from server.batching.rows import RowArena
 from server.batching.types import RunFeatures
 from server.core.errors import Unavailable
 from server.core.loader import Stop
@@ -56,8 +57,11 @@ class ServedVersion:
     input_name: str = field(init=False, default="")
     input_dims: tuple[int, ...] = field(init=False, default=())
     fixed_input: bool = field(init=False, default=True)
+    # Where image requests are decoded: consecutive rows a batch may run on uncopied.
+    rows: RowArena = field(init=False)
 
     def __post_init__(self) -> None:
+        self.rows = RowArena(self.batcher.config.max_batch_size)
         if self.spec.config.input:
             self.input_name = self.spec.config.input[0].name
             self.input_dims = self.spec.input_dims
