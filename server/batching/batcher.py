@@ -63,6 +63,7 @@ from server.batching.types import (
     RunFeatures,
     is_expired,
     late_message,
+    rows_of,
 )
 from server.batching.waiters import LoopWaiter, claim, fail
 
@@ -112,6 +113,7 @@ class DynamicBatcher:
         self._shares = QueueShares(config, max_queue_share)
         self._in_flight = 0
         self._sleeping = 0  # workers in ``_changed.wait``: a submit wakes one only if any
+        self._unwoken = 0  # loop submits since the last ``_wake`` call was scheduled
         self._accepting = False
         self._started = False
         self._workers: list[threading.Thread] = []
@@ -201,15 +203,7 @@ class DynamicBatcher:
             raise BatcherClosedError(f"model {self.name!r} is not accepting requests")
         if features and self.run_features is None:
             raise ValueError(f"model {self.name!r} has no feature map output")
-        if not isinstance(inputs, np.ndarray) or inputs.ndim == 0 or inputs.shape[0] < 1:
-            shape = getattr(inputs, "shape", type(inputs).__name__)
-            raise ValueError(f"inputs need a leading batch dimension of >= 1 rows, got {shape}")
-        n, cfg = int(inputs.shape[0]), self.config
-        if n > cfg.max_batch_size:
-            raise RequestTooLargeError(
-                f"request of {n} rows exceeds max_batch_size {cfg.max_batch_size}"
-                f" of model {self.name!r}"
-            )
+        n, cfg = rows_of(inputs, self.config.max_batch_size, self.name), self.config
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             with self._lock:
@@ -233,9 +227,21 @@ class DynamicBatcher:
             self._pending.append(req)
             self._shares.add(owner, n)
             self._stats.queue_rows += n
-            if self._sleeping:  # Condition.notify costs microseconds even with none waiting
+            if self._sleeping and isinstance(future, LoopWaiter):  # one wake-up per loop pass
+                self._unwoken += 1
+                if self._unwoken == 1:
+                    future.loop.call_soon(self._wake)
+            elif self._sleeping:  # Condition.notify costs microseconds even with none waiting
                 self._changed.notify()
         return req
+
+    def _wake(self) -> None:
+        """On the loop after the callbacks that submitted: a worker's wake-up (a futex, ~6% of
+        the loop at one per request) once for all they queued while workers slept."""
+        with self._lock:
+            n, self._unwoken = self._unwoken, 0
+            if self._sleeping:
+                self._changed.notify(n)
 
     def _withdraw(self, req: PendingRequest) -> bool:
         """The caller cancelled: drop the request if it is still queued (never computed);

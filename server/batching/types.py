@@ -112,6 +112,19 @@ class PendingRequest:
     withdrawn: bool = False  # taken out of the queue because its caller gave up
 
 
+def rows_of(inputs: np.ndarray, max_batch_size: int, model: str) -> int:
+    """A request's row count, or why it cannot be queued (a caller's bug, or too many)."""
+    if not isinstance(inputs, np.ndarray) or inputs.ndim == 0 or inputs.shape[0] < 1:
+        shape = getattr(inputs, "shape", type(inputs).__name__)
+        raise ValueError(f"inputs need a leading batch dimension of >= 1 rows, got {shape}")
+    n = int(inputs.shape[0])
+    if n > max_batch_size:
+        raise RequestTooLargeError(
+            f"request of {n} rows exceeds max_batch_size {max_batch_size} of model {model!r}"
+        )
+    return n
+
+
 def is_expired(req: PendingRequest, now: float) -> bool:
     return req.deadline is not None and req.deadline <= now
 
