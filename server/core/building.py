@@ -12,6 +12,7 @@ import gc
 import queue
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,9 @@ class ServedVersion:
     input_name: str = field(init=False, default="")
     input_dims: tuple[int, ...] = field(init=False, default=())
     fixed_input: bool = field(init=False, default=True)
+    # outputs.check_outputs' answer for a request naming no output (its frozen entries,
+    # made once: every request of a plain client asks for them)
+    every_output: list[Any] = field(init=False, default_factory=list)
     # Where image requests are decoded: consecutive rows a batch may run on uncopied.
     rows: RowArena = field(init=False)
 
