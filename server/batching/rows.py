@@ -2,7 +2,8 @@
 requests can run on the rows they were decoded into, with no copy (issue 28).
 
 Each image request reserves its rows when it is admitted (``RowArena.reserve``): the
-next free rows of the model's current slab, a buffer of ``max_batch_size`` rows.
+next free rows of the model's current slab, a buffer of a few batches' rows (at most
+``SLAB_BYTES``; each served version holds one, and old ones while their rows are in use).
 Rows are handed out once and never reused; a slab that cannot hold the next request is
 let go (it lives on while any of its rows does) and a new one is made. Nothing about
 the queue changes: a request is batched when it is queued, as before. Only when a
@@ -21,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 MiB = 1 << 20
-SLAB_BYTES = 64 * MiB  # a slab holds fewer rows than max_batch_size when they are large
+SLAB_BYTES = 32 * MiB  # a slab holds fewer rows when they are large
 
 
 class Rows(Protocol):
