@@ -27,8 +27,9 @@ cancel and queue-delay expiry):
 
 Workers form their own batches (with the scheduler on the event loop, the next
 dispatch waited behind the last batch's responses: ~10% idle). Loop callers await
-a ``LoopWaiter`` (``submit``; one ``call_soon_threadsafe`` per batch and loop),
-other threads a ``concurrent.futures.Future`` (``submit_future``). Running a batch
+a ``LoopWaiter`` (``submit``; one ``call_soon_threadsafe`` per batch and loop, and a
+sleeping worker woken once per loop pass, not per submit: ``_wake``), other threads a
+``concurrent.futures.Future`` (``submit_future``). Running a batch
 and handing out its rows (views, no copy) is ``server/batching/compute.py``.
 """
 

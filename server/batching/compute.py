@@ -51,9 +51,9 @@ def compute(
     runner: Runner, batch: list[PendingRequest], rows: int
 ) -> tuple[np.ndarray, Any, int, int, bool]:
     """Gather, run (with the feature map if a request wants it), check rows; the outputs,
-    the feature maps, when the run started (monotonic ns), its ns, whether the input was
-    copied together (``gather``). ``batch`` may be
-    reordered (to the order of its rows in the input): answer it in its new order."""
+    the feature maps, when the run started (monotonic ns), its ns, and whether the input
+    was copied together (``gather``). ``batch`` may come back reordered (to its rows'
+    order in the input): answer it in its new order."""
     x, copied = gather(batch, rows)
     start = time.monotonic_ns()
     if runner.run_features is not None and any(r.features for r in batch):
