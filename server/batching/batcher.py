@@ -27,9 +27,9 @@ cancel and queue-delay expiry):
 
 Workers form their own batches (with the scheduler on the event loop, the next
 dispatch waited behind the last batch's responses: ~10% idle). Loop callers await
-a ``LoopWaiter`` (``submit``; one ``call_soon_threadsafe`` per batch and loop, and a
-sleeping worker woken once per loop pass, not per submit: ``_wake``), other threads a
-``concurrent.futures.Future`` (``submit_future``). Running a batch
+a ``LoopWaiter`` (``submit``; one ``call_soon_threadsafe`` per batch and loop; a sleeping
+worker woken once per loop pass while the caller has others in flight: ``_wake``), other
+threads a ``concurrent.futures.Future`` (``submit_future``). Running a batch
 and handing out its rows (views, no copy) is ``server/batching/compute.py``.
 """
 
@@ -167,11 +167,14 @@ class DynamicBatcher:
         owner: Hashable | None = None,
         features: bool = False,
         trace: BatchTrace | None = None,
+        crowd: bool = False,
     ) -> LoopWaiter:
         """``submit_future`` for a caller on an event loop (call it there): await the waiter;
-        its ``cancel()`` withdraws the request and says whether it was still queued."""
+        its ``cancel()`` withdraws the request and says whether it was still queued.
+        ``crowd``: the caller has other requests in flight, so a sleeping worker is woken
+        after the loop's pass, once for all it queues (a lone request wakes it at once)."""
         waiter = LoopWaiter(self._withdraw)
-        waiter.request = self._enqueue(inputs, deadline, owner, features, trace, waiter)
+        waiter.request = self._enqueue(inputs, deadline, owner, features, trace, waiter, crowd)
         return waiter
 
     def submit_future(
@@ -198,6 +201,7 @@ class DynamicBatcher:
         features: bool,
         trace: BatchTrace | None,
         future: concurrent.futures.Future[Any] | LoopWaiter,
+        crowd: bool = False,
     ) -> PendingRequest:
         """Check and queue one request (or raise why not)."""
         if not self._accepting:
@@ -228,8 +232,8 @@ class DynamicBatcher:
             self._pending.append(req)
             self._shares.add(owner, n)
             self._stats.queue_rows += n
-            if self._sleeping and isinstance(future, LoopWaiter):  # one wake-up per loop pass
-                self._unwoken += 1
+            if self._sleeping and crowd and isinstance(future, LoopWaiter):
+                self._unwoken += 1  # one wake-up per loop pass
                 if self._unwoken == 1:
                     future.loop.call_soon(self._wake)
             elif self._sleeping:  # Condition.notify costs microseconds even with none waiting
@@ -237,8 +241,8 @@ class DynamicBatcher:
         return req
 
     def _wake(self) -> None:
-        """On the loop after the callbacks that submitted: a worker's wake-up (a futex, ~6% of
-        the loop at one per request) once for all they queued while workers slept."""
+        """On the loop after the callbacks that submitted with ``crowd``: a worker's wake-up
+        (a futex, ~6% of the loop at one per request) once for all they queued."""
         with self._lock:
             n, self._unwoken = self._unwoken, 0
             if self._sleeping:

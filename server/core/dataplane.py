@@ -265,7 +265,8 @@ class DataPlane:
         future = None
         submitted = time.monotonic()
         try:
-            future = served.batcher.submit(array, deadline, owner, features, trace)
+            crowd = served.metrics.live.in_flight > 1  # others in flight: wake once per pass
+            future = served.batcher.submit(array, deadline, owner, features, trace, crowd)
             return await future  # cancel() below: True when it was still queued
         except batching.QueueFullError as exc:
             raise ResourceExhausted(str(exc)) from exc

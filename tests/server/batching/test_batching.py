@@ -351,8 +351,8 @@ def test_feature_maps_are_computed_only_for_batches_that_ask() -> None:
 
 
 def test_submits_of_one_loop_pass_wake_the_worker_once_and_share_its_batch() -> None:
-    """A sleeping worker is woken after the loop's pass, not by each submit: requests
-    queued in one pass (here three, with nothing awaited between them) are one batch."""
+    """A caller with several requests in flight (``crowd``) wakes a sleeping worker after
+    the loop's pass, not at each submit: requests queued in one pass are one batch."""
 
     async def main() -> None:
         model = Model()
@@ -360,7 +360,7 @@ def test_submits_of_one_loop_pass_wake_the_worker_once_and_share_its_batch() -> 
         await until(lambda: b._sleeping == 1, "the idle worker to sleep")
         waiters = []
         for i in (1, 2, 3):
-            waiters.append(b.submit(rows(i)))
+            waiters.append(b.submit(rows(i), crowd=True))
             # The GIL released for a while, the loop's pass not over: a worker woken by the
             # submit itself (as before) would take the first request alone meanwhile.
             threading.Event().wait(0.02)
