@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from server.batching.rows import joined
 from server.batching.types import BatchSizeMismatchError, PendingRequest, RunFeatures
 from server.batching.waiters import Settlement
 
@@ -25,26 +26,35 @@ class Runner(Protocol):
     run_features: RunFeatures | None
 
 
-def gather(batch: list[PendingRequest], rows: int) -> np.ndarray:
-    """The batch's input: a lone request's own array, else each request's rows written
-    once into one new array (no list of parts concatenated)."""
+def gather(batch: list[PendingRequest], rows: int) -> tuple[np.ndarray, bool]:
+    """The batch's input and whether it was copied: a lone request's own array; the
+    rows its requests' images were decoded into when they are consecutive rows of one
+    buffer (``server/batching/rows.py``; ``batch`` is then put in row order, in place);
+    else each request's rows written once into one new array (no parts concatenated)."""
     first = batch[0].inputs
     if len(batch) == 1:
-        return first
+        return first, False
+    found = joined(batch)
+    if found is not None:
+        x, order = found
+        batch[:] = [batch[i] for i in order]
+        return x, False
     x = np.empty((rows, *first.shape[1:]), dtype=first.dtype)
     offset = 0
     for req in batch:
         x[offset : offset + req.rows] = req.inputs
         offset += req.rows
-    return x
+    return x, True
 
 
 def compute(
     runner: Runner, batch: list[PendingRequest], rows: int
-) -> tuple[np.ndarray, Any, int, int]:
+) -> tuple[np.ndarray, Any, int, int, bool]:
     """Gather, run (with the feature map if a request wants it), check rows; the outputs,
-    the feature maps, when the run started (monotonic ns) and its ns."""
-    x = gather(batch, rows)
+    the feature maps, when the run started (monotonic ns), its ns, and whether the input
+    was copied together (``gather``). ``batch`` may come back reordered (to its rows'
+    order in the input): answer it in its new order."""
+    x, copied = gather(batch, rows)
     start = time.monotonic_ns()
     if runner.run_features is not None and any(r.features for r in batch):
         out, maps = runner.run_features(x)
@@ -57,7 +67,7 @@ def compute(
             f"model {runner.name!r} returned {got} rows (shape {out.shape})"
             f" for a batch of {rows} rows ({len(batch)} requests)"
         )
-    return out, maps, start, elapsed
+    return out, maps, start, elapsed, copied
 
 
 def answer(

@@ -59,11 +59,16 @@ class BatcherStats:
     compute_ns: int = 0  # sum over successful batches of run_batch time
     request_compute_ns: int = 0  # sum over answered requests of their batch's compute
     batch_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # size: (n, ns)
+    # multi-request batches whose rows were copied into one new array, not run on the rows
+    # their images were decoded into (server/batching/rows.py)
+    copied_batches: int = 0
     queue_rows: int = 0
     in_flight: int = 0
 
-    def record_batch(self, requests: int, rows: int, compute_ns: int) -> None:
-        """A successful batch of ``requests`` requests and ``rows`` rows."""
+    def record_batch(self, requests: int, rows: int, compute_ns: int, copied: bool) -> None:
+        """A successful batch of ``requests`` requests and ``rows`` rows (``copied``: its
+        input gathered into a new array)."""
+        self.copied_batches += copied
         self.success_count += requests
         self.inference_count += rows
         self.execution_count += 1
@@ -105,6 +110,19 @@ class PendingRequest:
     features: bool = False  # also wants the feature map (class activation maps)
     trace: BatchTrace | None = None  # a sampled request: its queue and compute times
     withdrawn: bool = False  # taken out of the queue because its caller gave up
+
+
+def rows_of(inputs: np.ndarray, max_batch_size: int, model: str) -> int:
+    """A request's row count, or why it cannot be queued (a caller's bug, or too many)."""
+    if not isinstance(inputs, np.ndarray) or inputs.ndim == 0 or inputs.shape[0] < 1:
+        shape = getattr(inputs, "shape", type(inputs).__name__)
+        raise ValueError(f"inputs need a leading batch dimension of >= 1 rows, got {shape}")
+    n = int(inputs.shape[0])
+    if n > max_batch_size:
+        raise RequestTooLargeError(
+            f"request of {n} rows exceeds max_batch_size {max_batch_size} of model {model!r}"
+        )
+    return n
 
 
 def is_expired(req: PendingRequest, now: float) -> bool:

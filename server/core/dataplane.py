@@ -265,7 +265,8 @@ class DataPlane:
         future = None
         submitted = time.monotonic()
         try:
-            future = served.batcher.submit(array, deadline, owner, features, trace)
+            crowd = served.metrics.live.in_flight > 1  # others in flight: wake once per pass
+            future = served.batcher.submit(array, deadline, owner, features, trace, crowd)
             return await future  # cancel() below: True when it was still queued
         except batching.QueueFullError as exc:
             raise ResourceExhausted(str(exc)) from exc
@@ -312,7 +313,9 @@ class DataPlane:
         """``owner``: the client (connection or stream), for its share of the queue;
         ``trace``: a sampled request (``Tracer.sample``) whose timestamps to take."""
         request_caps.check_message(self.request_limits, request)  # before any per-item work
-        served = self.manager.get(check_name(request.model_name), request.model_version)
+        name = request.model_name  # a known name was checked when it was loaded
+        name = name if name in self.manager.entries else check_name(name)
+        served = self.manager.get(name, request.model_version)
         if trace is not None:
             trace.begin(served.spec.name, served.version, request.id)
         metrics, live = served.metrics, served.metrics.live

@@ -213,6 +213,7 @@ class EnsembleBatcher:
         owner: Hashable | None = None,
         features: bool = False,
         trace: object = None,
+        crowd: bool = False,  # members are reached from threads: each notifies at once
     ) -> FutureWaiter:
         """``submit_future`` as the data plane awaits it (``DynamicBatcher.submit``)."""
         return FutureWaiter(self.submit_future(inputs, deadline, owner, features, trace))

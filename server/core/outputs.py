@@ -41,9 +41,12 @@ def check_outputs(
 ) -> list[Wanted]:
     """Names, classification counts and shared-memory room, in one pass (a request may
     name thousands of outputs): bad requests cost nothing in the queue. The outputs to
-    write: those named, else all of the model's."""
-    if not request.outputs:  # the common case: no table of the model's outputs to build
-        return [Wanted(o.name) for o in served.spec.config.output]
+    write: those named, else all of the model's (a list shared by such requests: read it)."""
+    if not request.outputs:  # the common case: the model's every output, listed once
+        every = served.every_output
+        if not every:
+            every.extend(Wanted(o.name) for o in served.spec.config.output)
+        return every
     outputs = {o.name: o for o in served.spec.config.output}
     seen: set[str] = set()
     wanted = []

@@ -348,3 +348,26 @@ def test_feature_maps_are_computed_only_for_batches_that_ask() -> None:
         await plain_only.stop()
 
     run(main())
+
+
+def test_submits_of_one_loop_pass_wake_the_worker_once_and_share_its_batch() -> None:
+    """A caller with several requests in flight (``crowd``) wakes a sleeping worker after
+    the loop's pass, not at each submit: requests queued in one pass are one batch."""
+
+    async def main() -> None:
+        model = Model()
+        b = await started(model, max_batch_size=4)
+        await until(lambda: b._sleeping == 1, "the idle worker to sleep")
+        waiters = []
+        for i in (1, 2, 3):
+            waiters.append(b.submit(rows(i), crowd=True))
+            # The GIL released for a while, the loop's pass not over: a worker woken by the
+            # submit itself (as before) would take the first request alone meanwhile.
+            threading.Event().wait(0.02)
+        results = [await w for w in waiters]
+        for i, out in zip((1, 2, 3), results, strict=True):
+            np.testing.assert_array_equal(out, expected(rows(i)))
+        assert model.sizes == [3] and b.stats().execution_count == 1
+        await b.stop()
+
+    run(main())
