@@ -1,36 +1,30 @@
 """Dynamic batching: many concurrent requests -> one blocking ``run_batch`` call.
 
 Modelled on Triton's dynamic batcher, MLServer's adaptive batcher and Ray Serve's
-``_BatchQueue``. One ``DynamicBatcher`` serves one model instance group: each of
-its ``instance_count`` worker threads runs one batch at a time (e.g. an ONNX
-Runtime session call, which releases the GIL), so that many batches run at once.
+``_BatchQueue``. One ``DynamicBatcher`` serves one model instance group: each of its
+``instance_count`` worker threads runs one batch at a time (e.g. an ONNX Runtime
+session call, which releases the GIL), so that many batches run at once.
 
-Policy (applied by a worker whenever it is free, and again on every submit,
-cancel and queue-delay expiry):
-
-1. Nothing is dispatched unless an instance is free; while all are busy the
-   queue simply grows (bounded by ``max_queue_size`` rows: beyond it submit
-   raises ``QueueFullError`` at once).
-2. A batch is the longest FIFO prefix of the queue whose rows fit in
-   ``max_batch_size`` (and whose rows share shape and dtype); a request is
-   never split and never overtaken: one that does not fit waits for the next.
-   Requests whose deadline has passed, or whose caller was cancelled, are
-   dropped before this (never computed).
-3. With a free instance the prefix is dispatched at once if the oldest request
-   arrived while an instance was idle (latency first: measured best here), or
-   the prefix reaches the largest preferred size (``max_batch_size`` when none
-   is set) or cannot grow, or the batcher is draining.
-4. Otherwise (the queue formed while every instance was busy and the batch is
-   still small) it waits for more requests, but no longer than
-   ``max_queue_delay_us`` after the oldest queued request's arrival.
+Policy (applied by a worker whenever it is free, and on every submit, cancel and
+queue-delay expiry):
+1. Nothing is dispatched unless an instance is free; the queue is bounded by
+   ``max_queue_size`` rows (beyond it submit raises ``QueueFullError`` at once).
+2. A batch is the longest FIFO prefix of the queue whose rows fit in ``max_batch_size``
+   (and share shape and dtype); a request is never split nor overtaken. Requests whose
+   deadline passed, or whose caller cancelled, are dropped first (never computed).
+3. With a free instance the prefix goes at once if the oldest request arrived while an
+   instance was idle (latency first: measured best here), or the prefix reaches the
+   largest preferred size (``max_batch_size`` when none is set) or cannot grow, or the
+   batcher is draining.
+4. Otherwise it waits for more requests, no longer than ``max_queue_delay_us`` after
+   the oldest queued request's arrival.
 5. ``dynamic_batching=False``: every request is its own batch, dispatched at once.
 
-Workers form their own batches (with the scheduler on the event loop, the next
-dispatch waited behind the last batch's responses: ~10% idle). Loop callers await
-a ``LoopWaiter`` (``submit``; one ``call_soon_threadsafe`` per batch and loop; a sleeping
-worker woken once per loop pass while the caller has others in flight: ``_wake``), other
-threads a ``concurrent.futures.Future`` (``submit_future``). Running a batch
-and handing out its rows (views, no copy) is ``server/batching/compute.py``.
+Workers form their own batches (a scheduler on the event loop waited behind the last
+batch's responses: ~10% idle). Loop callers await a ``LoopWaiter`` (``submit``: one
+``call_soon_threadsafe`` per batch and loop; a sleeping worker woken once per loop pass
+while the caller has others in flight, ``_wake``), other threads a Future
+(``submit_future``). Running a batch and handing out its rows is ``compute.py``.
 """
 
 from __future__ import annotations
@@ -84,12 +78,9 @@ log = logging.getLogger(__name__)
 
 
 class DynamicBatcher:
-    """Requests are queued by callers and run in batches by worker threads.
-
-    Thread rule: ``_pending``, ``_in_flight``, ``_accepting`` and ``_stats``
-    change only under ``_lock``; futures are completed outside it (their done
-    callbacks take the lock).
-    """
+    """Requests queued by callers, run in batches by worker threads. ``_pending``,
+    ``_in_flight``, ``_accepting`` and ``_stats`` change only under ``_lock``; futures are
+    completed outside it (their done callbacks take the lock)."""
 
     def __init__(
         self,
@@ -241,8 +232,7 @@ class DynamicBatcher:
         return req
 
     def _wake(self) -> None:
-        """On the loop after the callbacks that submitted with ``crowd``: a worker's wake-up
-        (a futex, ~6% of the loop at one per request) once for all they queued."""
+        """After a loop pass's ``crowd`` submits: one wake-up (a futex) for all they queued."""
         with self._lock:
             n, self._unwoken = self._unwoken, 0
             if self._sleeping:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from typing import Any
 
 import numpy as np
 
@@ -329,7 +330,7 @@ class DataPlane:
             wanted_outputs = outputs.check_outputs(served, request, len(array), self.shm)
             cam = wanted is not None and wanted.method == "cam"
             result = await self._run(served, array, deadline, owner, cam, trace)
-            logits, maps = result if cam else (result, None)
+            logits = result[0] if cam else result
             encode_started = time.perf_counter_ns()
             response = InferResponse(
                 served.spec.name,
@@ -340,12 +341,7 @@ class DataPlane:
             served.output_ns[0] += 1
             served.output_ns[1] += time.perf_counter_ns() - encode_started
             if wanted is not None:
-                run = functools.partial(self._run, served, deadline=deadline, owner=owner)
-                found = (served.cam, maps) if cam and served.cam is not None else None
-                rows = served.batcher.config.max_batch_size
-                chunk = explain.chunk(self.request_limits, array.shape, rows, self.max_input_bytes)
-                heat = await explain.explain(wanted, run, array, logits, chunk, found)
-                explain.attach(response, heat)
+                await self._explain(served, wanted, array, result, deadline, owner, response)
         except BaseException as exc:
             served.failure_ns[0] += 1
             served.failure_ns[1] += time.perf_counter_ns() - started
@@ -363,6 +359,25 @@ class DataPlane:
         metrics.requests("OK", protocol).inc()
         metrics.request_seconds.observe(elapsed / 1e9)
         return response
+
+    async def _explain(
+        self,
+        served: ServedVersion,
+        wanted: explain.ExplainRequest,
+        array: np.ndarray,
+        result: Any,
+        deadline: float | None,
+        owner: object,
+        response: InferResponse,
+    ) -> None:
+        """The explanation ``wanted`` of the batch ``array`` (``result``: its logits, with
+        the feature maps for a CAM), attached to ``response``: more runs, or the CAM."""
+        logits, maps = result if wanted.method == "cam" else (result, None)
+        run = functools.partial(self._run, served, deadline=deadline, owner=owner)
+        found = (served.cam, maps) if wanted.method == "cam" and served.cam is not None else None
+        rows = served.batcher.config.max_batch_size
+        chunk = explain.chunk(self.request_limits, array.shape, rows, self.max_input_bytes)
+        explain.attach(response, await explain.explain(wanted, run, array, logits, chunk, found))
 
     # --- trace settings -----------------------------------------------------
     def trace_settings(self, model: str, changes: Changes) -> dict[str, list[str]]:

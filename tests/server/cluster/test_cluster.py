@@ -356,10 +356,8 @@ def test_a_changed_replica_count_scales_live_and_a_cpu_free_model_may_use_the_he
     replicas = after["applications"]["model-lenet5"]["deployments"]["lenet5"]["replicas"]
     nodes = {r["node_ip"] for r in replicas if r["state"] == "RUNNING"}
     assert nodes == {node.ip for node in cluster.nodes.values()}, replicas
-    revisions = {
-        r["revision"] for s in (before, after) for r in s["replicas"] if r["model"] == "lenet5"
-    }
-    assert len(revisions) == 1, revisions
+    revs = {r["revision"] for s in (before, after) for r in s["replicas"] if r["model"] == "lenet5"}
+    assert len(revs) == 1, revs
 
 
 def test_stop_node_stops_only_that_nodes_ray_processes(cluster: NetnsCluster) -> None:
@@ -396,10 +394,7 @@ def test_a_worker_killed_mid_traffic_costs_no_internal_error_and_rejoins(
     counts = result["counts"]
     report(request.config, f"\ncluster kill -9 of a worker mid-traffic: {counts}")
     for phase, statuses in counts.items():
-        assert set(statuses) <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}, (
-            phase,
-            statuses,
-            result["messages"],
-        )
+        allowed = {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
+        assert set(statuses) <= allowed, (phase, statuses, result["messages"])
     # A request counts in the phase it started in: those in flight at the kill are "start".
     assert set(counts["rejoined"]) == {"OK"}, counts
