@@ -4,9 +4,11 @@ A bare ``grpc.aio`` server (a generic handler with identity (de)serializers: the
 bytes are never parsed) and a bare aiohttp server (POST /v2/models/{model}/infer: the
 body read, then a fixed reply), each in a child process of its own, each answering with
 the bytes our server returned to the same request. Their CPU per request is what the
-transport costs on its own: the floor under our server's own code.
+transport costs on its own: the floor under our server's own code. With ``--hop thread``
+the gRPC floor answers from a worker thread instead: the least any server whose batches
+run on a thread pays.
 
-    python -m benchmarks.loadtest.floor grpc RESPONSE_FILE
+    python -m benchmarks.loadtest.floor grpc RESPONSE_FILE [--hop thread]
     python -m benchmarks.loadtest.floor http RESPONSE_FILE --header NAME=VALUE ...
 
 The child binds port 0 on 127.0.0.1 (the kernel picks a free port) and prints
@@ -18,11 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import queue
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -35,14 +40,46 @@ SERVICE = "inference.GRPCInferenceService"
 MAX_MESSAGE_BYTES = 64 << 20  # the server's default message limit
 READY = re.compile(r"^ready: port (\d+)$", re.MULTILINE)
 KINDS = ("grpc", "http")
+HOPS = ("none", "thread")  # gRPC: answer on the loop, or after a worker thread's hop
 
 
-async def _serve_grpc(response: bytes) -> None:
+def _thread_hop(response: bytes) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+    """A handler that hands each request to one worker thread and awaits its answer there:
+    what any server with a batch worker pays at the least (one queue put, one wake-up,
+    one ``call_soon_threadsafe`` per batch the worker drains), with no work in between."""
+    loop = asyncio.get_running_loop()
+    jobs: queue.SimpleQueue[asyncio.Future[bytes]] = queue.SimpleQueue()
+
+    def settle(futures: list[asyncio.Future[bytes]]) -> None:
+        for future in futures:
+            if not future.done():
+                future.set_result(response)
+
+    def worker() -> None:
+        while True:
+            drained = [jobs.get()]
+            while not jobs.empty():
+                drained.append(jobs.get_nowait())
+            loop.call_soon_threadsafe(settle, drained)
+
+    threading.Thread(target=worker, name="floor-hop", daemon=True).start()
+
     async def infer(_request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
+        future = loop.create_future()
+        jobs.put(future)
+        return await future
+
+    return infer
+
+
+async def _serve_grpc(response: bytes, hop: str = "none") -> None:
+    async def bare(_request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
         return response
 
     handler = grpc.unary_unary_rpc_method_handler(
-        infer, request_deserializer=None, response_serializer=None
+        _thread_hop(response) if hop == "thread" else bare,
+        request_deserializer=None,
+        response_serializer=None,
     )
     server = grpc.aio.server(
         options=[
@@ -82,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kind", choices=KINDS)
     p.add_argument("response", type=Path, help="the fixed response body")
     p.add_argument("--header", action="append", default=[], help="NAME=VALUE (http)")
+    p.add_argument("--hop", choices=HOPS, default="none", help="grpc: via a worker thread")
     a = p.parse_args(argv)
     body = a.response.read_bytes()
     if a.kind == "grpc":
-        asyncio.run(_serve_grpc(body))
+        asyncio.run(_serve_grpc(body, a.hop))
     else:
         asyncio.run(_serve_http(body, dict(h.split("=", 1) for h in a.header)))
     return 0
@@ -97,18 +135,22 @@ def start_floor(
     folder: Path,
     headers: dict[str, str] | None = None,
     timeout: float = 60,
+    hop: str = "none",
 ) -> Launched:
-    """A bare ``kind`` server answering ``response`` (and ``headers``), once it listens.
+    """A bare ``kind`` server answering ``response`` (and ``headers``), once it listens;
+    ``hop="thread"`` (gRPC): each answer comes back from a worker thread (``_thread_hop``).
 
     The handle's ``url`` (gRPC) or ``http_url`` (HTTP) reaches it; ``terminate()`` stops it.
     """
     if kind not in KINDS:
         raise ValueError(f"floor kind {kind!r} is not one of {KINDS}")
+    if hop not in HOPS or (hop != "none" and kind != "grpc"):
+        raise ValueError(f"floor hop {hop!r} is not one of {HOPS} (a hop is gRPC's only)")
     folder.mkdir(parents=True, exist_ok=True)
     body = folder / f"floor-{kind}-{time.monotonic_ns()}.bin"
     body.write_bytes(response)
     log = body.with_suffix(".log")
-    flags = [f"--header={k}={v}" for k, v in (headers or {}).items()]
+    flags = [f"--header={k}={v}" for k, v in (headers or {}).items()] + [f"--hop={hop}"]
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.loadtest.floor", kind, str(body), *flags],

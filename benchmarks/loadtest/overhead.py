@@ -33,6 +33,7 @@ from pathlib import Path
 from benchmarks.common.machine import machine
 from benchmarks.common.md_table import fmt
 from benchmarks.common.zoo import default_repository
+from benchmarks.loadtest.floor import HOPS
 from benchmarks.loadtest.profile import profile_server, py_spy, stop_all
 from benchmarks.loadtest.targets import Target, prepare
 from benchmarks.report import overhead as report
@@ -62,6 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of every cell")
     p.add_argument("--repository", type=Path, default=default_repository())
     p.add_argument("--server-args", default="", help="extra flags for our server (one string)")
+    p.add_argument(
+        "--grpc-floor",
+        choices=HOPS,
+        default="none",
+        help="thread: the gRPC floor answers from a worker thread (a batching server's least)",
+    )
     p.add_argument("--profile", action="store_true", help="py-spy --native on our server after")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request deadline (s)")
     p.add_argument("--out", type=Path, default=Path("results") / "overhead")

@@ -35,7 +35,12 @@ from benchmarks.loadtest.infer_requests import (
 from benchmarks.loadtest.loadgen import run_closed_loop
 from devtools.launch import Launched, launch
 
-KIND = {"ours": "python -m server", "grpc": "bare grpc.aio", "http": "bare aiohttp"}
+KIND = {
+    "ours": "python -m server",
+    "grpc": "bare grpc.aio",
+    "grpc+thread": "bare grpc.aio, thread hop",
+    "http": "bare aiohttp",
+}
 Load = Callable[[int, float, float], dict]  # (clients, seconds, warm-up) -> result dict
 
 
@@ -48,10 +53,13 @@ class Target:
     model: str
     pid: int
     load: Load
+    hop: str = "none"  # the gRPC floor's (``--grpc-floor``)
 
     @property
     def kind(self) -> str:
-        return KIND["ours" if self.server == "ours" else self.protocol]
+        if self.server == "ours":
+            return KIND["ours"]
+        return KIND[self.protocol + ("" if self.hop == "none" else f"+{self.hop}")]
 
 
 def _grpc_answer(url: str, request: bytes, timeout: float) -> bytes:
@@ -81,7 +89,7 @@ def _grpc_pair(
 ) -> tuple[Target, Target]:
     request = tensor_request(info)
     answer = _grpc_answer(ours.url, request, a.timeout)
-    floor = _started(stack, start_floor("grpc", answer, a.out / "floors"))
+    floor = _started(stack, start_floor("grpc", answer, a.out / "floors", hop=a.grpc_floor))
     if _grpc_answer(floor.url, request, a.timeout) != answer:
         raise SystemExit(f"the bare grpc.aio server did not answer its fixed bytes; {floor.log}")
 
@@ -92,7 +100,14 @@ def _grpc_pair(
 
     return (
         Target("ours", "grpc", info.name, ours.proc.pid, load(ours.url, ours.proc.pid)),
-        Target("floor", "grpc", info.name, floor.proc.pid, load(floor.url, floor.proc.pid)),
+        Target(
+            "floor",
+            "grpc",
+            info.name,
+            floor.proc.pid,
+            load(floor.url, floor.proc.pid),
+            a.grpc_floor,
+        ),
     )
 
 

@@ -12,9 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
 from benchmarks.loadtest import overhead
+from benchmarks.loadtest.floor import start_floor
+from benchmarks.loadtest.infer_requests import INFER_METHOD
 from benchmarks.loadtest.profile import collapsed_top, split_waiting, top_markdown
 from benchmarks.report import overhead as report
 from exporter.pipeline import ExportRequest, export_model
@@ -193,3 +196,21 @@ def test_sigterm_stops_every_child(repo: Path, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_thread_hop_floor_answers_its_bytes_from_a_worker_thread(tmp_path: Path) -> None:
+    """``--grpc-floor thread``: the floor's answer, unchanged, to concurrent calls; a hop
+    is gRPC's only."""
+    answer = b"\x0a\x06lenet5 fixed answer bytes"
+    floor = start_floor("grpc", answer, tmp_path, hop="thread")
+    try:
+        with grpc.insecure_channel(floor.url) as channel:
+            call = channel.unary_unary(
+                INFER_METHOD, request_serializer=None, response_deserializer=None
+            )
+            futures = [call.future(b"request %d" % i, timeout=30) for i in range(16)]
+            assert [f.result() for f in futures] == [answer] * 16
+    finally:
+        floor.terminate()
+    with pytest.raises(ValueError, match="gRPC's only"):
+        start_floor("http", answer, tmp_path, hop="thread")
