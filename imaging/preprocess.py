@@ -27,8 +27,8 @@ __all__ = [
     "ImageLimitError",
     "ImageLimits",
     "MAX_PIXELS",
-    "crop",
     "decode",
+    "decode_crop",
     "preprocess",
     "preprocess_batch",
     "preprocess_into",
@@ -38,7 +38,7 @@ __all__ = [
 MAX_PIXELS = DEFAULT_LIMITS.max_pixels
 
 
-def crop(data: bytes, pre: Preprocess, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+def decode_crop(data: bytes, pre: Preprocess, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode ``data``, resize and centre-crop it: HWC uint8, not yet normalised (the
     server normalises it into the batch that runs it, ``imaging/pixelrows.py``)."""
     return resize_crop(decode(data, pre, limits), pre)
@@ -48,7 +48,7 @@ def preprocess_into(
     data: bytes, out: np.ndarray, pre: Preprocess, limits: ImageLimits = DEFAULT_LIMITS
 ) -> None:
     """Decode ``data`` and write its model input into ``out`` (one CHW row of a batch)."""
-    normalise_into(crop(data, pre, limits), out, pre)
+    normalise_into(decode_crop(data, pre, limits), out, pre)
 
 
 def preprocess(data: bytes, pre: Preprocess) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 
 from imaging.decode import ImageDecodeError, from_pixels
 from imaging.pixelrows import PixelRows
-from imaging.preprocess import crop
+from imaging.preprocess import decode_crop
 from imaging.transform import channels, resize_crop
 from modelrepo.spec import Preprocess
 from server.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
@@ -107,7 +107,7 @@ class ImagePipeline:
         pre, limits = served.spec.preprocess, self.limits
 
         def job(i: int) -> np.ndarray:
-            return crop(elements[i], pre, limits)
+            return decode_crop(elements[i], pre, limits)
 
         sizes = [len(e) for e in elements]
         return await self._run(served, name, pre, sizes, job, deadline)
