@@ -18,7 +18,7 @@ from imaging.decode import (
     ImageLimits,
     decode,
 )
-from imaging.transform import batch_buffer, write_row
+from imaging.transform import batch_buffer, normalise_into, resize_crop, write_row
 from modelrepo.spec import Preprocess
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "ImageLimits",
     "MAX_PIXELS",
     "decode",
+    "decode_crop",
     "preprocess",
     "preprocess_batch",
     "preprocess_into",
@@ -37,11 +38,17 @@ __all__ = [
 MAX_PIXELS = DEFAULT_LIMITS.max_pixels
 
 
+def decode_crop(data: bytes, pre: Preprocess, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decode ``data``, resize and centre-crop it: HWC uint8, not yet normalised (the
+    server normalises it into the batch that runs it, ``imaging/pixelrows.py``)."""
+    return resize_crop(decode(data, pre, limits), pre)
+
+
 def preprocess_into(
     data: bytes, out: np.ndarray, pre: Preprocess, limits: ImageLimits = DEFAULT_LIMITS
 ) -> None:
     """Decode ``data`` and write its model input into ``out`` (one CHW row of a batch)."""
-    write_row(decode(data, pre, limits), out, pre)
+    normalise_into(decode_crop(data, pre, limits), out, pre)
 
 
 def preprocess(data: bytes, pre: Preprocess) -> np.ndarray:

@@ -20,9 +20,9 @@ queue-delay expiry):
 5. ``dynamic_batching=False``: every request is its own batch, dispatched at once.
 
 Workers form their own batches (a scheduler on the event loop waited behind the last
-batch's responses). Loop callers await a ``LoopWaiter`` (``submit``: one
-``call_soon_threadsafe`` per batch and loop; with others in flight, a sleeping worker is
-woken once per loop pass, ``_wake``), threads a Future (``submit_future``).
+batch's responses). Loop callers await a ``LoopWaiter`` (one ``call_soon_threadsafe`` per
+batch and loop; with others in flight a sleeping worker is woken once per loop pass,
+``_wake``), threads a Future. Gathering a batch's input and running it: ``compute.py``.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from server.batching.types import (
     BatchSizeMismatchError,
     BatchTrace,
     DeadlineExceededError,
+    Inputs,
     PendingRequest,
     QueueFullError,
     RequestTooLargeError,
@@ -151,7 +152,7 @@ class DynamicBatcher:
 
     def submit(
         self,
-        inputs: np.ndarray,
+        inputs: Inputs,
         deadline: float | None = None,
         owner: Hashable | None = None,
         features: bool = False,
@@ -170,15 +171,15 @@ class DynamicBatcher:
 
     def submit_future(
         self,
-        inputs: np.ndarray,
+        inputs: Inputs,
         deadline: float | None = None,
         owner: Hashable | None = None,
         features: bool = False,
         trace: BatchTrace | None = None,
     ) -> concurrent.futures.Future[Any]:
         """Queue ``inputs``; the future gets its output rows (``features``: and their feature
-        maps, a tuple). Cancel it to withdraw. ``owner`` (a client) may hold only its share;
-        ``trace`` (a sampled request) is told its queue and compute times."""
+        maps). Cancel it to withdraw. ``owner`` (a client) may hold only its share; ``trace``
+        (a sampled request) is told its queue and compute times."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         req = self._enqueue(inputs, deadline, owner, features, trace, future)
         future.add_done_callback(lambda f: self._withdraw(req) if f.cancelled() else None)
@@ -186,7 +187,7 @@ class DynamicBatcher:
 
     def _enqueue(
         self,
-        inputs: np.ndarray,
+        inputs: Inputs,
         deadline: float | None,
         owner: Hashable | None,
         features: bool,
@@ -239,8 +240,7 @@ class DynamicBatcher:
                 self._changed.notify(n)
 
     def _withdraw(self, req: PendingRequest) -> bool:
-        """The caller cancelled: drop the request if it is still queued (never computed);
-        whether it was dropped so."""
+        """The caller cancelled: drop it if still queued (never computed); whether it was."""
         with self._lock:
             if req.queued:
                 self._pending.remove(req)
@@ -251,7 +251,6 @@ class DynamicBatcher:
             return req.withdrawn
 
     # -- worker threads -------------------------------------------------------
-
     def _work(self) -> None:
         try:
             while (batch := self._next_batch()) is not None:

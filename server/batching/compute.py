@@ -13,7 +13,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from server.batching.rows import joined
 from server.batching.types import BatchSizeMismatchError, PendingRequest, RunFeatures
 from server.batching.waiters import Settlement
 
@@ -27,33 +26,32 @@ class Runner(Protocol):
 
 
 def gather(batch: list[PendingRequest], rows: int) -> tuple[np.ndarray, bool]:
-    """The batch's input and whether it was copied: a lone request's own array; the
-    rows its requests' images were decoded into when they are consecutive rows of one
-    buffer (``server/batching/rows.py``; ``batch`` is then put in row order, in place);
-    else each request's rows written once into one new array (no parts concatenated)."""
+    """The batch's input and whether a raw tensor's rows were copied into it: a lone
+    raw-tensor request's own array; else one new array that each request writes its rows
+    into once (images: normalised straight into it by ``write_into``, on this worker
+    thread; numpy's ufuncs release the GIL), with no parts concatenated."""
     first = batch[0].inputs
-    if len(batch) == 1:
+    if len(batch) == 1 and isinstance(first, np.ndarray):
         return first, False
-    found = joined(batch)
-    if found is not None:
-        x, order = found
-        batch[:] = [batch[i] for i in order]
-        return x, False
     x = np.empty((rows, *first.shape[1:]), dtype=first.dtype)
-    offset = 0
+    offset, copied = 0, False
     for req in batch:
-        x[offset : offset + req.rows] = req.inputs
+        part, inputs = x[offset : offset + req.rows], req.inputs
+        if isinstance(inputs, np.ndarray):
+            part[...] = inputs
+            copied = True
+        else:
+            inputs.write_into(part)
         offset += req.rows
-    return x, True
+    return x, copied
 
 
 def compute(
     runner: Runner, batch: list[PendingRequest], rows: int
 ) -> tuple[np.ndarray, Any, int, int, bool]:
     """Gather, run (with the feature map if a request wants it), check rows; the outputs,
-    the feature maps, when the run started (monotonic ns), its ns, and whether the input
-    was copied together (``gather``). ``batch`` may come back reordered (to its rows'
-    order in the input): answer it in its new order."""
+    the feature maps, when the run started (monotonic ns), its ns, and whether a raw
+    tensor was copied into the input (``gather``)."""
     x, copied = gather(batch, rows)
     start = time.monotonic_ns()
     if runner.run_features is not None and any(r.features for r in batch):

@@ -20,6 +20,23 @@ from server.batching.waiters import LoopWaiter
 RunFeatures = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
+class RowSource(Protocol):
+    """A request's rows not held as an array but written into the batch's input when it
+    runs (``imaging/pixelrows.py``: images normalised into the buffer the model reads).
+    ``shape`` and ``dtype`` are the array's it stands for, so that it batches as one."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def __len__(self) -> int: ...
+
+    def write_into(self, out: np.ndarray) -> None: ...
+
+
+# What a request queues: its rows as an array, or a source that writes them.
+Inputs = np.ndarray | RowSource
+
+
 class BatcherError(Exception):
     """Base of every error raised by the batcher itself."""
 
@@ -59,15 +76,15 @@ class BatcherStats:
     compute_ns: int = 0  # sum over successful batches of run_batch time
     request_compute_ns: int = 0  # sum over answered requests of their batch's compute
     batch_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # size: (n, ns)
-    # multi-request batches whose rows were copied into one new array, not run on the rows
-    # their images were decoded into (server/batching/rows.py)
+    # batches that copied a raw tensor's rows into their input (several requests gathered;
+    # image rows are normalised straight into it, never copied: imaging/pixelrows.py)
     copied_batches: int = 0
     queue_rows: int = 0
     in_flight: int = 0
 
     def record_batch(self, requests: int, rows: int, compute_ns: int, copied: bool) -> None:
-        """A successful batch of ``requests`` requests and ``rows`` rows (``copied``: its
-        input gathered into a new array)."""
+        """A successful batch of ``requests`` requests and ``rows`` rows (``copied``: a raw
+        tensor's rows copied into its input)."""
         self.copied_batches += copied
         self.success_count += requests
         self.inference_count += rows
@@ -98,7 +115,7 @@ class BatchTrace(Protocol):
 class PendingRequest:
     """One caller's rows in the batcher's queue."""
 
-    inputs: np.ndarray
+    inputs: Inputs
     rows: int
     deadline: float | None
     # its rows, or (rows, feature rows) with features: a thread's future or a loop's waiter
@@ -112,9 +129,10 @@ class PendingRequest:
     withdrawn: bool = False  # taken out of the queue because its caller gave up
 
 
-def rows_of(inputs: np.ndarray, max_batch_size: int, model: str) -> int:
+def rows_of(inputs: Inputs, max_batch_size: int, model: str) -> int:
     """A request's row count, or why it cannot be queued (a caller's bug, or too many)."""
-    if not isinstance(inputs, np.ndarray) or inputs.ndim == 0 or inputs.shape[0] < 1:
+    rows = isinstance(inputs, np.ndarray) or callable(getattr(inputs, "write_into", None))
+    if not rows or len(inputs.shape) == 0 or inputs.shape[0] < 1:
         shape = getattr(inputs, "shape", type(inputs).__name__)
         raise ValueError(f"inputs need a leading batch dimension of >= 1 rows, got {shape}")
     n = int(inputs.shape[0])

@@ -23,7 +23,6 @@ from modelrepo.reading import ReadLimits, UnsafeFileError, check_regular, read_j
 from modelrepo.serving import ServingConfig, read_serving
 from modelrepo.spec import ModelConfigError, ModelSpec
 from server.batching.batcher import DynamicBatcher
-from server.batching.rows import RowArena
 from server.batching.types import RunFeatures
 from server.core.errors import Unavailable
 from server.core.loader import Stop
@@ -37,11 +36,6 @@ RunBatch = Callable[[np.ndarray], np.ndarray]
 # cost more than it saved (LeNet-5, 0.4 MMACs: 8 clients took 1.6x less server CPU per
 # request on one thread than on the runtime's default of one per core).
 SMALL_MODEL_MACS = 20_000_000
-# Rows of an image slab (server/batching/rows.py), in full batches: a batch whose requests
-# straddle two slabs is copied. 8 clients of mobilenet_v2 sending one JPEG each (10 s,
-# one instance): 47% of multi-request batches ran uncopied with slabs of 1 batch, 59%
-# with 2, 70% with 4 (the rest: a request still decoding between the batch's rows).
-SLAB_BATCHES = 4
 
 
 @dataclass
@@ -66,11 +60,8 @@ class ServedVersion:
     # outputs.check_outputs' answer for a request naming no output (its frozen entries,
     # made once: every request of a plain client asks for them)
     every_output: list[Any] = field(init=False, default_factory=list)
-    # Where image requests are decoded: consecutive rows a batch may run on uncopied.
-    rows: RowArena = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rows = RowArena(SLAB_BATCHES * self.batcher.config.max_batch_size)
         if self.spec.config.input:
             self.input_name = self.spec.config.input[0].name
             self.input_dims = self.spec.input_dims

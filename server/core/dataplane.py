@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from imaging.pixelrows import PixelRows, as_array
 from modelrepo.keys import RUNTIME_PREFIX
 from protos import grpc_service_pb2 as pb
 from server.batching import batcher as batching
@@ -155,7 +156,7 @@ class DataPlane:
     # --- inference --------------------------------------------------------
     async def _input_array(
         self, served: ServedVersion, request: InferRequest, deadline: float | None
-    ) -> np.ndarray:
+    ) -> np.ndarray | PixelRows:
         expected_name = served.input_name
         if len(request.inputs) != 1:
             raise InvalidArgument(
@@ -223,7 +224,7 @@ class DataPlane:
         tensor: InputTensor,
         raw: bytes | None,
         deadline: float | None,
-    ) -> np.ndarray:
+    ) -> np.ndarray | PixelRows:
         shape = list(tensor.shape)
         if tensor.datatype == "UINT8":
             try:
@@ -256,7 +257,7 @@ class DataPlane:
     async def _run(
         self,
         served: ServedVersion,
-        array: np.ndarray,
+        array: np.ndarray | PixelRows,
         deadline: float | None,
         owner: object,
         features: bool = False,
@@ -292,7 +293,7 @@ class DataPlane:
         self,
         served: ServedVersion,
         wanted: explain.ExplainRequest,
-        array: np.ndarray,
+        array: np.ndarray | PixelRows,
         deadline: float | None,
     ) -> float | None:
         """Refuse an explanation the model cannot give before any work; its deadline."""
@@ -364,7 +365,7 @@ class DataPlane:
         self,
         served: ServedVersion,
         wanted: explain.ExplainRequest,
-        array: np.ndarray,
+        array: np.ndarray | PixelRows,
         result: Any,
         deadline: float | None,
         owner: object,
@@ -377,7 +378,9 @@ class DataPlane:
         found = (served.cam, maps) if wanted.method == "cam" and served.cam is not None else None
         rows = served.batcher.config.max_batch_size
         chunk = explain.chunk(self.request_limits, array.shape, rows, self.max_input_bytes)
-        explain.attach(response, await explain.explain(wanted, run, array, logits, chunk, found))
+        # decoded images normalised on their own (not batched), off the loop
+        images = await asyncio.to_thread(as_array, array)
+        explain.attach(response, await explain.explain(wanted, run, images, logits, chunk, found))
 
     # --- trace settings -----------------------------------------------------
     def trace_settings(self, model: str, changes: Changes) -> dict[str, list[str]]:

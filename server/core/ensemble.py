@@ -24,7 +24,7 @@ import numpy as np
 from modelrepo.names import RULE, valid_name
 from modelrepo.serving import ServingConfig
 from modelrepo.spec import CONFIG_FILE, ModelConfigError, ModelSpec
-from server.batching.types import BatcherClosedError, BatcherStats
+from server.batching.types import BatcherClosedError, BatcherStats, Inputs
 from server.batching.waiters import FutureWaiter
 from server.core.errors import FailedPrecondition, Unavailable
 from server.core.tensors import softmax
@@ -208,7 +208,7 @@ class EnsembleBatcher:
 
     def submit(
         self,
-        inputs: np.ndarray,
+        inputs: Inputs,
         deadline: float | None = None,
         owner: Hashable | None = None,
         features: bool = False,
@@ -220,7 +220,7 @@ class EnsembleBatcher:
 
     def submit_future(
         self,
-        inputs: np.ndarray,
+        inputs: Inputs,
         deadline: float | None = None,
         owner: Hashable | None = None,
         features: bool = False,

@@ -1,15 +1,18 @@
 """The server's image path: admission, a decode pool sized to the cores, cancellation.
 
-Encoded images (BYTES) and UINT8 pixel tensors become one float32 batch that
-each image is written into once, by threads of one pool (Pillow releases the
-GIL while it decodes and resizes, so the images of one request and of
-concurrent requests run in parallel, never on the event loop).
+Encoded images (BYTES) and UINT8 pixel tensors are decoded, resized and cropped
+to uint8 by threads of one pool (Pillow releases the GIL while it decodes and
+resizes, so the images of one request and of concurrent requests run in
+parallel, never on the event loop). A request's crops become a ``PixelRows``
+(``imaging/pixelrows.py``) that the batch worker normalises straight into the
+float32 batch the model reads: each image row is written once, in every batch.
 
 Work is bounded before it is done: images waiting for or in decoding count
 against the model's queue bound together with the rows the batcher holds,
 and against per-model caps on images and bytes in flight; a refusal is
-RESOURCE_EXHAUSTED naming the limit. A request whose deadline passes or whose
-caller cancels stops: images not yet started are never decoded.
+RESOURCE_EXHAUSTED naming the limit. Queued image requests hold uint8 crops,
+a quarter of the bytes of their float rows. A request whose deadline passes or
+whose caller cancels stops: images not yet started are never decoded.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from imaging.decode import ImageDecodeError, from_pixels
-from imaging.preprocess import preprocess_into
-from imaging.transform import channels, write_row
+from imaging.pixelrows import PixelRows
+from imaging.preprocess import decode_crop
+from imaging.transform import channels, resize_crop
 from modelrepo.spec import Preprocess
 from server.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from server.core.models import ServedVersion
@@ -98,20 +102,20 @@ class ImagePipeline:
     # --- the two input forms ----------------------------------------------
     async def encoded(
         self, served: ServedVersion, name: str, elements: list[bytes], deadline: float | None
-    ) -> np.ndarray:
-        """BYTES elements (encoded JPEG/PNG/WebP/BMP/GIF) -> the model's float32 batch."""
+    ) -> PixelRows:
+        """BYTES elements (encoded JPEG/PNG/WebP/BMP/GIF) -> the model's rows, as crops."""
         pre, limits = served.spec.preprocess, self.limits
 
-        def job(i: int, out: np.ndarray) -> None:
-            preprocess_into(elements[i], out, pre, limits)
+        def job(i: int) -> np.ndarray:
+            return decode_crop(elements[i], pre, limits)
 
         sizes = [len(e) for e in elements]
         return await self._run(served, name, pre, sizes, job, deadline)
 
     async def pixels(
         self, served: ServedVersion, name: str, array: np.ndarray, deadline: float | None
-    ) -> np.ndarray:
-        """UINT8 [N, H, W, C] pixels -> resized, cropped, normalised float32 batch."""
+    ) -> PixelRows:
+        """UINT8 [N, H, W, C] pixels -> resized and cropped rows, normalised when batched."""
         pre, limits = served.spec.preprocess, self.limits
         want = channels(pre)
         if array.ndim != 4 or array.shape[3] != want:
@@ -120,8 +124,8 @@ class ImagePipeline:
                 f"({pre.color_mode} pixels, H and W >= {pre.crop_size}), got {list(array.shape)}"
             )
 
-        def job(i: int, out: np.ndarray) -> None:
-            write_row(from_pixels(array[i], pre, limits), out, pre)
+        def job(i: int) -> np.ndarray:
+            return resize_crop(from_pixels(array[i], pre, limits), pre)
 
         sizes = [array[0].nbytes] * len(array)
         return await self._run(served, name, pre, sizes, job, deadline)
@@ -133,18 +137,17 @@ class ImagePipeline:
         name: str,
         pre: Preprocess,
         sizes: list[int],
-        job: Callable[[int, np.ndarray], None],
+        job: Callable[[int], np.ndarray],
         deadline: float | None,
-    ) -> np.ndarray:
+    ) -> PixelRows:
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("deadline passed before the images were decoded")
         self._admit(served, len(sizes), sum(sizes))
-        # Rows of the model's shared slab: a batch of consecutive ones runs uncopied.
-        out = served.rows.reserve(len(sizes), row_shape(pre), np.float32)
+        out = PixelRows(len(sizes), pre)
         with self._stopping() as stop:
             futures = []
             for i, size in enumerate(sizes):
-                future = self._pool.submit(self._guarded, job, i, out[i], name, stop, deadline)
+                future = self._pool.submit(self._guarded, job, i, out, name, stop, deadline)
                 future.add_done_callback(lambda _, s=size: self._release(served.spec.name, s))
                 futures.append(future)
             await self._wait(futures, deadline)
@@ -152,9 +155,9 @@ class ImagePipeline:
 
     @staticmethod
     def _guarded(
-        job: Callable[[int, np.ndarray], None],
+        job: Callable[[int], np.ndarray],
         i: int,
-        out: np.ndarray,
+        out: PixelRows,
         name: str,
         stop: threading.Event,
         deadline: float | None,
@@ -163,7 +166,7 @@ class ImagePipeline:
         if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
             return False
         try:
-            job(i, out)
+            out.crops[i] = job(i)
         except ImageDecodeError as exc:
             stop.set()  # the request fails: its other images need not be decoded
             raise InvalidArgument(f"input '{name}' element {i}: {exc}") from exc
@@ -191,11 +194,6 @@ class ImagePipeline:
                 future.cancel()
         if not all(done):
             raise DeadlineExceeded("deadline passed while the images were decoded")
-
-
-def row_shape(pre: Preprocess) -> tuple[int, int, int]:
-    """One decoded image: CHW float32, as ``write_row`` writes it."""
-    return (channels(pre), pre.crop_size, pre.crop_size)
 
 
 def input_forms(pre: Preprocess, dims: tuple[int, ...]) -> dict[str, str]:

@@ -1,10 +1,11 @@
-"""Images written once: a batch of several image requests runs on the rows their images
-were decoded into (server/batching/rows.py), and falls back to copying when it cannot.
+"""Images written once: the decode pool keeps each image's uint8 crop, and the batch
+worker normalises the crops of every request of a batch straight into the one float32
+buffer the model reads (imaging/pixelrows.py), in single- and multi-request batches.
 
-Real pieces throughout: the server's ImagePipeline decodes real PNGs on its pool into
-the model's row arena, a real DynamicBatcher batches them; the model is a numpy
-function of each row (its mean), so every answer can be checked against the same
-image decoded on its own.
+Real pieces throughout: the server's ImagePipeline decodes real PNGs on its pool, a
+real DynamicBatcher batches them; the model is a numpy function of each row (its
+mean) that keeps the array it was given, so every answer can be checked against the
+same image decoded on its own, and the buffer against the rows the requests wrote.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from imaging.pixelrows import PixelRows, as_array
 from imaging.preprocess import preprocess
 from modelrepo.spec import Preprocess
 from server.batching.batcher import DynamicBatcher
-from server.batching.rows import RowArena, joined
+from server.batching.types import rows_of
 from server.core.errors import InvalidArgument
 from server.core.images import ImagePipeline
 from server.settings.runtime import ImageSettings
@@ -41,6 +43,11 @@ def photo(seed: int) -> bytes:
 
 def row_means(x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1).mean(axis=1, keepdims=True)
+
+
+def alone(data: bytes) -> np.ndarray:
+    """The model's answer for ``data`` decoded on its own (imaging's reference path)."""
+    return row_means(preprocess(data, PRE)[None])
 
 
 class Model:
@@ -66,93 +73,120 @@ class Spec:
 
 @dataclass
 class Served:
-    """What the image pipeline reads of a served version: its spec, batcher and rows."""
+    """What the image pipeline reads of a served version: its spec and batcher."""
 
     batcher: DynamicBatcher
-    spec: Spec = field(default_factory=Spec)
-    rows: RowArena = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.rows = RowArena(self.batcher.config.max_batch_size)
+    spec: Spec
 
 
-async def _decoded(images: ImagePipeline, served: Served, data: bytes) -> np.ndarray | None:
+@pytest.fixture
+def written(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    """Every array a PixelRows was written into, in order."""
+    seen: list[np.ndarray] = []
+    write_into = PixelRows.write_into
+
+    def recording(self: PixelRows, out: np.ndarray) -> None:
+        seen.append(out)
+        write_into(self, out)
+
+    monkeypatch.setattr(PixelRows, "write_into", recording)
+    return seen
+
+
+async def _decoded(images: ImagePipeline, served: Served, data: bytes) -> PixelRows | None:
     try:
         return await images.encoded(served, "input", [data], None)  # type: ignore[arg-type]
     except InvalidArgument:
         return None
 
 
-async def _one_batch(photos: list[bytes]) -> tuple[Model, DynamicBatcher, list, list]:
-    """Hold the only instance busy, decode ``photos`` (one request each) into the arena,
-    queue the decoded ones in reverse order of their rows, then let one batch form."""
+async def _one_batch(
+    photos: list[bytes], raw: np.ndarray | None = None
+) -> tuple[Model, DynamicBatcher, list[PixelRows | None], list[np.ndarray]]:
+    """Hold the only instance busy, decode ``photos`` (one request each), queue ``raw``
+    (a FP32 request) if given, then the decoded ones in reverse order, and let one batch
+    form; the answers in the order of ``photos`` (then ``raw``'s)."""
     model = Model()
     batcher = DynamicBatcher(model, batching(max_batch_size=8, preferred_batch_sizes=(4,)))
     batcher.start()
     images = ImagePipeline(ImageSettings(decode_threads=2))
-    served = Served(batcher)
+    served = Served(batcher, Spec())
     try:
         blocker = batcher.submit(np.zeros((1, 3, 32, 32), np.float32))
         await until(lambda: len(model.batches) == 1, "the blocker to compute")
-        arrays = await asyncio.gather(*(_decoded(images, served, p) for p in photos))
-        good = [a for a in arrays if a is not None]
-        waiters = [batcher.submit(a) for a in reversed(good)][::-1]
-        await until(lambda: batcher.queue_rows == len(good), "the images to queue")
+        decoded = await asyncio.gather(*(_decoded(images, served, p) for p in photos))
+        good = [d for d in decoded if d is not None]
+        extra = [] if raw is None else [batcher.submit(raw)]
+        waiters = [batcher.submit(d) for d in reversed(good)][::-1] + extra
+        queued = len(good) + (0 if raw is None else len(raw))
+        await until(lambda: batcher.queue_rows == queued, "all to queue")
         model.gate.set()
         await blocker
         answers = [await w for w in waiters]
     finally:
         batcher.close()
         images.close()
-    return model, batcher, list(arrays), answers
+    return model, batcher, list(decoded), answers
 
 
-def test_a_multi_request_image_batch_runs_on_the_rows_it_was_decoded_into() -> None:
-    photos = [photo(seed) for seed in range(4)]
-    model, batcher, arrays, answers = run(_one_batch(photos))
+def test_a_multi_request_image_batch_is_written_once_into_the_models_buffer(
+    written: list[np.ndarray],
+) -> None:
+    photos = [photo(0), photo(1), BAD, photo(2), photo(3)]
+    model, batcher, decoded, answers = run(_one_batch(photos))
+    assert decoded[2] is None  # failed to decode: never queued
+    assert all(d.crops[0].dtype == np.uint8 for d in decoded if d is not None)  # queued: uint8
     x = model.batches[1]
-    assert len(model.batches) == 2 and len(x) == 4  # the blocker, then one batch of four
-    assert not x.flags.owndata and x.base is arrays[0].base  # the arena's slab itself
-    assert all(np.shares_memory(x, a) for a in arrays)
+    assert len(model.batches) == 2 and x.shape == (4, 3, 32, 32) and x.dtype == np.float32
+    assert len(written) == 4  # each request wrote its row once, into the model's input
+    assert all(out.base is x for out in written)
+    assert sorted(_row(x, out) for out in written) == [0, 1, 2, 3]
     assert batcher.stats().copied_batches == 0
-    for data, answer in zip(photos, answers, strict=True):
-        want = row_means(preprocess(data, PRE)[None])
-        np.testing.assert_allclose(answer, want, rtol=1e-6)
+    good = [p for p in photos if p != BAD]
+    for data, answer in zip(good, answers, strict=True):
+        np.testing.assert_allclose(answer, alone(data), rtol=1e-6)
 
 
-def test_a_gap_left_by_a_failed_decode_falls_back_to_one_copy() -> None:
-    photos = [photo(10), BAD, photo(11), photo(12)]
-    model, batcher, arrays, answers = run(_one_batch(photos))
-    assert arrays[1] is None  # its rows stay unwritten and unused
+def _row(x: np.ndarray, part: np.ndarray) -> int:
+    """Which row of ``x`` the view ``part`` starts at."""
+    offset = part.__array_interface__["data"][0] - x.__array_interface__["data"][0]
+    return offset // x.strides[0]
+
+
+def test_a_lone_image_request_is_written_into_the_models_buffer(
+    written: list[np.ndarray],
+) -> None:
+    model, batcher, _, answers = run(_one_batch([photo(7)]))
     x = model.batches[1]
-    assert len(x) == 3 and x.flags.owndata  # rows 0, 2, 3: copied into a new array
+    assert len(written) == 1 and written[0].base is x and np.shares_memory(written[0], x)
+    assert batcher.stats().copied_batches == 0
+    np.testing.assert_allclose(answers[0], alone(photo(7)), rtol=1e-6)
+
+
+def test_raw_fp32_and_image_requests_share_one_batch(written: list[np.ndarray]) -> None:
+    raw = np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    model, batcher, _, answers = run(_one_batch([photo(20), photo(21)], raw))
+    x = model.batches[1]
+    assert x.shape == (4, 3, 32, 32)  # the raw request's two rows, then two images
+    assert len(written) == 2 and sorted(_row(x, out) for out in written) == [2, 3]
+    assert all(out.base is x for out in written)
+    assert not np.shares_memory(x, raw) and np.array_equal(x[:2], raw)  # the one copy
     assert batcher.stats().copied_batches == 1
-    for data, answer in zip([photos[0], *photos[2:]], answers, strict=True):
-        np.testing.assert_allclose(answer, row_means(preprocess(data, PRE)[None]), rtol=1e-6)
+    for data, answer in zip([photo(20), photo(21)], answers[:2], strict=True):
+        np.testing.assert_allclose(answer, alone(data), rtol=1e-6)
+    np.testing.assert_allclose(answers[2], row_means(raw), rtol=1e-6)
 
 
-@dataclass
-class Req:
-    inputs: np.ndarray
-
-
-def test_joined_takes_consecutive_rows_of_one_buffer_in_any_order() -> None:
-    arena = RowArena(8)
-    a, b, c = (arena.reserve(n, (2, 2), np.float32) for n in (1, 2, 1))
-    view, order = joined([Req(c), Req(a), Req(b)]) or (None, None)
-    assert view is not None and view.base is a.base and len(view) == 4
-    assert order == [1, 2, 0]  # a, b, c: the rows' order
-    assert joined([Req(a), Req(c)]) is None  # b's rows are missing
-    assert joined([Req(a), Req(a)]) is None  # the same rows twice
-    assert joined([Req(a), Req(np.zeros((1, 2, 2), np.float32))]) is None
-    assert joined([Req(np.frombuffer(bytes(32), np.float32).reshape(2, 2, 2))] * 2) is None
-
-
-def test_a_slab_is_never_handed_out_twice() -> None:
-    arena = RowArena(4)
-    first = [arena.reserve(n, (3,), np.float32) for n in (3, 2, 1)]  # 2 do not fit: new slab
-    assert first[0].base is not first[1].base and first[1].base is first[2].base
-    assert not any(np.shares_memory(p, q) for i, p in enumerate(first) for q in first[i + 1 :])
-    assert arena.reserve(5, (3,), np.float32).base is None  # over a slab: its own buffer
-    with pytest.raises(ValueError, match="at least one row"):
-        RowArena(0)
+def test_pixel_rows_stand_for_their_float_array() -> None:
+    data = photo(30)
+    rows = PixelRows(1, PRE)
+    with pytest.raises(ValueError, match="image 0 of 1 was never decoded"):
+        rows.array()
+    rows.crops[0] = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((32, 32)))
+    assert rows.shape == (1, 3, 32, 32) and rows.dtype == np.float32 and len(rows) == 1
+    assert rows_of(rows, 8, "m") == 1
+    assert as_array(rows).dtype == np.float32 and as_array(rows).shape == rows.shape
+    with pytest.raises(ValueError, match=r"cannot be written into \[2, 3, 32, 32\]"):
+        rows.write_into(np.empty((2, 3, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="leading batch dimension"):
+        rows_of(object(), 8, "m")  # type: ignore[arg-type]
