@@ -1,8 +1,9 @@
 """Dynamic batching: many concurrent requests -> one blocking ``run_batch`` call.
 
-Modelled on Triton's dynamic batcher. One ``DynamicBatcher`` serves one instance group:
-each of its ``instance_count`` worker threads runs one batch at a time (an ONNX Runtime
-call releases the GIL), so that many batches run at once.
+Modelled on Triton's dynamic batcher, MLServer's adaptive batcher and Ray Serve's
+``_BatchQueue``. One ``DynamicBatcher`` serves one model instance group: each of its
+``instance_count`` worker threads runs one batch at a time (e.g. an ONNX Runtime
+session call, which releases the GIL), so that many batches run at once.
 
 Policy (applied by a worker whenever it is free, and on every submit, cancel and
 queue-delay expiry):
@@ -12,9 +13,9 @@ queue-delay expiry):
    (and share shape and dtype); a request is never split nor overtaken. Requests whose
    deadline passed, or whose caller cancelled, are dropped first (never computed).
 3. With a free instance the prefix goes at once if the oldest request arrived while an
-   instance was idle and its caller had no other request in flight (latency first for a
-   lone client), or the prefix reaches the largest preferred size (``max_batch_size``
-   when none is set) or cannot grow, or the batcher is draining.
+   instance was idle (latency first: measured best here), or the prefix reaches the
+   largest preferred size (``max_batch_size`` when none is set) or cannot grow, or the
+   batcher is draining.
 4. Otherwise it waits for more requests, no longer than ``max_queue_delay_us`` after
    the oldest queued request's arrival.
 5. ``dynamic_batching=False``: every request is its own batch, dispatched at once.
@@ -161,10 +162,8 @@ class DynamicBatcher:
     ) -> LoopWaiter:
         """``submit_future`` for a caller on an event loop (call it there): await the waiter;
         its ``cancel()`` withdraws the request and says whether it was still queued.
-        ``crowd``: the caller has other requests in flight, so more are coming: the request
-        counts as arriving busy (it may wait up to ``max_queue_delay_us`` for a preferred
-        size, as in Triton) and a sleeping worker is woken after the loop's pass, once for
-        all it queues (a lone request wakes it at once and goes alone)."""
+        ``crowd``: the caller has other requests in flight, so a sleeping worker is woken
+        after the loop's pass, once for all it queues (a lone request wakes it at once)."""
         waiter = LoopWaiter(self._withdraw)
         waiter.request = self._enqueue(inputs, deadline, owner, features, trace, waiter, crowd)
         return waiter
@@ -217,7 +216,7 @@ class DynamicBatcher:
             if unfair := self._shares.refusal(owner, n, self.name):
                 self._stats.rejected_queue_full += 1
                 raise QueueFullError(unfair)
-            busy = crowd or self._in_flight >= cfg.instance_count
+            busy = self._in_flight >= cfg.instance_count
             req = PendingRequest(
                 inputs, n, deadline, future, now, busy, owner, features=features, trace=trace
             )

@@ -267,7 +267,7 @@ class DataPlane:
         future = None
         submitted = time.monotonic()
         try:
-            crowd = served.metrics.live.in_flight > 1  # others in flight: more are coming
+            crowd = served.metrics.live.in_flight > 1  # others in flight: wake once per pass
             future = served.batcher.submit(array, deadline, owner, features, trace, crowd)
             return await future  # cancel() below: True when it was still queued
         except batching.QueueFullError as exc:

@@ -65,30 +65,6 @@ def test_idle_instance_dispatches_at_once_despite_long_delay() -> None:
     run(main())
 
 
-def test_a_crowded_callers_request_waits_for_a_preferred_batch_while_the_instance_idles() -> None:
-    """With others of its caller in flight (``crowd``) a request counts as arriving busy:
-    the idle instance waits for the preferred size (as Triton's queue delay does) instead
-    of running it alone; a lone request still goes at once (test above)."""
-
-    async def main() -> None:
-        model = Model()
-        b = await started(model, preferred_batch_sizes=(2,), max_queue_delay_us=60_000_000)
-        looks: list[int] = []  # the worker's batch decisions, counted around the real one
-        form = b._form
-        b._form = lambda now, expired: (looks.append(1), form(now, expired))[1]  # type: ignore[method-assign]
-        first = b.submit(rows(1), crowd=True)
-        await until(lambda: looks and b._sleeping == 1, "the worker to see the request")
-        assert model.sizes == [] and b.queue_rows == 1  # the instance idles, and it waits
-        second = b.submit(rows(2), crowd=True)
-        outs = [await first, await second]
-        for i, out in zip((1, 2), outs, strict=True):
-            np.testing.assert_array_equal(out, expected(rows(i)))
-        assert model.sizes == [2]
-        await b.stop()
-
-    run(main())
-
-
 def test_partial_batch_runs_after_the_queue_delay() -> None:
     async def main() -> None:
         model = Model(hold=True)
