@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from imaging.transform import channels, normalise_into
+from imaging.transform import batch_buffer, channels, normalise_into
 from modelrepo.spec import Preprocess
 
 FLOAT32 = np.dtype(np.float32)
@@ -56,11 +56,6 @@ class PixelRows:
 
     def array(self) -> np.ndarray:
         """The float32 rows on their own, for a reader outside a batch (explanations)."""
-        out = np.empty(self.shape, dtype=FLOAT32)
+        out = batch_buffer(len(self), self.pre)
         self.write_into(out)
         return out
-
-
-def as_array(x: np.ndarray | PixelRows) -> np.ndarray:
-    """``x`` as a float array: itself, or its crops normalised into a new one."""
-    return x.array() if isinstance(x, PixelRows) else x

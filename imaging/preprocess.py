@@ -18,7 +18,7 @@ from imaging.decode import (
     ImageLimits,
     decode,
 )
-from imaging.transform import batch_buffer, normalise_into, resize_crop, write_row
+from imaging.transform import batch_buffer, resize_crop, write_row
 from modelrepo.spec import Preprocess
 
 __all__ = [
@@ -48,7 +48,7 @@ def preprocess_into(
     data: bytes, out: np.ndarray, pre: Preprocess, limits: ImageLimits = DEFAULT_LIMITS
 ) -> None:
     """Decode ``data`` and write its model input into ``out`` (one CHW row of a batch)."""
-    normalise_into(decode_crop(data, pre, limits), out, pre)
+    write_row(decode(data, pre, limits), out, pre)
 
 
 def preprocess(data: bytes, pre: Preprocess) -> np.ndarray:

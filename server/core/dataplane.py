@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from imaging.pixelrows import PixelRows, as_array
+from imaging.pixelrows import PixelRows
 from modelrepo.keys import RUNTIME_PREFIX
 from protos import grpc_service_pb2 as pb
 from server.batching import batcher as batching
@@ -379,7 +379,7 @@ class DataPlane:
         rows = served.batcher.config.max_batch_size
         chunk = explain.chunk(self.request_limits, array.shape, rows, self.max_input_bytes)
         # decoded images normalised on their own (not batched), off the loop
-        images = await asyncio.to_thread(as_array, array)
+        images = array if isinstance(array, np.ndarray) else await asyncio.to_thread(array.array)
         explain.attach(response, await explain.explain(wanted, run, images, logits, chunk, found))
 
     # --- trace settings -----------------------------------------------------

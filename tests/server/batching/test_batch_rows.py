@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imaging.pixelrows import PixelRows, as_array
+from imaging.pixelrows import PixelRows
 from imaging.preprocess import preprocess
 from modelrepo.spec import Preprocess
 from server.batching.batcher import DynamicBatcher
@@ -185,7 +185,7 @@ def test_pixel_rows_stand_for_their_float_array() -> None:
     rows.crops[0] = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((32, 32)))
     assert rows.shape == (1, 3, 32, 32) and rows.dtype == np.float32 and len(rows) == 1
     assert rows_of(rows, 8, "m") == 1
-    assert as_array(rows).dtype == np.float32 and as_array(rows).shape == rows.shape
+    assert rows.array().dtype == np.float32 and rows.array().shape == rows.shape
     with pytest.raises(ValueError, match=r"cannot be written into \[2, 3, 32, 32\]"):
         rows.write_into(np.empty((2, 3, 32, 32), np.float32))
     with pytest.raises(ValueError, match="leading batch dimension"):
