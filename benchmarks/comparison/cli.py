@@ -16,10 +16,13 @@
    closed loop / in process again (batch 1 around single stream, the best
    batch around the others); stop it with
    SIGTERM.
-4. A variant whose server runs another layout than one session of --threads
-   (``--instance-count 2 --intra-op-threads 1``) is also compared with that
-   layout in process: as many sessions, each in its own thread, swept over
-   --batch-sizes once, its best batch sandwiching the highest concurrency too.
+4. Every variant is also compared with a second layout in process (as many
+   sessions, each in its own thread, swept over --batch-sizes once, its best
+   batch sandwiching the highest concurrency too): the server's own where it
+   runs another than one session of --threads (``--instance-count 2
+   --intra-op-threads 1``), else one single-thread session per thread. On this
+   shared host that layout's speed held within a few % while one session of 2
+   threads switched by up to 1.5x (docs/benchmarks/overhead.md, fifth pass).
 
 Why the sandwiches: on this shared 2-core VM the same ONNX Runtime session
 switches between two speeds (batch-1 p50 about 4.1 ms or about 7.2 ms) every
@@ -82,6 +85,15 @@ def wait_quiet(timeout: float, threshold: float = NOISY_PCT) -> float | None:
 
 
 MODES = ("raw", "shm", "stream-raw", "stream-shm")
+
+
+def reference_layout(layout: tuple[int, int], threads: int) -> tuple[int, int] | None:
+    """The second (sessions, threads) a server of ``layout`` is compared with in process:
+    its own where it differs from the one-session baseline; else one single-thread
+    session per thread (None with one thread: it would be the baseline)."""
+    if layout != (1, threads):
+        return layout
+    return (threads, 1) if threads > 1 else None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -153,27 +165,31 @@ def main(argv: list[str] | None = None) -> int:
     wait_quiet(args.quiet_wait)
     rows, best = sweep(inproc, args.batch_sizes, args.sweep_passes, args.inproc_seconds)
     default_instances = instance_count(args.repository, args.model)
-    layouts: dict[tuple[int, int], tuple[InProcess, int]] = {}  # the servers' own, swept once
+    layouts: dict[tuple[int, int], tuple[InProcess, int]] = {}  # second layouts, swept once
     sweeps = {inproc.layout: rows}
     variants = []
     for i, variant in enumerate(args.variants):
         layout = layout_of(split_variant(variant)[1], default_instances, args.threads)
-        if layout != (1, args.threads) and layout not in layouts:
-            print(f"in process as the server runs it ({layout[0]}x{layout[1]}):", flush=True)
+        second = reference_layout(layout, args.threads)
+        if second is not None and second not in layouts:
+            print(f"in process as {second[0]}x{second[1]}:", flush=True)
             wait_quiet(args.quiet_wait)
-            own = InProcess(onnx_path, shape, layout[1], sessions=layout[0])
-            own_rows, own_best = sweep(
-                own, args.batch_sizes, args.sweep_passes, args.inproc_seconds
+            other = InProcess(onnx_path, shape, second[1], sessions=second[0])
+            other_rows, other_best = sweep(
+                other, args.batch_sizes, args.sweep_passes, args.inproc_seconds
             )
-            layouts[layout], sweeps[own.layout] = (own, own_best), own_rows
+            layouts[second], sweeps[other.layout] = (other, other_best), other_rows
+        reference = layouts.get(second) if second is not None else None
         for mode in args.inputs:
             print(f"server {i}: {variant or '(defaults)'}, {mode} inputs", flush=True)
             wait_quiet(args.quiet_wait)
             variants.append(
-                run_variant(args, i, variant, inproc, best, mode, own_layout=layouts.get(layout))
+                run_variant(
+                    args, i, variant, inproc, best, mode, reference, server_layout=second == layout
+                )
             )
-    for own, _ in layouts.values():
-        own.close()
+    for other, _ in layouts.values():
+        other.close()
     inproc.close()
     for v in variants:
         report(v["summary"])
@@ -183,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "threads": args.threads,
         "inprocess_sweep": rows,
-        "inprocess_sweeps": sweeps,  # per layout (sessions x threads), the servers' own too
+        "inprocess_sweeps": sweeps,  # per layout (sessions x threads), the second ones too
         "variants": variants,
         "summary": [v["summary"] for v in variants],
     }

@@ -19,7 +19,7 @@ THROUGHPUT_TARGET = 0.90
 STABLE_TOLERANCE = 0.15  # in-process before/after a server slice must agree this well
 NOISY_PCT = 10.0  # other processes' CPU (% of one core) above which a figure is flagged
 BOTH_SIDES = ("before", "after")  # the in-process slices around a server slice
-OWN_SIDES = ("layout_before", "layout_after")  # the same, in the server's own layout
+REFERENCE_SIDES = ("layout_before", "layout_after")  # the same, in the second layout
 
 
 def median_of_kept(values: list[float | None]) -> float | None:
@@ -57,8 +57,8 @@ def cpu_per_image(slices: list[dict], cores: int) -> dict[str, float | None]:
     (every request's Python work) and the rest (compute threads and gRPC's core
     threads); ``compute_over_inprocess`` is that rest against ``inprocess``: how much
     more CPU the same inferences cost when they share the cores with request handling
-    and the client; ``own_layout``/``compute_over_own_layout``: the same against the
-    server's own layout in process, where it was measured. ``idle_pct``: the machine's
+    and the client; ``layout_reference_ms``/``compute_over_layout_reference``: the same
+    against the second layout in process, where it was measured. ``idle_pct``: the machine's
     unused CPU, % of all its cores.
     """
 
@@ -95,9 +95,9 @@ def cpu_per_image(slices: list[dict], cores: int) -> dict[str, float | None]:
         "server_loop_ms": med(srv("server_loop_cpu_pct")),
         "server_other_threads_ms": med(rest),
         "compute_over_inprocess": med(over),
-        # the same against the server's own instances x threads in process, where measured
-        "own_layout_ms": med(lambda sl: ref(sl, OWN_SIDES)),
-        "compute_over_own_layout": med(lambda sl: over(sl, OWN_SIDES)),
+        # the same against the second layout in process (cli.reference_layout), where measured
+        "layout_reference_ms": med(lambda sl: ref(sl, REFERENCE_SIDES)),
+        "compute_over_layout_reference": med(lambda sl: over(sl, REFERENCE_SIDES)),
         "client_ms": med(srv("client_cpu_pct")),
         "idle_pct": med(idle),
     }
@@ -151,8 +151,8 @@ def summarize_variant(
             "cpu_per_image": cpu_per_image(slices(top), cores),
         }
     )
-    if all(OWN_SIDES[0] in sl for sl in slices(top)):
-        out["own_layout"] = _ratio_figures(slices(top), OWN_SIDES)
+    if all(REFERENCE_SIDES[0] in sl for sl in slices(top)):
+        out["layout_reference"] = _ratio_figures(slices(top), REFERENCE_SIDES)
     if 1 in levels:
         out.update(_latency_figures(slices(1), out["levels"]["1"]["p50_ms"]))
     return out
@@ -215,7 +215,7 @@ def _latency_figures(slices: list[dict], server_single_p50_ms: float | None) -> 
 
 def _ratio_figures(slices: list[dict], sides: tuple[str, str]) -> dict:
     """Server throughput against the in-process slices named by ``sides`` (the one-session
-    baseline, or the server's own layout): medians over the stable pairs."""
+    baseline, or the second layout): medians over the stable pairs."""
     stable, every, unstable = paired(
         slices, "throughput", lambda row: row["throughput"], lambda v, ref: v / ref, sides
     )
@@ -249,14 +249,15 @@ def report(summary: dict) -> None:
     if "p50_overhead_ms" in summary:
         _report_latency(summary)
     _report_throughput(summary)
-    own = summary.get("own_layout")
-    if own and own.get("ratio") is not None:
-        lo, hi = own["ratio_range"]
+    ref = summary.get("layout_reference")
+    if ref and ref.get("ratio") is not None:
+        lo, hi = ref["ratio_range"]
+        label = "same layout" if ref.get("server_layout") else f"{ref.get('name')} layout"
         print(
-            f"  same layout in process   {own['throughput']:8.1f} img/s"
-            f" ({own.get('name')}, batch {own.get('best_batch')}): ratio {own['ratio']:.3f}"
-            f" (median of {_pairs(own['pairs'])}, range {lo:.3f}..{hi:.3f};"
-            f" >= {THROUGHPUT_TARGET}: {'met' if own['target_met'] else 'MISSED'})"
+            f"  {label + ' in process':<25}{ref['throughput']:8.1f} img/s"
+            f" ({ref.get('name')}, batch {ref.get('best_batch')}): ratio {ref['ratio']:.3f}"
+            f" (median of {_pairs(ref['pairs'])}, range {lo:.3f}..{hi:.3f};"
+            f" >= {THROUGHPUT_TARGET}: {'met' if ref['target_met'] else 'MISSED'})"
         )
     cpu = summary.get("cpu_per_image") or {}
     if cpu.get("server_loop_ms") is not None and cpu.get("inprocess_ms") is not None:

@@ -22,8 +22,9 @@ def serve_vs_inprocess_section(path: Path | None) -> list[str]:
         f"{(data.get('machine') or {}).get('date', '')} on {describe(data.get('machine') or {})})"
         ": the server's throughput at the highest "
         "concurrency against the best in-process batch of one session, in paired rounds "
-        "(benchmarks/serve_vs_inprocess.py); target ≥ 0.90×. A server with several model "
-        "instances is also compared with that many sessions in process.",
+        "(benchmarks/serve_vs_inprocess.py); target ≥ 0.90×. Each server is also compared "
+        "with a second layout in process: its own instances × threads where it has several, "
+        "else one single-thread session per thread.",
         "",
     ]
     body = []
@@ -42,7 +43,7 @@ def serve_vs_inprocess_section(path: Path | None) -> list[str]:
                 f"{pairs.get('stable', 0)} stable pairs)",
                 "met" if s.get("throughput_target_met") else "MISSED",
                 _f(s.get("batching_efficiency"), ".2f"),
-                _own_layout(s.get("own_layout")),
+                _second_layout(s.get("layout_reference") or s.get("own_layout")),
                 _f(s.get("p50_overhead_ms"), "+.2f", " ms"),
             ]
         )
@@ -54,7 +55,7 @@ def serve_vs_inprocess_section(path: Path | None) -> list[str]:
         "ratio",
         "≥ 0.90×",
         "images/batch",
-        "vs its own layout in process",
+        "vs a second layout in process",
         "single-stream p50 overhead",
     ]
     return lines + _table(header, body) + [""] + _cpu_section(data)
@@ -67,14 +68,16 @@ def _labels(summary: dict) -> list[str]:
     return [f"`{args}`" if args else "(defaults)", _INPUTS.get(inputs, inputs)]
 
 
-def _own_layout(own: dict | None) -> str:
-    """The ratio against the server's instances x threads run in process ("-": the same
-    layout as the baseline, or results from before this comparison existed)."""
-    if not own or own.get("ratio") is None:
+def _second_layout(ref: dict | None) -> str:
+    """The ratio against the second layout in process: the server's own instances x
+    threads, else one single-thread session per thread ("-": results from before either
+    existed). Results saved before the key's rename call it "own_layout"."""
+    if not ref or ref.get("ratio") is None:
         return "-"
+    whose = ", the server's" if ref.get("server_layout", True) else ""
     return (
-        f"{own['ratio']:.3f}× ({own.get('name')} at b={own.get('best_batch')}, "
-        f"{_f(own.get('throughput'), '.1f')} img/s)"
+        f"{ref['ratio']:.3f}× ({ref.get('name')}{whose} at b={ref.get('best_batch')}, "
+        f"{_f(ref.get('throughput'), '.1f')} img/s)"
     )
 
 
@@ -85,7 +88,8 @@ def _cpu_section(data: dict) -> list[str]:
         cpu = s.get("cpu_per_image") or {}
         if cpu.get("server_loop_ms") is None:
             continue  # results from before this breakdown existed, or without /proc
-        over, own_over = cpu.get("compute_over_inprocess"), cpu.get("compute_over_own_layout")
+        over = cpu.get("compute_over_inprocess")
+        second = cpu.get("compute_over_layout_reference", cpu.get("compute_over_own_layout"))
         body.append(
             [
                 *_labels(s),
@@ -94,7 +98,7 @@ def _cpu_section(data: dict) -> list[str]:
                 _f(cpu.get("server_loop_ms")),
                 f"{_f(cpu.get('server_other_threads_ms'))}"
                 f" ({_f(None if over is None else 100 * over, '+.0f', '%')}"
-                + ("" if own_over is None else f"; {100 * own_over:+.0f}% vs its own layout")
+                + ("" if second is None else f"; {100 * second:+.0f}% vs the second layout")
                 + ")",
                 _f(cpu.get("client_ms")),
                 _f(cpu.get("idle_pct"), ".0f", "%"),

@@ -107,15 +107,17 @@ def run_variant(
     inproc: InProcess,
     best: int,
     mode: str = "raw",
-    own_layout: tuple[InProcess, int] | None = None,
+    reference: tuple[InProcess, int] | None = None,
+    server_layout: bool = False,
 ) -> dict:
     """Start one server; rounds of [in-process, server level, in-process] per level.
 
     ``mode``: "raw" sends the tensor in each request; "shm" passes it through system
     shared memory (Triton's extension), as a client on the same host would; the
     "stream-" forms send the same requests over ModelStreamInfer, one stream per client.
-    ``own_layout``: the server's instances x threads in process, at its best batch, which
-    then also sandwiches the highest concurrency (``layout_before``/``layout_after``).
+    ``reference``: a second layout in process at its best batch (``server_layout``: the
+    server's own instances x threads), which then also sandwiches the highest concurrency
+    (``layout_before``/``layout_after``).
     """
     env, extra = split_variant(variant)
     tag = f"{index}-{mode}"
@@ -130,7 +132,7 @@ def run_variant(
         env=env,
     )
     try:
-        rounds = _rounds(args, server, mode, inproc, best, own_layout)
+        rounds = _rounds(args, server, mode, inproc, best, reference)
     finally:
         rc = server.terminate()
     result = {
@@ -143,9 +145,10 @@ def run_variant(
     }
     result["summary"] = summarize_variant(variant, rounds, best)
     result["summary"]["inputs"] = mode
-    if own_layout is not None and "own_layout" in result["summary"]:
-        result["summary"]["own_layout"]["name"] = own_layout[0].layout
-        result["summary"]["own_layout"]["best_batch"] = own_layout[1]
+    if reference is not None and "layout_reference" in result["summary"]:
+        result["summary"]["layout_reference"].update(
+            name=reference[0].layout, best_batch=reference[1], server_layout=server_layout
+        )
     if profile is not None and profile.is_file():
         result["profile"] = str(profile)
         profile_top(profile, args.out / f"server-{tag}.profile.txt")
@@ -158,7 +161,7 @@ def _rounds(
     mode: str,
     inproc: InProcess,
     best: int,
-    own_layout: tuple[InProcess, int] | None,
+    reference: tuple[InProcess, int] | None,
 ) -> list[dict[int, dict]]:
     """--rounds rounds over the running ``server``: per round, a sandwich per level."""
     rounds: list[dict[int, dict]] = []
@@ -174,8 +177,8 @@ def _rounds(
             print(f"  round {r + 1}/{args.rounds} ({mode} inputs)", flush=True)
             levels: dict[int, dict] = {}
             for n in args.concurrency:
-                own = own_layout if n == max(args.concurrency) and n > 1 else None
-                levels[n] = sandwich.level(n, own)
+                second = reference if n == max(args.concurrency) and n > 1 else None
+                levels[n] = sandwich.level(n, second)
             rounds.append(levels)
     return rounds
 
@@ -197,11 +200,11 @@ class _Sandwich:
         print("    " + inproc_line(row), flush=True)
         return row
 
-    def level(self, n: int, own: tuple[InProcess, int] | None) -> dict:
-        """Concurrency ``n``; ``own``: the server's layout in process, sandwiching it too."""
+    def level(self, n: int, second: tuple[InProcess, int] | None) -> dict:
+        """Concurrency ``n``; ``second``: another layout in process, sandwiching it too."""
         batch = 1 if n == 1 else self.best  # single stream vs batch 1, else vs the best
         before = self.reference(batch)
-        own_before = self.reference(own[1], own[0]) if own else None
+        second_before = self.reference(second[1], second[0]) if second else None
         row = load.run_closed_loop(
             self.server.url,
             self.request,
@@ -216,8 +219,8 @@ class _Sandwich:
         )
         print("    " + _server_line(row), flush=True)
         level = {"server": row, "before": before}
-        if own:
-            level["layout_before"] = own_before
-            level["layout_after"] = self.reference(own[1], own[0])
+        if second:
+            level["layout_before"] = second_before
+            level["layout_after"] = self.reference(second[1], second[0])
         level["after"] = self.reference(batch)
         return level

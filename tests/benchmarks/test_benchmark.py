@@ -199,11 +199,15 @@ def test_serve_vs_inprocess_section(tmp_path: Path) -> None:
     path.write_text(json.dumps({"summary": [{**summary, "cpu_per_image": cpu}]}))
     text = "\n".join(report.serve_vs_inprocess_section(path))
     assert "| (defaults) | in the request | 8.00 | 9.50 | 1.25 | 8.25 (+3%) | 0.50 | 4% |" in text
-    assert "| 3.50 | - | +1.00 ms |" in text  # no own layout: the baseline's
+    assert "| 3.50 | - | +1.00 ms |" in text  # no second layout measured
     own = {"name": "2x1", "best_batch": 2, "throughput": 300.0, "ratio": 0.95}
-    path.write_text(json.dumps({"summary": [{**summary, "own_layout": own}]}))
+    path.write_text(json.dumps({"summary": [{**summary, "own_layout": own}]}))  # before rename
     text = "\n".join(report.serve_vs_inprocess_section(path))
-    assert "| 3.50 | 0.950× (2x1 at b=2, 300.0 img/s) | +1.00 ms |" in text
+    assert "| 3.50 | 0.950× (2x1, the server's at b=2, 300.0 img/s) | +1.00 ms |" in text
+    steady = {**own, "server_layout": False, "ratio": 0.8}
+    path.write_text(json.dumps({"summary": [{**summary, "layout_reference": steady}]}))
+    text = "\n".join(report.serve_vs_inprocess_section(path))
+    assert "| 3.50 | 0.800× (2x1 at b=2, 300.0 img/s) | +1.00 ms |" in text
     assert report.serve_vs_inprocess_section(tmp_path / "absent.json") == []
 
 

@@ -80,13 +80,13 @@ def test_pairs_straddling_a_speed_change_are_left_out() -> None:
     for r, own in zip(rounds, [(260, 262), (255, 150), (250, 250)], strict=True):
         r[8]["layout_before"], r[8]["layout_after"] = (_inproc(10.0, t) for t in own)
     summary = summarize_variant("--x 1", rounds, best=4, cores=2)
-    own = summary["own_layout"]  # round 2 straddles a speed change here too: left out
+    own = summary["layout_reference"]  # round 2 straddles a speed change here too: left out
     assert own["ratio"] == pytest.approx((200 / 261 + 180 / 250) / 2)
     assert own["pairs"] == {"stable": 2, "unstable": 1} and not own["target_met"]
     assert own["throughput"] == pytest.approx(250)  # median of 261, 202.5, 250
     # ... and the compute CPU against it (in-process slices at 199% of a core)
-    assert summary["cpu_per_image"]["own_layout_ms"] == pytest.approx(1990 / 250)
-    assert summary["cpu_per_image"]["compute_over_own_layout"] == pytest.approx(
+    assert summary["cpu_per_image"]["layout_reference_ms"] == pytest.approx(1990 / 250)
+    assert summary["cpu_per_image"]["compute_over_layout_reference"] == pytest.approx(
         (1500 / 200) / ((1990 / 260 + 1990 / 262) / 2) - 1
     )
     assert summary["p50_overhead_ms"] == pytest.approx(1.2)  # median of the 2 stable pairs
@@ -110,7 +110,8 @@ def test_serve_vs_inprocess_end_to_end_with_the_servers_own_layout(
     serve_repo: Path, tmp_path: Path
 ) -> None:
     """The whole comparison on LeNet, briefly: a default server, and one with two
-    single-thread instances, which is also measured as two sessions in process."""
+    single-thread instances; both are also compared with two single-thread sessions in
+    process (the second's own layout, the default's steadier reference), swept once."""
     from benchmarks.comparison import cli as serve_vs_inprocess
 
     out = tmp_path / "svi"
@@ -125,12 +126,15 @@ def test_serve_vs_inprocess_end_to_end_with_the_servers_own_layout(
     two = data["inprocess_sweeps"]["2x1"][0]["passes"][0]
     assert two["sessions"] == 2 and two["threads"] == 1 and two["runs"] >= 20
     default, layout = data["summary"]
-    assert "own_layout" not in default  # the baseline's own layout: nothing more to compare
-    own = layout["own_layout"]
-    assert own["name"] == "2x1" and own["best_batch"] in (1, 2) and own["throughput"] > 0
-    assert own["ratio"] > 0 and sum(own["pairs"].values()) == 1
-    top = data["variants"][1]["rounds"][0]["4"]
-    assert top["layout_before"]["sessions"] == 2 and top["before"]["sessions"] == 1
+    for summary, own in ((default, False), (layout, True)):
+        second = summary["layout_reference"]
+        assert second["name"] == "2x1" and second["server_layout"] is own
+        assert second["best_batch"] in (1, 2) and second["throughput"] > 0
+        assert second["ratio"] > 0 and sum(second["pairs"].values()) == 1
+    assert default["layout_reference"]["best_batch"] == layout["layout_reference"]["best_batch"]
+    for variant in data["variants"]:
+        top = variant["rounds"][0]["4"]
+        assert top["layout_before"]["sessions"] == 2 and top["before"]["sessions"] == 1
     for summary in data["summary"]:
         assert summary["levels"]["4"]["errors"] == 0 and summary["throughput_ratio"] > 0
         cpu = summary["cpu_per_image"]
