@@ -21,7 +21,7 @@ import aiohttp
 import numpy as np
 
 from benchmarks.loadtest.infer_requests import ModelInfo
-from benchmarks.loadtest.window import Probe, Window, summary
+from benchmarks.loadtest.window import Probe, Window, closed_window, summary
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -107,19 +107,11 @@ async def _closed_loop(
         asyncio.create_task(_worker(url, request, window, timeout)) for _ in range(concurrency)
     ]
     try:
-        await asyncio.sleep(warmup)
-        before = await probe.take()
-        cpu0 = time.process_time()
-        window.start = time.perf_counter()
-        window.end = window.start + seconds
-        await asyncio.sleep(max(0.0, window.end - time.perf_counter()))
-        cpu1 = time.process_time()
-        after = await probe.take()
-        await asyncio.gather(*tasks)
+        cpu_s, before, after = await closed_window(tasks, window, probe, seconds, warmup)
     finally:
         for task in tasks:
             task.cancel()
-    result = summary("closed", window, seconds, 1, cpu1 - cpu0, probe, before, after)
+    result = summary("closed", window, seconds, 1, cpu_s, probe, before, after)
     return {"concurrency": concurrency, "channels": concurrency, "streaming": False, **result}
 
 

@@ -26,7 +26,7 @@ import grpc
 import numpy as np
 
 from benchmarks.loadtest.infer_requests import CHANNEL_OPTIONS, INFER_METHOD, STREAM_METHOD
-from benchmarks.loadtest.window import Probe, Window, summary
+from benchmarks.loadtest.window import Probe, Window, closed_window, summary
 
 Requests = bytes | Sequence[bytes]
 # A ModelStreamInferResponse is serialized in field order, so an answer that starts with
@@ -132,19 +132,11 @@ async def _closed_loop(
             return _unary_worker(channel, requests, window, i, timeout)
 
         tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
-        await asyncio.sleep(warmup)
-        before = await probe.take()
-        cpu0 = time.process_time()
-        window.start = time.perf_counter()
-        window.end = window.start + seconds
-        await asyncio.sleep(max(0.0, window.end - time.perf_counter()))
-        cpu1 = time.process_time()
-        after = await probe.take()
-        await asyncio.gather(*tasks)
+        cpu_s, before, after = await closed_window(tasks, window, probe, seconds, warmup)
     finally:
         for channel in channels:
             await channel.close()
-    result = summary("closed", window, seconds, batch_size, cpu1 - cpu0, probe, before, after)
+    result = summary("closed", window, seconds, batch_size, cpu_s, probe, before, after)
     return {
         "concurrency": concurrency,
         "channels": len(channels),

@@ -59,6 +59,23 @@ class Probe:
         return await asyncio.to_thread(self._take)
 
 
+async def closed_window(
+    tasks: list[asyncio.Task], window: Window, probe: Probe, seconds: float, warmup: float
+) -> tuple[float, tuple, tuple]:
+    """A closed loop's timed window: ``warmup`` s uncounted, then ``seconds`` s between
+    two probes; waits for ``tasks`` to end their last requests. (client CPU s, probes)."""
+    await asyncio.sleep(warmup)
+    before = await probe.take()
+    cpu0 = time.process_time()
+    window.start = time.perf_counter()
+    window.end = window.start + seconds
+    await asyncio.sleep(max(0.0, window.end - time.perf_counter()))
+    cpu1 = time.process_time()
+    after = await probe.take()
+    await asyncio.gather(*tasks)
+    return cpu1 - cpu0, before, after
+
+
 def summary(
     mode: str,
     window: Window,
