@@ -7,7 +7,10 @@ revision. Serve restarts an application's replicas only when its import path or
 arguments change, so a deploy rolls exactly the models whose revision changed
 (a new replica loaded and warmed up before an old one stops taking requests,
 and the old one drains what it accepted); unchanged models and the ingress keep
-their replicas, and a changed replica count only adds or removes replicas.
+their replicas, and a changed replica count only adds or removes replicas. The
+ingress's arguments name no models (each ingress replica reads them from Serve's
+controller, ``routes.py``), so adding or removing a model starts or deletes only
+that model's application.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from server.cluster.settings import (
     APP_NAME,
     INGRESS,
     INGRESS_RESOURCE,
+    MODEL_APP_PREFIX,
     ModelPlan,
+    model_app_name,
     plan,
     replica_settings,
 )
@@ -72,10 +77,6 @@ class DeployError(RuntimeError):
     """A deploy that failed or could not place its replicas in time."""
 
 
-def model_app_name(model: str) -> str:
-    return f"model-{model}"
-
-
 def start() -> None:
     """Serve's controller (idempotent), without Serve's proxies: each node's ingress
     replica listens itself (one actor call per request instead of two)."""
@@ -102,10 +103,7 @@ def serve_config(
         "name": APP_NAME,
         "route_prefix": "/",
         "import_path": "server.cluster.app:ingress_app",
-        "args": {
-            "models": {p.name: model_app_name(p.name) for p in plans},
-            "listener": ingress_settings(settings),
-        },
+        "args": {"listener": ingress_settings(settings)},  # no models: see routes.py
         "deployments": [ingress_deployment(settings.cluster.deploy.ingress_replicas, nodes)],
     }
     model_apps = [
@@ -143,18 +141,20 @@ def model_app(args: dict[str, Any]) -> serve.Application:
 
 
 def ingress_app(args: dict[str, Any]) -> serve.Application:
-    """The ingress application: model name -> the application that serves it, and the
-    listener's settings."""
+    """The ingress application, from the listener's settings only: its replicas find the
+    model applications themselves, so adding a model changes nothing here (a
+    ``models`` argument from an older config is ignored)."""
     return (
         serve.deployment(KServeIngress)
         .options(name=INGRESS)
-        .bind(dict(args["models"]), dict(args.get("listener", {})))
+        .bind(None, dict(args.get("listener", {})))
     )
 
 
 def apply(config: dict[str, Any], timeout_s: float | None) -> None:
     """Deploy the config; with a timeout, return once every application runs (the ingress
-    application runs once each of its replicas listens)."""
+    application runs once each of its replicas listens) and removed models' applications
+    are deleted."""
     schema = ServeDeploySchema.model_validate(config)
     start()
     _get_global_client().deploy_apps(schema)
@@ -163,8 +163,9 @@ def apply(config: dict[str, Any], timeout_s: float | None) -> None:
 
 
 def wait_running(names: list[str], timeout_s: float) -> None:
-    """Until every application runs; a failed application or the timeout raises
-    ``DeployError``."""
+    """Until every application runs and the models' applications not named are deleted
+    (a removed model answers as unknown once ``deploy`` returns); a failed application
+    or the timeout raises ``DeployError``."""
     deadline = time.monotonic() + timeout_s
     while True:
         time.sleep(POLL_S)
@@ -173,15 +174,17 @@ def wait_running(names: list[str], timeout_s: float) -> None:
         failed = [n for n in names if n in apps and apps[n].status == "DEPLOY_FAILED"]
         if failed:
             raise DeployError("; ".join(f"{n}: {apps[n].message}" for n in failed))
-        if all(n in apps and apps[n].status == "RUNNING" for n in names):
+        removed = [n for n in apps if n.startswith(MODEL_APP_PREFIX) and n not in names]
+        if not removed and all(n in apps and apps[n].status == "RUNNING" for n in names):
             return
         if time.monotonic() > deadline:
-            raise DeployError(unplaced(apps, names, timeout_s))
+            raise DeployError(unplaced(apps, names, timeout_s, removed))
 
 
-def unplaced(apps: dict[str, Any], names: list[str], timeout_s: float) -> str:
-    """What keeps the deploy from running: replicas that have no place, and Serve's why."""
-    lines = []
+def unplaced(apps: dict[str, Any], names: list[str], timeout_s: float, removed: list[str]) -> str:
+    """What keeps the deploy from running: replicas that have no place, and Serve's why;
+    removed models' applications not deleted yet."""
+    lines = [f"application {name} is still being deleted" for name in removed]
     for name in names:
         app = apps.get(name)
         if app is None:

@@ -71,7 +71,8 @@ class Listener:
         self._health: health.aio.HealthServicer | None = None
         self.port = 0
 
-    async def _on_loop(self, work: Coroutine[Any, Any, T]) -> T:
+    async def run(self, work: Coroutine[Any, Any, T]) -> T:
+        """``work`` run on the listener's loop, where the servicer's methods run."""
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self.loop))
 
     async def start(
@@ -79,7 +80,7 @@ class Listener:
     ) -> None:
         """Bound and serving once this returns; ``ListenError`` if the port is taken."""
         try:
-            self._server, self._health, self.port = await self._on_loop(_serve(servicer, settings))
+            self._server, self._health, self.port = await self.run(_serve(servicer, settings))
         except BaseException:
             self.loop.call_soon_threadsafe(self.loop.stop)
             raise
@@ -87,8 +88,8 @@ class Listener:
     async def stop(self, grace_s: float) -> None:
         """Refuse new calls, finish the accepted ones (``grace_s`` at most), end the thread."""
         if self._server is not None and self._health is not None:
-            await self._on_loop(self._health.enter_graceful_shutdown())
-            await self._on_loop(self._server.stop(grace_s))
+            await self.run(self._health.enter_graceful_shutdown())
+            await self.run(self._server.stop(grace_s))
         self.loop.call_soon_threadsafe(self.loop.stop)
         await asyncio.to_thread(self._thread.join)
         self.loop.close()

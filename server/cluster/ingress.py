@@ -2,11 +2,14 @@
 
 One replica per node listens on the node's gRPC port (``frontend.py``); its
 methods are the servicer's. Model RPCs go to the deployment of the model they
-name (one actor call); server RPCs ask every model and merge. A replica answers
-with a response or the core's ``InferenceError``, which becomes the call's status
-here through ``server/core/errors.py`` (the one table every frontend uses); a
-replica lost with its node (``kill -9``, a network split) becomes UNAVAILABLE,
-which clients retry, never INTERNAL.
+name (one actor call); server RPCs ask every model and merge. Which models there
+are is read from Serve's controller (``routes.py``), not from the ingress's
+arguments, so a deploy that adds or removes a model leaves the ingress running. A
+replica answers with a response or the core's ``InferenceError``, which becomes the
+call's status here through ``server/core/errors.py`` (the one table every frontend
+uses); a replica lost with its node (``kill -9``, a network split) becomes
+UNAVAILABLE, which clients retry, never INTERNAL; a model whose application was
+deleted answers as unknown (NOT_FOUND).
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ from typing import Any
 
 import grpc
 import ray
-from ray import serve
 from ray.exceptions import RayError, RayTaskError
-from ray.serve.exceptions import RayServeException
+from ray.serve.exceptions import DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from protos import grpc_service_pb2 as pb
 from server.cluster.frontend import Listener
+from server.cluster.routes import MISS_S, Routes
 from server.cluster.settings import replica_tree
 from server.core.errors import (
     DeadlineExceeded,
@@ -54,28 +57,39 @@ STOP_GRACE_S = 10.0  # a stopping ingress finishes the calls it accepted, this l
 
 class KServeIngress:
     async def __init__(
-        self, models: dict[str, DeploymentHandle | str], listener: dict[str, Any] | None = None
+        self,
+        models: dict[str, DeploymentHandle] | None = None,
+        listener: dict[str, Any] | None = None,
     ) -> None:
         """``models``: each model's deployment handle (one application holding them all),
-        or the name of the application that serves it (one application per model);
+        or None: the model applications Serve runs (one per model, ``routes.py``);
         ``listener``: the settings tree's listener values (``ingress_settings``)."""
-        self.models = {
-            name: serve.get_deployment_handle(name, app_name=where, _check_exists=False)
-            if isinstance(where, str)
-            else where
-            for name, where in models.items()
-        }
+        self.routes = Routes(models)
         self.node = ray.util.get_node_ip_address()
         settings = replica_tree(listener or {})
         self.timeout_s = settings.cluster.proxy.request_timeout_s
         self._listener = Listener()
+        await self._listener.run(self.routes.start())  # where the methods run
         await self._listener.start(self, settings)
+
+    @property
+    def models(self) -> dict[str, DeploymentHandle]:
+        return self.routes.handles
+
+    async def _missed(self, model: str) -> DeploymentHandle:
+        """A name not known: the controller re-read first (a model deployed since the
+        last read), else NOT_FOUND."""
+        await self.routes.refresh(MISS_S)
+        handle = self.models.get(model)
+        if handle is None:
+            raise NotFound(unknown_model(model, "is not found"))
+        return handle
 
     async def _ask(self, model: str, method: str, request: Any) -> Any:
         """The replica's response; its ``InferenceError`` raised."""
         handle = self.models.get(check_name(model))
         if handle is None:
-            raise NotFound(unknown_model(model, "is not found"))
+            handle = await self._missed(model)
         try:
             async with asyncio.timeout(self.timeout_s):
                 answer = await handle.call.remote(method, request)
@@ -85,6 +99,11 @@ class KServeIngress:
             ) from exc
         except RayTaskError:  # the replica's own code failed: a bug, INTERNAL
             raise
+        except DeploymentUnavailableError as exc:  # deleted since the last read, or failed
+            await self.routes.refresh(MISS_S)
+            if model not in self.models:
+                raise NotFound(unknown_model(model, "is not found")) from exc
+            raise Unavailable(f"model '{model}': no replica can take requests; retry") from exc
         except (RayError, RayServeException) as exc:  # the replica or its node is gone
             raise Unavailable(
                 f"model '{model}': the replica was lost ({type(exc).__name__}); retry"
@@ -120,8 +139,14 @@ class KServeIngress:
         return await _answer("ServerReady", grpc_context, ready)
 
     async def ServerMetadata(self, request, grpc_context: Context):
-        first = min(self.models)
-        return await self._forward(first, "ServerMetadata", request, grpc_context)
+        async def first() -> pb.ServerMetadataResponse:  # any model's replica knows it
+            if not self.models:
+                await self.routes.refresh(MISS_S)
+            if not self.models:
+                raise Unavailable("no model is deployed: run `python -m server.cluster deploy`")
+            return await self._ask(min(self.models), "ServerMetadata", request)
+
+        return await _answer("ServerMetadata", grpc_context, first)
 
     async def RepositoryIndex(self, request, grpc_context: Context):
         async def index() -> pb.RepositoryIndexResponse:
@@ -151,6 +176,8 @@ class KServeIngress:
     # --- model RPCs: the named model's deployment ------------------------
     async def ModelReady(self, request, grpc_context: Context):
         if request.name not in self.models:
+            await self.routes.refresh(MISS_S)
+        if request.name not in self.models:
             return pb.ModelReadyResponse(ready=False)
         return await self._forward(request.name, "ModelReady", request, grpc_context)
 
@@ -176,6 +203,7 @@ class KServeIngress:
     async def __del__(self) -> None:
         """Serve stops this replica: stop taking calls, finish those accepted."""
         if getattr(self, "_listener", None) is not None:
+            self._listener.loop.call_soon_threadsafe(self.routes.stop)
             await self._listener.stop(STOP_GRACE_S)
 
     def deployments(self) -> list[str]:

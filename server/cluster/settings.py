@@ -35,6 +35,12 @@ APP_NAME = "kserve"
 INGRESS = "kserve"
 # The node resource that places the ingress replicas (none: anywhere, CPU-free).
 INGRESS_RESOURCE = "kserve_ingress"
+# Model X is application "model-X" with deployment "X": the ingress finds models by it.
+MODEL_APP_PREFIX = "model-"
+
+
+def model_app_name(model: str) -> str:
+    return MODEL_APP_PREFIX + model
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def test_rayservice_pod_templates_and_serve_config_are_valid() -> None:
     pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
     from ray.serve.schema import ServeDeploySchema
 
-    from server.cluster.settings import INGRESS_RESOURCE
+    from server.cluster.settings import INGRESS_RESOURCE, model_app_name
 
     (service,) = _documents("rayservice.yaml")
     assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
@@ -84,7 +84,8 @@ def test_rayservice_pod_templates_and_serve_config_are_valid() -> None:
     ingress, *models = config.applications
     assert ingress.route_prefix == "/" and ingress.import_path == "server.cluster.app:ingress_app"
     assert models and all(a.import_path == "server.cluster.app:model_app" for a in models)
-    assert ingress.args["models"] == {a.args["model"]: a.name for a in models}
+    assert ingress.args == {"listener": {}}  # no models: adding one leaves the ingress alone
+    assert all(a.name == model_app_name(a.args["model"]) for a in models)  # how it finds them
     cluster = service["spec"]["rayClusterConfig"]
     head = cluster["headGroupSpec"]["rayStartParams"]
     assert head["num-cpus"] == "0"

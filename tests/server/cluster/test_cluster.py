@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.samples import EXPECTED
+from modelrepo.files import read_config, write_config
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server.settings.cluster import NodeSettings
@@ -334,6 +335,44 @@ def test_a_new_version_rolls_out_replica_by_replica_without_failures(
         assert _replica_ids(after, app, deployment) == _replica_ids(before, app, deployment)
     rolled = _replica_ids(after, f"model-{LITE0}", LITE0)
     assert len(rolled) == 2 and not rolled & _replica_ids(before, f"model-{LITE0}", LITE0)
+
+
+def test_adding_and_removing_a_model_leaves_the_ingress_and_the_other_models_running(
+    cluster: NetnsCluster, cluster_repo: Path
+) -> None:
+    """The ingress's arguments name no models: a model added answers through the head's
+    port, one removed answers as unknown, and no ingress (listener) or other model restarts."""
+    added, folder = "lenet5_added", cluster_repo / "lenet5_added"
+    kept = [("kserve", "kserve"), ("model-lenet5", "lenet5"), (f"model-{LITE0}", LITE0)]
+    kept.append(("model-mobilenet_v2", "mobilenet_v2"))
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(_url(cluster)))
+
+    def infer() -> pb.ModelInferResponse:
+        return stub.ModelInfer(tensor_request(added, digits(1)), timeout=60)
+
+    def listed() -> set[str]:
+        return {m.name for m in stub.RepositoryIndex(pb.RepositoryIndexRequest()).models}
+
+    before = _status(cluster)
+    try:
+        shutil.copytree(cluster_repo / "lenet5", folder)
+        config = read_config(folder)
+        config.name = added
+        write_config(folder, config)
+        _deploy(cluster, cluster_repo)
+        assert infer().model_name == added and added in listed()
+        with_it = _status(cluster)
+        assert len(_replica_ids(with_it, f"model-{added}", added)) == 2, with_it
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    _deploy(cluster, cluster_repo)  # returns once the removed model's application is gone
+    code, message = outcome(infer)
+    assert (code, message) == ("NOT_FOUND", f"Request for unknown model: '{added}' is not found")
+    after = _status(cluster)
+    assert added not in listed() and f"model-{added}" not in after["applications"], after
+    for app, deployment in kept:  # not restarted by either deploy: the same replicas
+        ids = [_replica_ids(s, app, deployment) for s in (before, with_it, after)]
+        assert ids[0] == ids[1] == ids[2] and ids[0], (app, ids)
 
 
 def test_a_changed_replica_count_scales_live_and_a_cpu_free_model_may_use_the_head(

@@ -146,3 +146,38 @@ def test_ports_inside_rays_worker_range_are_refused() -> None:
         "CNN_SERVING_RAY_NODE": "10.0.0.2",
         "RAY_AUTH_MODE": "disabled",
     }
+
+
+def test_adding_a_model_leaves_the_ingress_config_alone_and_the_ingress_finds_it(
+    tmp_path: Path,
+) -> None:
+    """Serve restarts an application when its arguments change: a model added (or
+    removed) must change only its own application, and the ingress replicas find the
+    model applications the config names from Serve's status (``routes.model_apps``)."""
+    pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
+    from ray.serve._private.application_state import ApplicationStatusInfo, StatusOverview
+    from ray.serve.schema import ApplicationStatus, ServeDeploySchema
+
+    from server.cluster.app import serve_config
+    from server.cluster.routes import model_apps
+    from server.settings import Settings
+
+    for name in ("a", "b"):
+        _model(tmp_path, name)
+    two = serve_config(tmp_path, plan(tmp_path), Settings(), 3)
+    _model(tmp_path, "c")
+    three = serve_config(tmp_path, plan(tmp_path), Settings(), 3)
+    ServeDeploySchema.model_validate(three)
+    (ingress, *before), (same, *after) = two["applications"], three["applications"]
+    assert same == ingress and "models" not in ingress["args"], ingress
+    assert after[:2] == before and [a["name"] for a in after] == ["model-a", "model-b", "model-c"]
+
+    def status(app: str, state: ApplicationStatus) -> bytes:
+        info = ApplicationStatusInfo(status=state)
+        return StatusOverview(app_status=info, name=app).to_proto().SerializeToString()
+
+    listed = [status(a["name"], ApplicationStatus.RUNNING) for a in three["applications"]]
+    listed[-1] = status("model-c", ApplicationStatus.DEPLOYING)  # found while it deploys
+    assert model_apps(listed) == {"a": "model-a", "b": "model-b", "c": "model-c"}
+    listed[-1] = status("model-c", ApplicationStatus.DELETING)  # removed: no longer routed to
+    assert model_apps(listed) == {"a": "model-a", "b": "model-b"}
