@@ -9,17 +9,14 @@ request crosses hosts. tritonclient, unmodified, runs in a child process
 
 from __future__ import annotations
 
-import contextlib
 import json
-import queue
 import re
 import shutil
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 
 import grpc
@@ -33,6 +30,7 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server.settings.cluster import NodeSettings
 from tests.kit import KIT
+from tests.kit.cluster_traffic import ChildLines, traffic
 from tests.kit.fuzz_kit import broken_request, image_element, outcome
 from tests.kit.ray_netns import ROOT, NetnsCluster, netns_available
 from tests.kit.serving import digits, tensor_request
@@ -237,66 +235,9 @@ def test_bytes_that_are_not_a_request_through_the_cluster(cluster: NetnsCluster,
 
 
 # --- last: a node killed and rejoined (the cluster is not the same afterwards) ----
-class _Lines:
-    """A child's stdout lines, waited on with a deadline (never a sleep)."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc, self.lines = proc, queue.Queue()
-        self.seen: list[str] = []
-        self.result: dict = {}
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def _next(self, deadline: float, waiting_for: str) -> str:
-        try:
-            line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            raise AssertionError(f"no {waiting_for} after {self.seen[-20:]}") from None
-        self.seen.append(line)
-        return line
-
-    def wait_for(self, *wanted: str, timeout: float = WAIT_S) -> None:
-        deadline = time.monotonic() + timeout
-        missing = set(wanted) - set(self.seen)
-        while missing:
-            missing.discard(self._next(deadline, str(sorted(missing))))
-
-    def line_with(self, prefix: str, timeout: float = WAIT_S) -> str:
-        deadline = time.monotonic() + timeout
-        while not (line := self._next(deadline, repr(prefix))).startswith(prefix):
-            pass
-        return line
-
-    def send(self, line: str) -> None:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-
-@contextlib.contextmanager
-def _traffic(net: NetnsCluster, photo: Path, node: str = "head") -> Iterator[_Lines]:
-    """tritonclient sending the photo on two threads, through ``node``'s proxy, until the
-    block ends; ``.result``."""
-    proc = subprocess.Popen(
-        [sys.executable, str(CLIENT), "traffic", _url(net, node), str(photo)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        lines = _Lines(proc)
-        lines.wait_for("started")
-        yield lines
-        lines.send("stop")
-        lines.result = json.loads(lines.line_with("RESULT ").removeprefix("RESULT "))
-        proc.wait(timeout=WAIT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def _traffic(net: NetnsCluster, photo: Path, node: str = "head") -> ContextManager[ChildLines]:
+    """tritonclient sending the photo on two threads through ``node``'s port."""
+    return traffic(_url(net, node), photo)
 
 
 def _deploy(net: NetnsCluster, repo: Path) -> None:
