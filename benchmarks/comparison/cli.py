@@ -22,7 +22,7 @@
    runs another than one session of --threads (``--instance-count 2
    --intra-op-threads 1``), else one single-thread session per thread. On this
    shared host that layout's speed held within a few % while one session of 2
-   threads switched by up to 1.5x (docs/benchmarks/overhead.md, fifth pass).
+   threads switched by up to 1.6x (docs/benchmarks/overhead.md, fifth pass).
 
 Why the sandwiches: on this shared 2-core VM the same ONNX Runtime session
 switches between two speeds (batch-1 p50 about 4.1 ms or about 7.2 ms) every
