@@ -23,7 +23,7 @@ import grpc
 import ray
 from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import DeploymentUnavailableError, RayServeException
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from protos import grpc_service_pb2 as pb
 from server.cluster.frontend import Listener
@@ -68,6 +68,7 @@ class KServeIngress:
         self.node = ray.util.get_node_ip_address()
         settings = replica_tree(listener or {})
         self.timeout_s = settings.cluster.proxy.request_timeout_s
+        self.fanout_timeout_s = settings.cluster.proxy.fanout_timeout_s
         self._listener = Listener()
         await self._listener.run(self.routes.start())  # where the methods run
         await self._listener.start(self, settings)
@@ -92,7 +93,7 @@ class KServeIngress:
             handle = await self._missed(model)
         try:
             async with asyncio.timeout(self.timeout_s):
-                answer = await handle.call.remote(method, request)
+                answer = await self._unless_removed(model, handle.call.remote(method, request))
         except TimeoutError as exc:
             raise DeadlineExceeded(
                 f"model '{model}': no answer within --proxy-request-timeout-s {self.timeout_s:g} s"
@@ -112,6 +113,21 @@ class KServeIngress:
             raise answer
         return answer
 
+    async def _unless_removed(self, model: str, response: DeploymentResponse) -> Any:
+        """The replica's answer, or NOT_FOUND as soon as the model's application is
+        deleted (the request may be waiting in Ray's router for a replica that will never
+        come); cancelled here (the caller gone, a timeout), the request is cancelled too."""
+        call, gone = asyncio.ensure_future(response), self.routes.departure(model)
+        try:
+            await asyncio.wait((call, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not call.done():
+                response.cancel()
+                call.cancel()
+        if call.done() and not call.cancelled():
+            return call.result()
+        raise NotFound(unknown_model(model, "was removed while the request waited"))
+
     async def _forward(self, model: str, method: str, request: Any, context: Context) -> Any:
         return await _answer(method, context, lambda: self._ask(model, method, request))
 
@@ -119,12 +135,24 @@ class KServeIngress:
         """Each model's response, or the ``InferenceError`` it answered with."""
         names = sorted(self.models)
         found = await asyncio.gather(
-            *(self._ask(n, method, request) for n in names), return_exceptions=True
+            *(self._ask_bounded(n, method, request) for n in names), return_exceptions=True
         )
         for answer in found:
             if isinstance(answer, BaseException) and not isinstance(answer, InferenceError):
                 raise answer
         return dict(zip(names, found, strict=True))
+
+    async def _ask_bounded(self, model: str, method: str, request: Any) -> Any:
+        """``_ask`` within the fan-out timeout: a model with no replica to answer (still
+        being placed) must not hold a server-wide call, which waits for every model."""
+        try:
+            async with asyncio.timeout(self.fanout_timeout_s):
+                return await self._ask(model, method, request)
+        except TimeoutError:
+            raise Unavailable(
+                f"model '{model}': no replica answered {method} within "
+                f"--proxy-fanout-timeout-s {self.fanout_timeout_s:g} s"
+            ) from None
 
     # --- server RPCs: every model asked ------------------------------------
     async def ServerLive(self, request, grpc_context: Context):

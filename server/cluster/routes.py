@@ -66,6 +66,16 @@ class Routes:
         self._read_at = -math.inf
         self._reading: asyncio.Future[None] | None = None
         self._every: asyncio.Task[None] | None = None
+        self._departures: dict[str, asyncio.Future[None]] = {}
+
+    def departure(self, model: str) -> asyncio.Future[None]:
+        """Done once ``model`` is no longer deployed: a request waiting for one of its
+        replicas stops waiting then (Ray's router would hold it until the client gives
+        up, and a deleted model gets no replica). Call it on the loop that serves."""
+        gone = self._departures.get(model)
+        if gone is None:
+            gone = self._departures[model] = asyncio.get_running_loop().create_future()
+        return gone
 
     async def start(self) -> None:
         """The first read, then one every ``REFRESH_S``: on the loop that serves requests
@@ -117,6 +127,9 @@ class Routes:
         for gone in set(self.handles) - set(apps):
             log.info("model %s is no longer deployed: no longer routed to", gone)
             del self.handles[gone]
+            waiting = self._departures.pop(gone, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
         for model, app in apps.items():
             if model not in self.handles:
                 log.info("model %s deployed as application %s: routed to", model, app)

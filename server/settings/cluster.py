@@ -132,6 +132,10 @@ class ProxySettings(Section):
     request_timeout_s: float | None = setting(None, flag="--proxy-request-timeout-s", gt=0)
     """Longest a request may wait for its model replica; omitted: the client's deadline
     decides."""
+    fanout_timeout_s: float = setting(10.0, flag="--proxy-fanout-timeout-s", gt=0)
+    """Longest a server-wide RPC (ServerReady, RepositoryIndex, every model's statistics)
+    waits for each model; one without an answer by then (no replica placed yet, its node
+    lost) counts as unavailable instead of holding the call."""
 
 
 class ClusterSettings(Section):

@@ -30,7 +30,10 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server.settings.cluster import NodeSettings
 from tests.kit import KIT
-from tests.kit.cluster_traffic import ChildLines, traffic
+from tests.kit.cluster_kit import ChildLines, traffic
+from tests.kit.cluster_kit import replica_ids as _replica_ids
+from tests.kit.cluster_kit import status as _status
+from tests.kit.cluster_kit import with_params as _with_params
 from tests.kit.fuzz_kit import broken_request, image_element, outcome
 from tests.kit.ray_netns import ROOT, NetnsCluster, netns_available
 from tests.kit.serving import digits, tensor_request
@@ -42,13 +45,6 @@ CLIENT = KIT / "cluster_client.py"
 LITE0 = "efficientnet_lite0"
 GRPC_PORT = 8001
 WAIT_S = 300  # generous: a 2x slower host still passes; nothing here waits on a sleep
-
-
-def _with_params(config: Path, params: dict[str, str]) -> None:
-    text = "".join(
-        f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}\n' for k, v in params.items()
-    )
-    config.write_text(config.read_text() + text)
 
 
 @pytest.fixture(scope="module")
@@ -145,17 +141,6 @@ def test_every_node_is_an_entry_point_with_its_own_ingress(cluster: NetnsCluster
     assert code == "UNIMPLEMENTED" and "send ModelInfer" in message, (code, message)
 
 
-def _status(net: NetnsCluster, *extra: str) -> dict:
-    address = f"--address={net.head_address()}"
-    cmd = (sys.executable, "-m", "server.cluster", "status", address, "--json", *extra)
-    return json.loads(net.run_in("head", *cmd))
-
-
-def _replica_ids(status: dict, app: str, deployment: str) -> set[str]:
-    replicas = status["applications"][app]["deployments"][deployment]["replicas"]
-    return {r["replica_id"] for r in replicas if r["state"] == "RUNNING"}
-
-
 def test_each_replica_serves_the_single_servers_metrics(
     cluster: NetnsCluster, tmp_path: Path
 ) -> None:
@@ -240,7 +225,7 @@ def _traffic(net: NetnsCluster, photo: Path, node: str = "head") -> ContextManag
     return traffic(_url(net, node), photo)
 
 
-def _deploy(net: NetnsCluster, repo: Path) -> None:
+def _deploy(net: NetnsCluster, repo: Path, *extra: str) -> None:
     net.run_in(
         "head",
         sys.executable,
@@ -250,6 +235,7 @@ def _deploy(net: NetnsCluster, repo: Path) -> None:
         f"--address={net.head_address()}",
         f"--model-repository={repo}",
         f"--grpc-port={GRPC_PORT}",
+        *extra,
         timeout=WAIT_S,
     )
 
@@ -292,7 +278,8 @@ def test_adding_and_removing_a_model_leaves_the_ingress_and_the_other_models_run
         return stub.ModelInfer(tensor_request(added, digits(1)), timeout=60)
 
     def listed() -> set[str]:
-        return {m.name for m in stub.RepositoryIndex(pb.RepositoryIndexRequest()).models}
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=WAIT_S / 2)
+        return {m.name for m in index.models}
 
     before = _status(cluster)
     try:
@@ -314,6 +301,35 @@ def test_adding_and_removing_a_model_leaves_the_ingress_and_the_other_models_run
     for app, deployment in kept:  # not restarted by either deploy: the same replicas
         ids = [_replica_ids(s, app, deployment) for s in (before, with_it, after)]
         assert ids[0] == ids[1] == ids[2] and ids[0], (app, ids)
+
+
+def test_a_request_waiting_for_a_model_that_is_removed_is_answered_not_found(
+    cluster: NetnsCluster, cluster_repo: Path
+) -> None:
+    """A model whose replicas cannot be placed (100 CPUs each) holds a request in Ray's
+    router, and shows as UNAVAILABLE in the index (the fan-out timeout, not a hang);
+    removing the model answers the request NOT_FOUND at once, not at its deadline."""
+    stuck, folder = "lenet5_stuck", cluster_repo / "lenet5_stuck"
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(_url(cluster)))
+    try:
+        shutil.copytree(cluster_repo / "lenet5", folder)
+        config = read_config(folder)
+        config.name = stuck
+        config.parameters["ray.num_cpus"].string_value = "100"
+        write_config(folder, config)
+        with pytest.raises(RuntimeError, match=f"cannot place 2 replicas of {stuck}"):
+            _deploy(cluster, cluster_repo, "--deploy-timeout-s=20")
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=WAIT_S / 2).models
+        row = next(m for m in index if m.name == stuck)  # deploying: the ingress routes to it
+        assert row.state == "UNAVAILABLE" and "--proxy-fanout-timeout-s" in row.reason, row
+        waiting = stub.ModelInfer.future(tensor_request(stuck, digits(1)), timeout=WAIT_S)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert not waiting.done()  # no replica: held in the router
+    _deploy(cluster, cluster_repo)  # returns once the model's application is deleted
+    code, message = outcome(lambda: waiting.result(timeout=WAIT_S / 2))
+    assert code == "NOT_FOUND", (code, message)
+    assert message == f"Request for unknown model: '{stuck}' was removed while the request waited"
 
 
 def test_a_changed_replica_count_scales_live_and_a_cpu_free_model_may_use_the_head(

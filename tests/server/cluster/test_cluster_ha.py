@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from server.settings.cluster import NodeSettings
+from tests.kit.cluster_kit import with_params
 from tests.kit.ray_netns import NetnsCluster, netns_available
 from tests.kit.stress import report
-from tests.server.cluster.test_cluster import LITE0, WAIT_S, _deploy, _traffic, _with_params
+from tests.server.cluster.test_cluster import LITE0, WAIT_S, _deploy, _traffic
 
 pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
 REDIS = shutil.which("redis-server")
@@ -33,7 +34,7 @@ RECONNECT = {"RAY_gcs_rpc_server_reconnect_timeout_s": str(WAIT_S)}
 def ha_repo(lite0_repo: Path, tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("ha-repo")
     shutil.copytree(lite0_repo / LITE0, repo / LITE0)
-    _with_params(repo / LITE0 / "config.pbtxt", {"ray.num_cpus": "1"})  # one per worker
+    with_params(repo / LITE0 / "config.pbtxt", {"ray.num_cpus": "1"})  # one per worker
     return repo
 
 

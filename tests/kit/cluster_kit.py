@@ -1,5 +1,6 @@
-"""tritonclient traffic through a cluster node, in a child process (cluster_client.py
-traffic): its stdout lines waited on with deadlines, never sleeps."""
+"""The cluster tests' helpers: tritonclient traffic through a node in a child process
+(cluster_client.py traffic; its stdout lines waited on with deadlines, never sleeps), the
+cluster's status and replica ids, and ray.* parameters added to a config.pbtxt."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.kit import KIT
-from tests.kit.ray_netns import ROOT
+from tests.kit.ray_netns import ROOT, NetnsCluster
 
 CLIENT = KIT / "cluster_client.py"
 WAIT_S = 300  # generous: a 2x slower host still passes
@@ -80,3 +81,24 @@ def traffic(url: str, photo: Path) -> Iterator[ChildLines]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def with_params(config: Path, params: dict[str, str]) -> None:
+    """``params`` appended to a config.pbtxt as string parameters."""
+    text = "".join(
+        f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}\n' for k, v in params.items()
+    )
+    config.write_text(config.read_text() + text)
+
+
+def status(net: NetnsCluster, *extra: str) -> dict:
+    """``python -m server.cluster status --json`` run on the head."""
+    address = f"--address={net.head_address()}"
+    cmd = (sys.executable, "-m", "server.cluster", "status", address, "--json", *extra)
+    return json.loads(net.run_in("head", *cmd))
+
+
+def replica_ids(status: dict, app: str, deployment: str) -> set[str]:
+    """The running replicas of one deployment, by id."""
+    replicas = status["applications"][app]["deployments"][deployment]["replicas"]
+    return {r["replica_id"] for r in replicas if r["state"] == "RUNNING"}
