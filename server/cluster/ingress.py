@@ -77,20 +77,11 @@ class KServeIngress:
     def models(self) -> dict[str, DeploymentHandle]:
         return self.routes.handles
 
-    async def _missed(self, model: str) -> DeploymentHandle:
-        """A name not known: the controller re-read first (a model deployed since the
-        last read), else NOT_FOUND."""
-        await self.routes.refresh(MISS_S)
-        handle = self.models.get(model)
-        if handle is None:
-            raise NotFound(unknown_model(model, "is not found"))
-        return handle
-
     async def _ask(self, model: str, method: str, request: Any) -> Any:
         """The replica's response; its ``InferenceError`` raised."""
-        handle = self.models.get(check_name(model))
+        handle = await self.routes.find(check_name(model))
         if handle is None:
-            handle = await self._missed(model)
+            raise NotFound(unknown_model(model, "is not found"))
         try:
             async with asyncio.timeout(self.timeout_s):
                 answer = await self._unless_removed(model, handle.call.remote(method, request))
@@ -203,9 +194,7 @@ class KServeIngress:
 
     # --- model RPCs: the named model's deployment ------------------------
     async def ModelReady(self, request, grpc_context: Context):
-        if request.name not in self.models:
-            await self.routes.refresh(MISS_S)
-        if request.name not in self.models:
+        if await self.routes.find(request.name) is None:
             return pb.ModelReadyResponse(ready=False)
         return await self._forward(request.name, "ModelReady", request, grpc_context)
 

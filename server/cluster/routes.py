@@ -68,6 +68,15 @@ class Routes:
         self._every: asyncio.Task[None] | None = None
         self._departures: dict[str, asyncio.Future[None]] = {}
 
+    async def find(self, model: str) -> DeploymentHandle | None:
+        """The model's handle; a name not known re-reads the controller first (a model
+        deployed since the last read). A known name returns without yielding the loop."""
+        handle = self.handles.get(model)
+        if handle is None:
+            await self.refresh(MISS_S)
+            handle = self.handles.get(model)
+        return handle
+
     def departure(self, model: str) -> asyncio.Future[None]:
         """Done once ``model`` is no longer deployed: a request waiting for one of its
         replicas stops waiting then (Ray's router would hold it until the client gives
